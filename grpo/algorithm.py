@@ -1,0 +1,215 @@
+"""The GRPO math as pure tensor functions.
+
+Nothing here touches a model, a tokenizer or a process group: every function takes tensors
+and returns tensors, so each is tested against hand-computed values.
+
+Shapes: B = number of completions in the (micro-)batch (prompts x G, ordered group by
+group), T = completion length (padded), V = vocabulary size.
+
+Where we depart from the papers:
+- DeepSeekMath's GRPO objective averages token losses per sequence, then over sequences
+  (`loss_type="grpo"`). That gives long sequences less weight per token (the length bias
+  Dr. GRPO points out), so `bnpo`, `dr_grpo` and `dapo` aggregations are offered too.
+- The KL penalty uses Schulman's k3 estimator by default and is added per token to the
+  surrogate (as DeepSeekMath and TRL do), not folded into the reward.
+- The group std is Bessel-corrected (torch's default), as TRL and verl compute it; a group
+  whose rewards are all equal gets zero advantages, never NaN.
+- `num_items` is the normalizer over the whole global batch (all micro-batches and all
+  processes), so gradient accumulation and data parallelism give the same gradient as one
+  big batch. `bnpo` and `dapo` then coincide; they differ (as in TRL) only when `num_items`
+  is left to default to the local micro-batch count.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ADVANTAGE_SCALES = ("group", "batch", "none")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+# Tokens per chunk when turning logits into log-probabilities: bounds the float32
+# temporary to CHUNK x V (4096 x 49152 x 4 B = 0.8 GB at worst, usually far less).
+LOGPROB_CHUNK_TOKENS = 1024
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4
+) -> torch.Tensor:
+    """Group-relative advantages, no value model.
+
+    rewards: [B*G] float, ordered group by group (the G completions of prompt 0 first).
+    Returns [B*G]:
+      scale="group": A_i = (r_i - mean(group)) / (std(group) + eps)     (GRPO)
+      scale="batch": A_i = (r_i - mean(group)) / (std(all rewards) + eps)
+      scale="none":  A_i =  r_i - mean(group)                            (Dr. GRPO)
+    std is the unbiased (Bessel-corrected) standard deviation. A group with equal rewards
+    gives zeros (its centred rewards are exactly zero), never NaN.
+    """
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"scale={scale!r} is invalid; allowed: {', '.join(ADVANTAGE_SCALES)}")
+    if rewards.dim() != 1 or rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"rewards must be 1-D with a length divisible by group_size={group_size}, "
+            f"got shape {tuple(rewards.shape)}"
+        )
+    grouped = rewards.float().view(-1, group_size)  # [B, G]
+    centred = grouped - grouped.mean(dim=1, keepdim=True)  # [B, G]
+    if scale == "none":
+        return centred.flatten()
+    if scale == "group":
+        std = grouped.std(dim=1, keepdim=True)  # [B, 1]
+    else:
+        std = rewards.float().std() if rewards.numel() > 1 else rewards.new_zeros(())
+    # A group of equal rewards carries no signal: exact zeros (float rounding in the mean
+    # would otherwise leave tiny residues that eps turns into noise, or NaN with eps=0).
+    equal = (grouped == grouped[:, :1]).all(dim=1, keepdim=True)  # [B, 1]
+    return torch.where(equal, torch.zeros_like(centred), centred / (std + eps)).flatten()
+
+
+def kl_divergence(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k3"
+) -> torch.Tensor:
+    """Per-token estimate of KL(pi_theta || pi_ref) from tokens sampled from pi_theta.
+
+    logprobs, ref_logprobs: [B, T]. With log_ratio = ref - logp (Schulman, "Approximating
+    KL divergence"):
+      k1 = -log_ratio                          unbiased, high variance, can be negative
+      k2 = log_ratio**2 / 2                    biased, low variance
+      k3 = exp(log_ratio) - log_ratio - 1      unbiased, low variance, always >= 0
+    Returns [B, T].
+    """
+    log_ratio = ref_logprobs - logprobs
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return log_ratio.pow(2) / 2
+    if estimator == "k3":
+        return torch.exp(log_ratio) - log_ratio - 1
+    raise ValueError(f"estimator={estimator!r} is invalid; allowed: {', '.join(KL_ESTIMATORS)}")
+
+
+def token_logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """log softmax(logits / temperature)[token] for each position.
+
+    logits: [B, T, V] (any float dtype), token_ids: [B, T] long. Returns float32 [B, T].
+    log p(y) = z_y - logsumexp(z), z = logits / temperature. Works on chunks of
+    LOGPROB_CHUNK_TOKENS positions so the float32 temporaries are [chunk, V], never a
+    full-batch [B, T, V] copy; autograd keeps only views of `logits` plus [chunk] results.
+    """
+    B, T, V = logits.shape
+    flat_logits = logits.reshape(B * T, V)  # [N, V], a view when contiguous
+    flat_ids = token_ids.reshape(B * T, 1)  # [N, 1]
+    out = []
+    for start in range(0, B * T, LOGPROB_CHUNK_TOKENS):
+        z = flat_logits[start : start + LOGPROB_CHUNK_TOKENS].float()  # [n, V]
+        if temperature != 1.0:
+            z = z / temperature
+        picked = z.gather(1, flat_ids[start : start + LOGPROB_CHUNK_TOKENS]).squeeze(1)  # [n]
+        out.append(picked - torch.logsumexp(z, dim=-1))
+    if not out:
+        return logits.new_zeros((B, T), dtype=torch.float32)
+    return torch.cat(out).view(B, T)
+
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of the sampling distribution at each position, chunked like token_logprobs.
+
+    logits: [B, T, V]. H = logsumexp(z) - sum(softmax(z) * z), z = logits / temperature.
+    Returns float32 [B, T].
+    """
+    B, T, V = logits.shape
+    flat = logits.reshape(B * T, V)
+    out = []
+    for start in range(0, B * T, LOGPROB_CHUNK_TOKENS):
+        z = flat[start : start + LOGPROB_CHUNK_TOKENS].float() / temperature  # [n, V]
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)  # [n, 1]
+        out.append((lse - (torch.softmax(z, dim=-1) * z).sum(-1, keepdim=True)).squeeze(1))
+    if not out:
+        return logits.new_zeros((B, T), dtype=torch.float32)
+    return torch.cat(out).view(B, T)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum(values * mask) / max(sum(mask), 1). values, mask: same shape. Returns 0-d."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    ref_logprobs: torch.Tensor | None = None,
+    beta: float = 0.0,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    loss_type: str = "grpo",
+    max_completion_length: int | None = None,
+    kl_estimator: str = "k3",
+    num_items: float | int | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate plus KL penalty, aggregated by `loss_type`.
+
+    logprobs: [B, T] (with grad), old_logprobs: [B, T], advantages: [B],
+    completion_mask: [B, T] (1 = sampled token, 0 = padding), ref_logprobs: [B, T] or None.
+    Per token t of sequence i:
+      ratio = exp(logprobs - old_logprobs)
+      l_it  = -min(ratio * A_i, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A_i) + beta * KL_it
+    (epsilon_high defaults to epsilon; the KL term only when beta > 0.)
+    Aggregation, with m the mask and |o_i| the length of sequence i:
+      grpo:    sum_i (sum_t m*l / |o_i|) / num_items   num_items = #sequences (default B)
+      bnpo:    sum_it m*l / num_items                  num_items = #tokens (default local)
+      dr_grpo: sum_it m*l / (num_items * max_completion_length)   num_items = #sequences
+      dapo:    sum_it m*l / num_items                  num_items = #tokens in the global batch
+    Pass the global counts as num_items to make micro-batch losses add up to the big-batch
+    loss. Returns (loss 0-d, metrics of 0-d detached tensors: kl, clip_low, clip_high,
+    clip_region, ratio_mean; all token means over the mask).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r} is invalid; allowed: {', '.join(LOSS_TYPES)}")
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    mask = completion_mask.to(logprobs.dtype)  # [B, T]
+    adv = advantages.to(logprobs.dtype).unsqueeze(1)  # [B, 1]
+
+    ratio = torch.exp(logprobs - old_logprobs)  # [B, T]
+    clipped_ratio = torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
+    per_token = -torch.min(ratio * adv, clipped_ratio * adv)  # [B, T]
+    kl = None
+    if beta > 0:
+        if ref_logprobs is None:
+            raise ValueError("beta > 0 needs ref_logprobs")
+        kl = kl_divergence(logprobs, ref_logprobs, kl_estimator)  # [B, T]
+        per_token = per_token + beta * kl
+
+    # where(), not a product: a non-finite value on a padded position must not leak in.
+    masked = torch.where(completion_mask.bool(), per_token, torch.zeros_like(per_token))  # [B, T]
+    if loss_type == "grpo":
+        per_seq = masked.sum(1) / mask.sum(1).clamp(min=1.0)  # [B]
+        loss = per_seq.sum() / (num_items if num_items is not None else logprobs.shape[0])
+    elif loss_type == "dr_grpo":
+        if max_completion_length is None:
+            raise ValueError("loss_type='dr_grpo' needs max_completion_length")
+        n = num_items if num_items is not None else logprobs.shape[0]
+        loss = masked.sum() / (n * max_completion_length)
+    else:  # bnpo, dapo
+        n = num_items if num_items is not None else mask.sum().clamp(min=1.0)
+        loss = masked.sum() / n
+
+    with torch.no_grad():
+        low = (ratio < 1 - epsilon) & (adv < 0)
+        high = (ratio > 1 + eps_high) & (adv > 0)
+        metrics = {
+            "clip_low": masked_mean(low.float(), mask),
+            "clip_high": masked_mean(high.float(), mask),
+            "clip_region": masked_mean((low | high).float(), mask),
+            "ratio_mean": masked_mean(ratio, mask),
+        }
+        if kl is not None:
+            metrics["kl"] = masked_mean(kl, mask)
+    return loss, metrics

@@ -1,0 +1,364 @@
+"""One config tree for a run: dataclasses, loaded from YAML plus dotted overrides.
+
+    cfg = load_config("configs/demo.yaml", ["algorithm.beta=0.04", "train.num_steps=20"])
+
+Every field carries its documentation (unit and meaning) in `metadata["help"]`; `grpo
+train --help-config` prints them. Values are checked against their annotation when the
+config is built, and the cross-field rules in `Config.validate` run before any model is
+loaded, so a mistake costs a second, not a model load. Errors are `ValueError`s that name
+the dotted field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+def doc(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with its documentation attached (mutable defaults via factory)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: _copy(default), metadata={"help": help}, **kw)
+    if dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: _copy(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _copy(value: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(value)
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = doc(False, "Train LoRA adapters instead of all weights.")
+    r: int = doc(16, "LoRA rank.")
+    alpha: int = doc(32, "LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = doc(0.0, "Dropout on the LoRA input, probability in [0, 1).")
+    target_modules: list[str] = doc(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "Module names that get adapters.",
+    )
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = doc(
+        None,
+        "Local Hugging Face model directory or .gguf file; null = the bundled "
+        "SmolLM2-135M-Instruct (converted once into the cache).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
+        "auto", "Weight dtype; auto = float32 on CPU, bfloat16 on CUDA."
+    )
+    device: str = doc("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
+    gradient_checkpointing: bool = doc(False, "Recompute activations in backward to save memory.")
+    lora: LoraConfig = doc(LoraConfig(), "LoRA / PEFT settings.")
+
+
+@dataclass
+class TaskConfig:
+    source: Literal["reasoning_gym", "file"] = doc(
+        "reasoning_gym", "Where examples come from: a procedural reasoning-gym task or local files."
+    )
+    name: str = doc("chain_sum", "reasoning-gym dataset name (source=reasoning_gym).")
+    params: dict[str, Any] = doc({}, "Keyword arguments for the reasoning-gym dataset.")
+    num_train: int = doc(1000, "Number of procedural training examples (source=reasoning_gym).")
+    num_eval: int = doc(100, "Number of held-out examples (procedural tasks; cap for files).")
+    seed: int = doc(1234, "Seed of the procedural generator and of the file split.")
+    path: str | None = doc(None, "Training data file: .jsonl, .json, .csv or .parquet (source=file).")
+    eval_path: str | None = doc(
+        None, "Held-out data file; null = hold out num_eval rows of `path` (source=file)."
+    )
+    question_field: str = doc("question", "Column holding the question (source=file).")
+    answer_field: str = doc("answer", "Column holding the gold answer; GSM8K `#### 42` is understood.")
+    id_field: str | None = doc(None, "Column holding a stable example id; null = file:row.")
+    system_prompt: str | None = doc(
+        None, "System prompt; null = the default asking for <think>...</think><answer>...</answer>."
+    )
+    few_shot: int = doc(
+        0, "Worked examples prepended as prior chat turns (helps small models learn the format)."
+    )
+
+
+@dataclass
+class RewardSpec:
+    name: str = doc("accuracy", "Registered reward name, or `module:function` / `file.py:function`.")
+    weight: float = doc(1.0, "Weight in the summed reward.")
+    options: dict[str, Any] = doc({}, "Keyword arguments passed to the reward factory.")
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["transformers"] = doc("transformers", "Generation engine.")
+    group_size: int = doc(8, "G: completions sampled per prompt (>= 2).")
+    temperature: float = doc(1.0, "Sampling temperature (> 0).")
+    top_p: float = doc(1.0, "Nucleus sampling mass in (0, 1].")
+    top_k: int = doc(0, "Keep the k most likely tokens; 0 = off.")
+    max_new_tokens: int = doc(128, "Maximum completion length in tokens.")
+    max_prompt_tokens: int | None = doc(
+        None, "Reject prompts longer than this many tokens; null = model context minus max_new_tokens."
+    )
+
+
+@dataclass
+class AlgorithmConfig:
+    beta: float = doc(0.0, "KL penalty coefficient; 0 = no reference model is loaded.")
+    kl_estimator: Literal["k1", "k2", "k3"] = doc("k3", "Per-token KL estimator.")
+    epsilon: float = doc(0.2, "Lower clip range of the ratio: clip(ratio, 1-epsilon, ...).")
+    epsilon_high: float | None = doc(None, "Upper clip range (DAPO clip-higher); null = epsilon.")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = doc(
+        "grpo", "How token losses are aggregated (see algorithm.policy_loss)."
+    )
+    scale_rewards: Literal["group", "batch", "none"] = doc(
+        "group", "Advantage scaling: group std, batch std, or none (Dr. GRPO)."
+    )
+    advantage_eps: float = doc(1e-4, "Added to the std before dividing.")
+    num_iterations: int = doc(1, "Policy updates per generated batch (mu in the paper).")
+
+
+@dataclass
+class TrainConfig:
+    num_steps: int = doc(100, "Optimizer steps (one generated batch each when num_iterations=1).")
+    prompts_per_step: int = doc(2, "Prompts per step; each gets group_size completions.")
+    micro_batch_size: int = doc(8, "Completions per forward/backward (gradient accumulation).")
+    learning_rate: float = doc(1e-6, "Peak AdamW learning rate.")
+    weight_decay: float = doc(0.0, "AdamW weight decay.")
+    adam_betas: list[float] = doc([0.9, 0.99], "AdamW betas.")
+    max_grad_norm: float = doc(1.0, "Clip the global gradient norm to this; 0 = no clipping.")
+    lr_schedule: Literal["constant", "cosine"] = doc("constant", "Learning-rate schedule after warmup.")
+    warmup_steps: int = doc(0, "Linear warmup steps.")
+    max_bad_steps: int = doc(3, "Stop (with a checkpoint) after this many non-finite losses in a row.")
+
+
+@dataclass
+class EvalConfig:
+    every: int = doc(0, "Evaluate every N steps; 0 = only before and after training.")
+    num_examples: int = doc(100, "Held-out examples per evaluation (at most task.num_eval).")
+    pass_k: int = doc(1, "k of pass@k; k > 1 samples k completions per example.")
+    temperature: float = doc(1.0, "Sampling temperature for pass@k (greedy accuracy uses 0).")
+    max_new_tokens: int | None = doc(None, "Completion length at eval; null = rollout.max_new_tokens.")
+    batch_size: int = doc(32, "Prompts generated together during evaluation.")
+    before_training: bool = doc(True, "Evaluate the initial model before the first step.")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = doc(50, "Save a checkpoint every N steps (and at the end); 0 = only at the end.")
+    keep_last: int = doc(2, "Checkpoints kept on disk (oldest deleted first); >= 1.")
+
+
+@dataclass
+class LogConfig:
+    every: int = doc(1, "Write metrics every N steps.")
+    num_samples: int = doc(4, "Completions per step written to samples.jsonl.")
+    tensorboard: bool = doc(True, "Also write TensorBoard event files.")
+    progress: bool = doc(True, "Show a progress bar on the terminal.")
+
+
+@dataclass
+class Config:
+    output_dir: str = doc("runs/demo", "Run directory: config, metrics, checkpoints, final model.")
+    resume: bool = doc(False, "Continue from the newest checkpoint in output_dir.")
+    seed: int = doc(0, "Seed for sampling, shuffling and initialization.")
+    model: ModelConfig = doc(ModelConfig(), "Policy model.")
+    task: TaskConfig = doc(TaskConfig(), "Prompts and answers.")
+    rewards: list[RewardSpec] = doc(
+        [RewardSpec("format", 1.0), RewardSpec("accuracy", 1.0)], "Reward functions, summed by weight."
+    )
+    reward_timeout: float = doc(10.0, "Seconds one reward call may take before it is counted as failed.")
+    rollout: RolloutConfig = doc(RolloutConfig(), "Sampling.")
+    algorithm: AlgorithmConfig = doc(AlgorithmConfig(), "GRPO loss.")
+    train: TrainConfig = doc(TrainConfig(), "Optimization.")
+    eval: EvalConfig = doc(EvalConfig(), "Held-out evaluation.")
+    checkpoint: CheckpointConfig = doc(CheckpointConfig(), "Checkpointing.")
+    log: LogConfig = doc(LogConfig(), "Logging.")
+
+    def validate(self) -> Config:
+        """Cross-field rules; raises ValueError naming the field."""
+        r, a, t = self.rollout, self.algorithm, self.train
+        _check(r.group_size >= 2, "rollout.group_size", r.group_size, "an integer >= 2 (groups need two samples)")
+        _check(r.max_new_tokens >= 1, "rollout.max_new_tokens", r.max_new_tokens, "an integer >= 1")
+        _check(r.temperature > 0, "rollout.temperature", r.temperature, "a number > 0")
+        _check(0 < r.top_p <= 1, "rollout.top_p", r.top_p, "a number in (0, 1]")
+        _check(r.top_k >= 0, "rollout.top_k", r.top_k, "an integer >= 0")
+        _check(a.beta >= 0, "algorithm.beta", a.beta, "a number >= 0")
+        _check(0 <= a.epsilon < 1, "algorithm.epsilon", a.epsilon, "a number in [0, 1)")
+        if a.epsilon_high is not None:
+            _check(a.epsilon_high >= 0, "algorithm.epsilon_high", a.epsilon_high, "null or a number >= 0")
+        _check(a.advantage_eps >= 0, "algorithm.advantage_eps", a.advantage_eps, "a number >= 0")
+        _check(a.num_iterations >= 1, "algorithm.num_iterations", a.num_iterations, "an integer >= 1")
+        _check(t.num_steps >= 1, "train.num_steps", t.num_steps, "an integer >= 1")
+        _check(t.prompts_per_step >= 1, "train.prompts_per_step", t.prompts_per_step, "an integer >= 1")
+        _check(t.micro_batch_size >= 1, "train.micro_batch_size", t.micro_batch_size, "an integer >= 1")
+        batch = t.prompts_per_step * r.group_size
+        _check(
+            batch % t.micro_batch_size == 0,
+            "train.micro_batch_size",
+            t.micro_batch_size,
+            f"a divisor of prompts_per_step * group_size = {batch}",
+        )
+        _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "a number > 0")
+        _check(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
+               "train.adam_betas", t.adam_betas, "two numbers in [0, 1)")
+        _check(t.max_grad_norm >= 0, "train.max_grad_norm", t.max_grad_norm, "a number >= 0")
+        _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "an integer >= 0")
+        _check(t.max_bad_steps >= 1, "train.max_bad_steps", t.max_bad_steps, "an integer >= 1")
+        _check(self.reward_timeout > 0, "reward_timeout", self.reward_timeout, "a number of seconds > 0")
+        _check(len(self.rewards) >= 1, "rewards", self.rewards, "a non-empty list of {name, weight, options}")
+        _check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, "an integer >= 1")
+        _check(self.checkpoint.every >= 0, "checkpoint.every", self.checkpoint.every, "an integer >= 0")
+        _check(self.eval.every >= 0, "eval.every", self.eval.every, "an integer >= 0")
+        _check(self.eval.pass_k >= 1, "eval.pass_k", self.eval.pass_k, "an integer >= 1")
+        _check(self.eval.num_examples >= 0, "eval.num_examples", self.eval.num_examples, "an integer >= 0")
+        _check(self.log.every >= 1, "log.every", self.log.every, "an integer >= 1")
+        tc = self.task
+        if tc.source == "file":
+            _check(tc.path is not None, "task.path", tc.path, "a data file path when task.source=file")
+        _check(0 <= self.model.lora.dropout < 1, "model.lora.dropout", self.model.lora.dropout, "a number in [0, 1)")
+        _check(self.model.lora.r >= 1, "model.lora.r", self.model.lora.r, "an integer >= 1")
+        return self
+
+
+def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"config field `{name}` = {value!r} is invalid: expected {allowed}")
+
+
+# --------------------------------------------------------------------------- building
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a plain dict, checking names and types recursively."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config section `{prefix.rstrip('.') or '<root>'}` must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"section `{prefix}`" if prefix else "the config"
+        raise ValueError(
+            f"unknown config field `{prefix}{unknown[0]}` in {where}; allowed: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, name + ".")
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"config field `{name}` = {value!r} is invalid; allowed: {', '.join(map(str, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, name)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"config field `{name}` = {value!r} is invalid; expected a list")
+        return [_coerce(args[0], v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config field `{name}` = {value!r} is invalid; expected a mapping")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        # PyYAML reads `5e-6` (no dot) as a string; accept any float literal.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ValueError(
+            f"config field `{name}` = {value!r} is invalid; expected {tp.__name__}"
+        )
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` strings to a nested dict; values are parsed as YAML scalars."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like `section.field=value`")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: value is not valid YAML ({e})") from None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {item!r}: `{part}` is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (optional), apply dotted overrides, build and validate the Config."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = read_yaml(path)
+    data = apply_overrides(data, list(overrides or []))
+    return from_dict(Config, data).validate()
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"config file {str(p)!r} is not valid YAML at{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(p)!r} must hold a mapping at the top level")
+    return data
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted name, default, help) for every field, for `--help-config`."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(tp):
+            rows += describe(tp, prefix + f.name + ".")
+        else:
+            shown = to_dict(default) if dataclasses.is_dataclass(default) else default
+            if isinstance(shown, list) and shown and dataclasses.is_dataclass(shown[0]):
+                shown = [to_dict(x) for x in shown]
+            rows.append((prefix + f.name, repr(shown), f.metadata.get("help", "")))
+    return rows
