@@ -220,6 +220,9 @@ class Config:
         _check(self.eval.num_examples >= 0, "eval.num_examples", self.eval.num_examples, "an integer >= 0")
         _check(self.log.every >= 1, "log.every", self.log.every, "an integer >= 1")
         tc = self.task
+        _check(tc.num_train >= 1, "task.num_train", tc.num_train, "an integer >= 1")
+        _check(tc.num_eval >= 0, "task.num_eval", tc.num_eval, "an integer >= 0")
+        _check(tc.few_shot >= 0, "task.few_shot", tc.few_shot, "an integer >= 0")
         if tc.source == "file":
             _check(tc.path is not None, "task.path", tc.path, "a data file path when task.source=file")
         _check(0 <= self.model.lora.dropout < 1, "model.lora.dropout", self.model.lora.dropout, "a number in [0, 1)")

@@ -62,6 +62,8 @@ def test_int_is_accepted_for_float_field():
         ("task.source=hub", "allowed: reasoning_gym, file"),
         ("task.source=file", "`task.path`"),
         ("rewards=[]", "`rewards`"),
+        ("task.few_shot=-1", "`task.few_shot`"),
+        ("task.num_train=0", "`task.num_train`"),
         ("rewards=[{nam: format}]", "unknown config field `rewards[0].nam`"),
         ("model=3", "section `model` must be a mapping"),
         ("algorithm.beta", "must look like `section.field=value`"),

@@ -1,0 +1,129 @@
+"""Tasks from local data files: question/answer rows in JSONL, JSON, CSV or Parquet.
+
+    task = build_file_task(TaskConfig(source="file", path="data/gsm8k_train.jsonl"))
+
+Column names come from task.question_field / answer_field / id_field. A GSM8K-style answer
+("reasoning ... #### 1,234") is split: the gold answer is what follows the last `####`, with
+thousands commas removed ("1234"); the reasoning before it goes to metadata["reasoning"] and
+becomes the <think> text when the row is used as a worked example.
+
+The split: with task.eval_path, its first num_eval distinct questions are held out (in file
+order, so the same rows every run); without it, num_eval distinct questions are drawn from
+the training file in an order seeded by task.seed. Few-shot examples come next from the
+training file in the seeded order. Training keeps every other row of the training file, in
+file order, minus any row whose question is held out or used as a worked example.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+from grpo.config import TaskConfig
+from grpo.tasks.base import (
+    Example,
+    Task,
+    attach_prompts,
+    generic_think,
+    question_key,
+    take_distinct,
+)
+from grpo.tasks.readers import Table, read_table
+
+_CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's "<<48/2=24>>" calculator annotations
+
+
+def build_file_task(cfg: TaskConfig) -> Task:
+    """Load `cfg.path` (and `cfg.eval_path`), split, and attach prompts."""
+    if cfg.path is None:
+        raise ValueError(
+            "config field `task.path` is null: a data file is needed when task.source=file"
+        )
+    train_rows = read_examples(cfg.path, cfg, "task.path")
+    order = list(range(len(train_rows)))
+    random.Random(cfg.seed).shuffle(order)
+    shuffled = iter([train_rows[i] for i in order])
+
+    seen: set[str] = set()
+    if cfg.eval_path is not None:
+        eval_ = take_distinct(
+            iter(read_examples(cfg.eval_path, cfg, "task.eval_path")), cfg.num_eval, seen
+        )
+    else:
+        eval_ = take_distinct(shuffled, cfg.num_eval, seen)
+    shots = take_distinct(shuffled, cfg.few_shot, seen)
+    train = [ex for ex in train_rows if question_key(ex.question) not in seen]
+
+    name = Path(cfg.path).name
+    if len(shots) < cfg.few_shot or not train:
+        raise ValueError(
+            f"data file {cfg.path!r} has {len(train_rows)} rows, too few distinct questions for "
+            f"{len(eval_)} held-out (task.num_eval = {cfg.num_eval}) plus {cfg.few_shot} worked "
+            f"examples (task.few_shot) plus at least one training row; lower those or add rows"
+        )
+    attach_prompts(eval_ + train, cfg.system_prompt, shots, file_think)
+    return Task(name=name, train=train, eval=eval_, few_shot=shots)
+
+
+def read_examples(path: str, cfg: TaskConfig, field: str) -> list[Example]:
+    """Every row of `path` as an Example (prompt attached later); errors name file and row."""
+    table = read_table(path, field)
+    examples, ids = [], {}
+    for i, row in enumerate(table.rows):
+        question = _text(row, cfg.question_field, "task.question_field", table, i)
+        raw_answer = _text(row, cfg.answer_field, "task.answer_field", table, i)
+        answer, reasoning = parse_answer(raw_answer)
+        if not answer:
+            raise ValueError(
+                f"data file {str(table.path)!r} {table.where(i)}: field {cfg.answer_field!r} has "
+                f"nothing after '####' ({raw_answer[-60:]!r})"
+            )
+        if cfg.id_field is not None:
+            ex_id = _text(row, cfg.id_field, "task.id_field", table, i)
+            if ex_id in ids:
+                raise ValueError(
+                    f"data file {str(table.path)!r} {table.where(i)}: id {ex_id!r} (field "
+                    f"{cfg.id_field!r}) repeats the one at {table.where(ids[ex_id])}"
+                )
+            ids[ex_id] = i
+        else:
+            ex_id = f"{table.path.name}:{i}"
+        meta: dict[str, Any] = {"question": question, "source": str(table.path), "row": i}
+        if reasoning:
+            meta["reasoning"] = reasoning
+        examples.append(Example(id=ex_id, prompt=[], answer=answer, metadata=meta))
+    return examples
+
+
+def parse_answer(raw: str) -> tuple[str, str | None]:
+    """GSM8K '... #### 1,234' -> ('1234', '...'); any other answer -> (stripped, None)."""
+    if "####" not in raw:
+        return raw.strip(), None
+    reasoning, final = raw.rsplit("####", 1)
+    return final.strip().replace(",", ""), reasoning.strip() or None
+
+
+def file_think(ex: Example) -> str:
+    """The row's own reasoning (calculator annotations removed), else a generic sentence."""
+    reasoning = ex.metadata.get("reasoning")
+    return _CALCULATOR.sub("", reasoning).strip() if reasoning else generic_think(ex.answer)
+
+
+def _text(row: dict[str, Any], name: str, field: str, table: Table, i: int) -> str:
+    """Field `name` of row i as text; missing or empty is an error naming file, row, columns."""
+    value = row.get(name)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # Arrow promotes int columns with a float among them: 42.0 -> 42
+    text = "" if value is None else str(value).strip()
+    if not text:
+        if name not in table.columns:
+            state = "is missing (no such column)"
+        else:
+            state = "is missing (null)" if value is None else "is empty"
+        raise ValueError(
+            f"data file {str(table.path)!r} {table.where(i)}: field {name!r} ({field}) {state}; "
+            f"columns: {', '.join(table.columns)}"
+        )
+    return text
