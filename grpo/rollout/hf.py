@@ -1,0 +1,143 @@
+"""Generation with transformers' `model.generate`: batched, left-padded, no frills.
+
+The G completions of a prompt are G copies of its row (repeat_interleave), so the prompt
+is prefilled G times; sharing it is a later optimization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from grpo.rollout.base import (
+    FINISH_EOS,
+    FINISH_LENGTH,
+    RolloutBatch,
+    SamplingParams,
+    completion_mask,
+)
+
+
+class TransformersEngine:
+    """Engine over a (possibly peft-wrapped) causal LM and its tokenizer.
+
+    max_prompt_tokens: prompts longer than this raise ValueError; None = the model's
+    context (max_position_embeddings) minus max_new_tokens.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, max_prompt_tokens: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_prompt_tokens = max_prompt_tokens
+        self.eos_ids = _eos_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = model.generation_config.pad_token_id
+        self.pad_id = self.eos_ids[0] if pad is None else pad
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> RolloutBatch:
+        if not prompts:
+            raise ValueError("generate() needs at least one prompt")
+        G = params.group_size
+        device = next(self.model.parameters()).device
+        # The prompts are rendered chat texts: the template already holds the special tokens.
+        enc = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+        )
+        self._check_lengths(enc["attention_mask"].sum(1).tolist(), params.max_new_tokens)
+        prompt_ids = enc["input_ids"].repeat_interleave(G, 0).to(device)  # [N, P]
+        prompt_mask = enc["attention_mask"].repeat_interleave(G, 0).to(device)  # [N, P]
+
+        with _eval_mode(self.model), torch.no_grad(), _seeded(params.seed, device):
+            # no_grad, not inference_mode: the ids feed later forwards that need autograd
+            sequences = self.model.generate(
+                input_ids=prompt_ids, attention_mask=prompt_mask, **self._generate_kwargs(params)
+            )  # [N, P + C]; position ids come from the attention mask inside generate
+        completion_ids = sequences[:, prompt_ids.shape[1] :]  # [N, C]
+        eos = torch.tensor(self.eos_ids, device=device)
+        mask = completion_mask(completion_ids, eos)  # [N, C]
+        completion_ids = completion_ids.masked_fill(mask == 0, self.pad_id)
+        has_eos = (torch.isin(completion_ids, eos) & (mask == 1)).any(1).tolist()
+        assert all(has_eos) or completion_ids.shape[1] == params.max_new_tokens
+        lengths = mask.sum(1).tolist()
+        rows = [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths, strict=True)]
+        return RolloutBatch(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            completion_ids=completion_ids,
+            completion_mask=mask,
+            completions=self.tokenizer.batch_decode(rows, skip_special_tokens=True),
+            finish_reasons=[FINISH_EOS if e else FINISH_LENGTH for e in has_eos],
+        )
+
+    def _generate_kwargs(self, params: SamplingParams) -> dict[str, Any]:
+        # Everything that shapes the distribution is passed explicitly, so a model's own
+        # generation_config (SmolLM2 or a user's model may set temperature, top_k, penalties)
+        # never overrides our config. top_k=0 must be passed: left unset, generate uses 50.
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=params.max_new_tokens,
+            min_new_tokens=0,
+            num_beams=1,
+            num_return_sequences=1,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            use_cache=True,
+            output_scores=False,
+            return_dict_in_generate=False,
+        )
+        if params.greedy:
+            kwargs["do_sample"] = False
+        else:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        return kwargs
+
+    def _check_lengths(self, lengths: list[int], max_new_tokens: int) -> None:
+        limit = self.max_prompt_tokens
+        name = "rollout.max_prompt_tokens"
+        if limit is None:
+            limit = self.model.config.max_position_embeddings - max_new_tokens
+            name = "the model context minus rollout.max_new_tokens"
+        for i, n in enumerate(lengths):
+            if n > limit:
+                raise ValueError(f"prompt {i} has {n} tokens, more than {name} = {limit}")
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's eos plus the generation config's (ChatML models: <|im_end|> and more)."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    gen = model.generation_config.eos_token_id
+    for i in gen if isinstance(gen, list) else [gen]:
+        if i is not None and i not in ids:
+            ids.append(i)
+    if not ids:
+        raise ValueError("the tokenizer and the model's generation_config define no eos token")
+    return ids
+
+
+@contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Eval mode while generating (no dropout); the policy's mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed the sampler for this call only; the caller's RNG streams are restored after."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield

@@ -1,0 +1,170 @@
+"""The transformers engine on the tiny random Llama: shapes, padding, masks, determinism."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from grpo.config import RolloutConfig
+from grpo.rollout import RolloutBatch, SamplingParams, TransformersEngine, build_engine
+from grpo.rollout.base import completion_mask
+
+QUESTIONS = ["What is 3 + 4?", "What is 12 + 30 + 7? Think step by step.", "1 + 1"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    return TransformersEngine(model, tokenizer)
+
+
+def render(tokenizer, questions=QUESTIONS):
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in questions
+    ]
+
+
+def params(**kw):
+    base = dict(group_size=2, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=12)
+    return SamplingParams(**(base | kw))
+
+
+def with_extra_eos(engine, token_id):
+    """Same model, one more stop token: a random model rarely samples <|im_end|> by itself."""
+    other = TransformersEngine(engine.model, engine.tokenizer)
+    other.eos_ids = engine.eos_ids + [token_id]
+    return other
+
+
+def test_completion_mask_counts_up_to_and_including_the_first_eos():
+    ids = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 8], [2, 2, 2, 2]])
+    # row 0: eos at 1 -> [1, 1, 0, 0]; row 1: no eos -> all ones; row 2 (pad == eos) -> [1, 0, 0, 0]
+    mask = completion_mask(ids, torch.tensor([2]))
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_shapes_padding_and_group_order(engine):
+    prompts = render(engine.tokenizer)
+    batch = engine.generate(prompts, params(group_size=3, seed=0))
+    assert isinstance(batch, RolloutBatch)
+    N = len(prompts) * 3
+    assert batch.prompt_ids.shape[0] == batch.completion_ids.shape[0] == N == len(batch.completions)
+    assert batch.prompt_ids.dtype == batch.completion_ids.dtype == torch.long
+    assert batch.completion_ids.shape[1] <= 12
+    pad = engine.tokenizer.pad_token_id
+    for i, prompt in enumerate(prompts):
+        ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        for row in range(3 * i, 3 * i + 3):  # rows of a group are contiguous, prompt order kept
+            mask = batch.prompt_mask[row]
+            assert batch.prompt_ids[row, mask.bool()].tolist() == ids
+            # left padding: the padding, if any, comes first
+            n_pad = mask.shape[0] - len(ids)
+            assert mask.tolist() == [0] * n_pad + [1] * len(ids)
+            assert batch.prompt_ids[row, :n_pad].tolist() == [pad] * n_pad
+    assert batch.prompt_mask[:, -1].all()
+
+
+def test_masks_and_finish_reasons(engine):
+    prompts = render(engine.tokenizer)
+    greedy = params(temperature=0.0, max_new_tokens=10)
+    first = engine.generate(prompts, greedy)
+    assert set(first.finish_reasons) == {"length"}  # the random model does not stop by itself
+    assert first.completion_mask.all() and first.completion_ids.shape[1] == 10
+    # make the token greedy writes 3rd in the first completion a stop token: that row now stops there
+    stop = first.completion_ids[0, 2].item()
+    eng = with_extra_eos(engine, stop)
+    batch = eng.generate(prompts, greedy)
+    pad = engine.tokenizer.pad_token_id
+    for row in range(batch.completion_ids.shape[0]):
+        ids, mask = batch.completion_ids[row].tolist(), batch.completion_mask[row].tolist()
+        n = sum(mask)
+        assert mask == [1] * n + [0] * (len(mask) - n)  # ones then zeros
+        assert ids[n:] == [pad] * (len(ids) - n)  # right-padded with the pad id
+        if batch.finish_reasons[row] == "eos":
+            assert ids[n - 1] in eng.eos_ids and not any(t in eng.eos_ids for t in ids[: n - 1])
+        else:
+            assert n == 10 and not any(t in eng.eos_ids for t in ids)
+    assert batch.finish_reasons[0] == "eos" and batch.completion_mask[0].sum() <= 3
+    assert batch.num_generated_tokens == int(batch.completion_mask.sum())
+
+
+def test_decoded_text_matches_the_ids(engine):
+    batch = engine.generate(render(engine.tokenizer), params(seed=1))
+    for ids, mask, text in zip(batch.completion_ids, batch.completion_mask, batch.completions, strict=True):
+        assert text == engine.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
+
+
+def test_greedy_completions_of_a_group_are_identical(engine):
+    batch = engine.generate(render(engine.tokenizer), params(group_size=3, temperature=0.0))
+    for g in range(len(QUESTIONS)):
+        group = batch.completion_ids[3 * g : 3 * g + 3]
+        assert (group == group[0]).all()
+
+
+def test_same_seed_same_samples_and_rng_untouched(engine):
+    prompts = render(engine.tokenizer)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = engine.generate(prompts, params(group_size=4, seed=7))
+    assert torch.equal(torch.get_rng_state(), state)  # a seeded call leaves the global RNG alone
+    b = engine.generate(prompts, params(group_size=4, seed=7))
+    c = engine.generate(prompts, params(group_size=4, seed=8))
+    assert a.completions == b.completions and torch.equal(a.completion_ids, b.completion_ids)
+    assert a.completions != c.completions
+    assert len(set(a.completions[:4])) > 1  # sampling, not greedy: a group differs
+
+
+def test_batched_greedy_equals_one_prompt_at_a_time(engine):
+    # Prompts of different lengths are left-padded differently: equal outputs mean the
+    # padding is masked out (checked: with an all-ones attention mask prompts 0 and 2 differ).
+    # Position ids cannot be checked this way: RoPE only sees relative positions, so
+    # shifting a whole row by its padding changes nothing once the padding is masked.
+    prompts = render(engine.tokenizer)
+    engine.tokenizer.padding_side = "right"  # the engine pads on the left whatever this says
+    try:
+        together = engine.generate(prompts, params(group_size=1, temperature=0.0, max_new_tokens=16))
+    finally:
+        engine.tokenizer.padding_side = "left"
+    assert together.prompt_mask[:, -1].all()
+    for i, prompt in enumerate(prompts):
+        alone = engine.generate([prompt], params(group_size=1, temperature=0.0, max_new_tokens=16))
+        n = int(alone.completion_mask.sum())
+        assert together.completion_ids[i, :n].tolist() == alone.completion_ids[0, :n].tolist()
+        assert together.completions[i] == alone.completions[0]
+
+
+def test_model_generation_config_does_not_override_params(engine):
+    model = engine.model
+    saved = model.generation_config
+    model.generation_config = copy.deepcopy(saved)
+    model.generation_config.update(do_sample=False, top_k=1, temperature=0.01, repetition_penalty=5.0)
+    try:
+        sampled = engine.generate(render(engine.tokenizer)[:1], params(group_size=6, seed=0))
+        greedy = engine.generate(render(engine.tokenizer)[:1], params(group_size=1, temperature=0.0))
+    finally:
+        model.generation_config = saved
+    assert len(set(sampled.completions)) > 1  # top_k=1 / do_sample=False would make them equal
+    plain = engine.generate(render(engine.tokenizer)[:1], params(group_size=1, temperature=0.0))
+    assert greedy.completions == plain.completions  # repetition_penalty was not applied
+
+
+def test_generation_restores_train_mode_and_needs_no_grad(engine):
+    engine.model.train()
+    batch = engine.generate(render(engine.tokenizer)[:1], params(group_size=2, seed=0))
+    assert engine.model.training
+    assert not batch.completion_ids.requires_grad and not batch.completion_ids.is_inference()
+    engine.model.eval()
+
+
+def test_prompt_length_limit_and_build_engine(engine):
+    cfg = RolloutConfig(max_prompt_tokens=5)
+    eng = build_engine(cfg, engine.model, engine.tokenizer)
+    with pytest.raises(ValueError, match="max_prompt_tokens = 5"):
+        eng.generate(render(engine.tokenizer), params())
+    with pytest.raises(ValueError, match="group_size"):
+        params(group_size=0)
+    p = SamplingParams.from_config(RolloutConfig(group_size=4, top_k=5), seed=3)
+    assert (p.group_size, p.top_k, p.seed, p.greedy) == (4, 5, 3, False)
