@@ -1,0 +1,150 @@
+"""Atomic checkpoints and exact resume.
+
+A checkpoint is a directory `checkpoint-000010/` holding everything needed to continue
+the run bit for bit: trainable weights (safetensors), optimizer and scheduler state, RNG
+states, the data position and the step. It is written into a temporary sibling directory,
+fsynced, then renamed into place, so a process killed at any moment leaves either the
+previous checkpoints or the new complete one, never a half-written directory under the
+final name. Temporary leftovers of a killed writer are removed on the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{6,})$")
+TMP_PREFIX = ".tmp-checkpoint-"
+
+
+@dataclass
+class TrainerState:
+    """The loop's own counters, saved as JSON next to the tensors."""
+
+    step: int = 0  # GRPO steps completed
+    examples_seen: int = 0  # position in the training-data stream
+    bad_steps_in_a_row: int = 0
+    num_skipped_updates: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:06d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in `run_dir`, oldest first."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters the optimizer changes (all of them, or only LoRA adapters)."""
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: TrainerState,
+    keep_last: int,
+) -> Path:
+    """Write checkpoint-<step> atomically, then drop all but the newest `keep_last`."""
+    root = Path(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(TMP_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    final = root / checkpoint_name(state.step)
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
+    try:
+        save_file(trainable_state(model), tmp / "model.safetensors")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+            tmp / "training_state.pt",
+        )
+        (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1))
+        _fsync_dir_files(tmp)
+        if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> TrainerState:
+    """Restore weights, optimizer, scheduler and RNG in place; return the loop counters."""
+    path = Path(path)
+    try:
+        weights = load_file(path / "model.safetensors")
+        blob = torch.load(path / "training_state.pt", weights_only=False)
+        state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+    except Exception as e:  # noqa: BLE001 - any unreadable file means the same to the user
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e})") from None
+    params = dict(model.named_parameters())
+    missing = sorted(set(n for n, p in params.items() if p.requires_grad) - set(weights))
+    if missing:
+        raise ValueError(f"checkpoint {str(path)!r} does not match the model: missing {missing[:3]}")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    set_rng_state(blob["rng"])
+    return state
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir_files(directory: Path) -> None:
+    for p in directory.iterdir():
+        _fsync(p)
+    _fsync(directory)

@@ -1,0 +1,94 @@
+"""Held-out evaluation: greedy accuracy, pass@k, format rate, completion length.
+
+The grader is the RL reward itself (the `accuracy` and `format` reward functions, with the
+options the run configured), so what evaluation calls correct is what training rewarded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from grpo import rewards
+from grpo.config import Config, RewardSpec
+from grpo.rollout import SamplingParams
+from grpo.tasks.base import Example, render_prompt
+
+
+def grader_specs(cfg: Config) -> list[RewardSpec]:
+    """The accuracy and format rewards as the run configured them (defaults otherwise)."""
+    configured = {spec.name: spec for spec in cfg.rewards}
+    return [RewardSpec(name, 1.0, dict(configured[name].options) if name in configured else {})
+            for name in ("accuracy", "format")]
+
+
+def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) -> dict[str, Any]:
+    """Score `examples`; returns accuracy, format, mean_length, truncation, pass@k (k > 1)."""
+    if not examples:
+        raise ValueError("evaluation needs at least one held-out example (eval.num_examples, task.num_eval)")
+    e = cfg.eval
+    max_new = e.max_new_tokens or cfg.rollout.max_new_tokens
+    graders = rewards.build(grader_specs(cfg))
+    greedy = SamplingParams(group_size=1, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=max_new)
+    acc, fmt, lengths, truncated = [], [], [], 0
+    passed: list[float] = []
+    for start in range(0, len(examples), e.batch_size):
+        chunk = examples[start : start + e.batch_size]
+        prompts = [render_prompt(tokenizer, ex) for ex in chunk]
+        batch = engine.generate(prompts, greedy)
+        scores = rewards.score(graders, batch.completions, chunk, cfg.reward_timeout)
+        acc += torch.nan_to_num(scores.per_function["accuracy"]).tolist()
+        fmt += torch.nan_to_num(scores.per_function["format"]).tolist()
+        lengths += batch.completion_mask.sum(1).tolist()
+        truncated += sum(r == "length" for r in batch.finish_reasons)
+        if e.pass_k > 1:
+            sampled = SamplingParams(group_size=e.pass_k, temperature=e.temperature, top_p=cfg.rollout.top_p,
+                                     top_k=cfg.rollout.top_k, max_new_tokens=max_new)
+            batch = engine.generate(prompts, sampled)
+            repeated = [ex for ex in chunk for _ in range(e.pass_k)]
+            scores = rewards.score(graders[:1], batch.completions, repeated, cfg.reward_timeout)
+            correct = torch.nan_to_num(scores.per_function["accuracy"]).view(len(chunk), e.pass_k)
+            passed += (correct >= 1.0).any(dim=1).float().tolist()
+    n = len(examples)
+    results: dict[str, Any] = {
+        "num_examples": n,
+        "accuracy": sum(a >= 1.0 for a in acc) / n,
+        "format": sum(f >= 1.0 for f in fmt) / n,
+        "mean_length": sum(lengths) / n,
+        "truncation_rate": truncated / n,
+    }
+    if e.pass_k > 1:
+        results[f"pass@{e.pass_k}"] = sum(passed) / n
+    return results
+
+
+def run_eval(cfg: Config, checkpoint: str | None = None) -> dict[str, Any]:
+    """`grpo eval`: load the model (and a checkpoint's weights), evaluate on the eval split."""
+    from safetensors.torch import load_file
+
+    from grpo import models
+    from grpo.rollout import build_engine
+    from grpo.tasks import build_task
+
+    task = build_task(cfg.task)
+    model, tokenizer = models.load_policy(cfg.model)
+    if checkpoint is not None:
+        weights = load_file(f"{checkpoint}/model.safetensors")
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected:
+            raise ValueError(f"checkpoint {checkpoint!r} does not match the model: {unexpected[:3]}")
+    engine = build_engine(cfg.rollout, model, tokenizer)
+    return evaluate(engine, tokenizer, task.eval[: cfg.eval.num_examples], cfg)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="held-out evaluation")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in results.items():
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    Console(stderr=True).print(table)

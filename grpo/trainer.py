@@ -1,0 +1,314 @@
+"""The GRPO training loop.
+
+One step, as numbered in `train_step` below:
+  1. take the next prompts from the data stream (resumable by position)
+  2. generate G completions per prompt (rollout engine)
+  3. score them with the reward functions (contained: a failing function never ends the run)
+  4. group-relative advantages (algorithm.group_advantages)
+  5. old log-probs (only when num_iterations > 1) and reference log-probs (only when beta > 0)
+  6. for each iteration and micro-batch: policy_loss, backward; then clip grads, AdamW step,
+     LR schedule. A non-finite gradient skips the update and is counted.
+  7. metrics and sample completions to the run directory
+and, at their intervals, held-out evaluation and an atomic checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from grpo import algorithm, models, rewards
+from grpo.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from grpo.config import Config, save_config
+from grpo.evaluate import evaluate
+from grpo.logging import RunLogger
+from grpo.logprobs import batch_logprobs, completion_logprobs, micro_batches
+from grpo.rollout import SamplingParams, build_engine
+from grpo.tasks import build_task
+from grpo.tasks.base import Example, render_prompt
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (e.g. the loss stayed non-finite); a checkpoint was written."""
+
+
+class DataStream:
+    """Training examples in a seeded order, reshuffled each epoch; resumable from a count."""
+
+    def __init__(self, examples: list[Example], seed: int, position: int = 0):
+        if not examples:
+            raise ValueError("the task has no training examples")
+        self.examples, self.seed, self.position = examples, seed, position
+
+    def take(self, n: int) -> list[Example]:
+        out = []
+        for _ in range(n):
+            epoch, index = divmod(self.position, len(self.examples))
+            order = torch.randperm(len(self.examples), generator=torch.Generator().manual_seed(self.seed + epoch))
+            out.append(self.examples[int(order[index])])
+            self.position += 1
+        return out
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_updates: int):
+    """Linear warmup, then constant or cosine decay to 0 over the remaining updates."""
+    warmup, kind = cfg.train.warmup_steps, cfg.train.lr_schedule
+
+    def factor(update: int) -> float:
+        if update < warmup:
+            return (update + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = (update - warmup) / max(1, total_updates - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+@dataclass
+class Trainer:
+    """Everything the loop needs, built once by `Trainer.build`."""
+
+    cfg: Config
+    model: torch.nn.Module
+    tokenizer: Any
+    reference: Any  # a frozen model, the LoRA policy with adapters off, or None (beta = 0)
+    engine: Any
+    reward_fns: list
+    task: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+    state: TrainerState
+    data: DataStream
+
+    @classmethod
+    def build(cls, cfg: Config) -> Trainer:
+        seed_everything(cfg.seed)
+        task = build_task(cfg.task)
+        reward_fns = rewards.build(cfg.rewards)
+        model, tokenizer = models.load_policy(cfg.model)
+        device = next(model.parameters()).device
+        # With beta = 0 the reference model is never loaded (memory and time).
+        reference = models.load_reference(cfg.model, model) if cfg.algorithm.beta > 0 else None
+        engine = build_engine(cfg.rollout, model, tokenizer)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, betas=tuple(cfg.train.adam_betas),
+                                      weight_decay=cfg.train.weight_decay)
+        scheduler = make_scheduler(optimizer, cfg, cfg.train.num_steps * cfg.algorithm.num_iterations)
+        state = TrainerState()
+        ckpt = latest_checkpoint(cfg.output_dir) if cfg.resume else None
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, model, optimizer, scheduler)
+        return cls(cfg, model, tokenizer, reference, engine, reward_fns, task, optimizer, scheduler,
+                   device, state, DataStream(task.train, cfg.seed, state.examples_seen))
+
+    # ----------------------------------------------------------------- one step
+
+    def train_step(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        cfg, G = self.cfg, self.cfg.rollout.group_size
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            now = time.perf_counter()
+            timings[f"time/{name}"] = now - clock
+            clock = now
+
+        # 1. prompts
+        examples = self.data.take(cfg.train.prompts_per_step)
+        prompts = [render_prompt(self.tokenizer, ex) for ex in examples]
+        # 2. generate G completions per prompt
+        batch = self.engine.generate(prompts, self.sampling_params())
+        lap("generation")
+        # 3. rewards, per completion (completion i belongs to prompt i // G)
+        grouped_examples = [ex for ex in examples for _ in range(G)]
+        scores = rewards.score(self.reward_fns, batch.completions, grouped_examples, cfg.reward_timeout)
+        lap("rewards")
+        # 4. advantages
+        a = cfg.algorithm
+        advantages = algorithm.group_advantages(scores.total, G, a.scale_rewards, a.advantage_eps)  # [N]
+        # 5. old and reference log-probs, no grad
+        mbs = cfg.train.micro_batch_size
+        temp = cfg.rollout.temperature
+        old_logprobs = (batch_logprobs(self.model, batch, mbs, self.device, temp)
+                        if a.num_iterations > 1 else None)
+        ref_logprobs = (batch_logprobs(self.reference, batch, mbs, self.device, temp)
+                        if self.reference is not None else None)
+        lap("logprobs")
+        # 6. policy updates
+        update_metrics = self.update(batch, advantages, old_logprobs, ref_logprobs)
+        lap("update")
+        # 7. metrics
+        timings["time/step"] = sum(timings.values())
+        metrics = {**self.rollout_metrics(batch, scores, advantages), **update_metrics, **timings,
+                   "learning_rate": self.scheduler.get_last_lr()[0],
+                   "memory/peak_gb": peak_memory_gb(self.device)}
+        samples = self.samples(examples, batch, scores, advantages)
+        return metrics, samples
+
+    def sampling_params(self, **overrides: Any) -> SamplingParams:
+        r = self.cfg.rollout
+        base = dict(group_size=r.group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                    max_new_tokens=r.max_new_tokens)
+        return SamplingParams(**{**base, **overrides})
+
+    def update(self, batch, advantages, old_logprobs, ref_logprobs) -> dict[str, float]:
+        """num_iterations optimizer steps on one generated batch, micro-batched."""
+        cfg, a = self.cfg, self.cfg.algorithm
+        mask = batch.completion_mask.float()  # [N, C]
+        # Global normalizers, so micro-batch losses add up to the big-batch loss.
+        num_items = mask.sum().item() if a.loss_type in ("bnpo", "dapo") else mask.shape[0]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        sums: dict[str, float] = {}
+        num_tokens = max(mask.sum().item(), 1.0)
+        self.model.train()
+        for iteration in range(a.num_iterations):
+            total_loss = 0.0
+            for mb in micro_batches(batch, cfg.train.micro_batch_size, self.device):
+                want_entropy = iteration == 0
+                logprobs, entropy = completion_logprobs(self.model, mb, cfg.rollout.temperature, want_entropy)
+                C = logprobs.shape[1]
+                old = logprobs.detach() if old_logprobs is None else old_logprobs[mb.rows, :C].to(self.device)
+                ref = None if ref_logprobs is None else ref_logprobs[mb.rows, :C].to(self.device)
+                loss, m = algorithm.policy_loss(
+                    logprobs, old, advantages[mb.rows].to(self.device), mb.completion_mask,
+                    ref_logprobs=ref, beta=a.beta, epsilon=a.epsilon, epsilon_high=a.epsilon_high,
+                    loss_type=a.loss_type, max_completion_length=cfg.rollout.max_new_tokens,
+                    kl_estimator=a.kl_estimator, num_items=num_items,
+                )
+                loss.backward()
+                total_loss += loss.item()
+                if iteration == 0:  # token-weighted averages of the micro-batch metrics
+                    share = mb.completion_mask.sum().item() / num_tokens
+                    for key, value in m.items():
+                        sums[key] = sums.get(key, 0.0) + value.item() * share
+                    ent = algorithm.masked_mean(entropy, mb.completion_mask).item()
+                    sums["entropy"] = sums.get("entropy", 0.0) + ent * share
+            max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+            if math.isfinite(grad_norm) and math.isfinite(total_loss):
+                self.optimizer.step()
+                self.state.bad_steps_in_a_row = 0
+            else:  # skip a poisoned update rather than write NaN into the weights
+                self.state.bad_steps_in_a_row += 1
+                self.state.num_skipped_updates += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+        return {"loss": total_loss, "grad_norm": grad_norm, "skipped_updates": self.state.num_skipped_updates,
+                **{("clip/" + k[5:] if k.startswith("clip_") else k): v for k, v in sums.items()}}
+
+    def rollout_metrics(self, batch, scores, advantages) -> dict[str, float]:
+        G = self.cfg.rollout.group_size
+        lengths = batch.completion_mask.sum(1).float()  # [N]
+        total = scores.total
+        out = {
+            "reward/mean": total.mean().item(),
+            "reward/std": total.std().item() if total.numel() > 1 else 0.0,
+            "frac_reward_zero_std": (total.view(-1, G).std(1) == 0).float().mean().item(),
+            "advantage/abs_mean": advantages.abs().mean().item(),
+            "completion_length/mean": lengths.mean().item(),
+            "completion_length/min": lengths.min().item(),
+            "completion_length/max": lengths.max().item(),
+            "truncation_rate": sum(r == "length" for r in batch.finish_reasons) / len(batch.finish_reasons),
+            "tokens_generated": int(lengths.sum().item()),
+        }
+        for name, values in scores.per_function.items():
+            ok = values[~torch.isnan(values)]
+            out[f"reward/{name}/mean"] = ok.mean().item() if ok.numel() else float("nan")
+            out[f"rewards/{name}/errors"] = scores.errors.get(name, 0)
+            if name in ("accuracy", "format"):
+                out[name] = out[f"reward/{name}/mean"]
+        return out
+
+    def samples(self, examples, batch, scores, advantages) -> list[dict[str, Any]]:
+        G, n = self.cfg.rollout.group_size, self.cfg.log.num_samples
+        out = []
+        for i in range(min(n, len(batch.completions))):
+            ex = examples[i // G]
+            out.append({
+                "example_id": ex.id, "question": ex.question, "answer": ex.answer,
+                "completion": batch.completions[i], "finish_reason": batch.finish_reasons[i],
+                "reward": scores.total[i].item(), "advantage": advantages[i].item(),
+                "rewards": {k: (None if math.isnan(v[i].item()) else v[i].item())
+                            for k, v in scores.per_function.items()},
+            })
+        return out
+
+    # ----------------------------------------------------------------- the run
+
+    def evaluate(self) -> dict[str, Any]:
+        e = self.cfg.eval
+        examples = self.task.eval[: e.num_examples]
+        return evaluate(self.engine, self.tokenizer, examples, self.cfg)
+
+    def save(self) -> Path:
+        self.state.examples_seen = self.data.position
+        return save_checkpoint(self.cfg.output_dir, self.model, self.optimizer, self.scheduler,
+                               self.state, self.cfg.checkpoint.keep_last)
+
+    def run(self) -> dict[str, Any]:
+        cfg, out = self.cfg, Path(self.cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        log = RunLogger(out, cfg.train.num_steps, start_step=self.state.step,
+                        tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
+        results: dict[str, Any] = {}
+        try:
+            if self.state.step == 0 and cfg.eval.before_training and cfg.eval.num_examples > 0:
+                results["before"] = self.evaluate()
+                log.log_eval(0, results["before"])
+            while self.state.step < cfg.train.num_steps:
+                metrics, samples = self.train_step()
+                self.state.step += 1
+                step = self.state.step
+                if step % cfg.log.every == 0 or step == cfg.train.num_steps:
+                    log.log_step(step, metrics)
+                    log.log_samples(step, samples)
+                if self.state.bad_steps_in_a_row >= cfg.train.max_bad_steps:
+                    path = self.save()
+                    raise TrainingStopped(
+                        f"the loss or gradient was not finite for {self.state.bad_steps_in_a_row} updates in a row "
+                        f"(train.max_bad_steps={cfg.train.max_bad_steps}); stopped with checkpoint {path}. "
+                        "Lower train.learning_rate or check the reward functions."
+                    )
+                if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.num_steps:
+                    log.log_eval(step, self.evaluate())
+                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+                    self.save()
+            if latest_checkpoint(out) is None or latest_checkpoint(out).name != f"checkpoint-{self.state.step:06d}":
+                self.save()
+            if cfg.eval.num_examples > 0:
+                results["after"] = self.evaluate()
+                log.log_eval(self.state.step, results["after"])
+            models.save_final(self.model, self.tokenizer, out / "final")
+        finally:
+            log.close()
+        return results
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    return Trainer.build(cfg).run()
