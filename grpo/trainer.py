@@ -58,6 +58,19 @@ class DataStream:
         return out
 
 
+@dataclass
+class LocalReference:
+    """Reference log-probs from a model in this process (a frozen copy, or the LoRA base)."""
+
+    model: Any
+    micro_batch_size: int
+    device: torch.device
+    temperature: float
+
+    def logprobs(self, batch) -> torch.Tensor:  # [N, C]
+        return batch_logprobs(self.model, batch, self.micro_batch_size, self.device, self.temperature)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_updates: int):
     """Linear warmup, then constant or cosine decay to 0 over the remaining updates."""
     warmup, kind = cfg.train.warmup_steps, cfg.train.lr_schedule
@@ -92,7 +105,7 @@ class Trainer:
     cfg: Config
     model: torch.nn.Module
     tokenizer: Any
-    reference: Any  # a frozen model, the LoRA policy with adapters off, or None (beta = 0)
+    reference: Any  # has .logprobs(batch) -> [N, C]; None when beta = 0
     engine: Any
     reward_fns: list
     task: Any
@@ -110,7 +123,10 @@ class Trainer:
         model, tokenizer = models.load_policy(cfg.model)
         device = next(model.parameters()).device
         # With beta = 0 the reference model is never loaded (memory and time).
-        reference = models.load_reference(cfg.model, model) if cfg.algorithm.beta > 0 else None
+        reference = None
+        if cfg.algorithm.beta > 0:
+            reference = LocalReference(models.load_reference(cfg.model, model), cfg.train.micro_batch_size,
+                                       device, cfg.rollout.temperature)
         engine = build_engine(cfg.rollout, model, tokenizer)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, betas=tuple(cfg.train.adam_betas),
@@ -156,8 +172,7 @@ class Trainer:
         temp = cfg.rollout.temperature
         old_logprobs = (batch_logprobs(self.model, batch, mbs, self.device, temp)
                         if a.num_iterations > 1 else None)
-        ref_logprobs = (batch_logprobs(self.reference, batch, mbs, self.device, temp)
-                        if self.reference is not None else None)
+        ref_logprobs = self.reference.logprobs(batch) if self.reference is not None else None
         lap("logprobs")
         # 6. policy updates
         update_metrics = self.update(batch, advantages, old_logprobs, ref_logprobs)

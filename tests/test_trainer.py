@@ -125,7 +125,7 @@ def test_beta_zero_loads_no_reference_model(tmp_path, tiny_model_dir, data_file)
     trainer = Trainer.build(tiny_config(tmp_path, tiny_model_dir, data_file, "algorithm.beta=0.04"))
     assert trainer.reference is not None
     assert count_models() - before == 2
-    assert not any(p.requires_grad for p in trainer.reference.parameters())
+    assert not any(p.requires_grad for p in trainer.reference.model.parameters())
     metrics, _ = trainer.train_step()
     assert metrics["kl"] >= 0
 
