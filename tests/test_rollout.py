@@ -7,17 +7,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo.config import RolloutConfig
-from grpo.rollout import RolloutBatch, SamplingParams, TransformersEngine, build_engine
+from grpo.rollout import RolloutBatch, SamplingParams, SharedPrefixEngine, TransformersEngine, build_engine
 from grpo.rollout.base import completion_mask
 
 QUESTIONS = ["What is 3 + 4?", "What is 12 + 30 + 7? Think step by step.", "1 + 1"]
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir):
+@pytest.fixture(scope="module", params=[TransformersEngine, SharedPrefixEngine])
+def engine(request, tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    return TransformersEngine(model, tokenizer)
+    return request.param(model, tokenizer)
 
 
 def render(tokenizer, questions=QUESTIONS):
@@ -34,7 +34,7 @@ def params(**kw):
 
 def with_extra_eos(engine, token_id):
     """Same model, one more stop token: a random model rarely samples <|im_end|> by itself."""
-    other = TransformersEngine(engine.model, engine.tokenizer)
+    other = type(engine)(engine.model, engine.tokenizer)
     other.eos_ids = engine.eos_ids + [token_id]
     return other
 
@@ -168,3 +168,52 @@ def test_prompt_length_limit_and_build_engine(engine):
         params(group_size=0)
     p = SamplingParams.from_config(RolloutConfig(group_size=4, top_k=5), seed=3)
     assert (p.group_size, p.top_k, p.seed, p.greedy) == (4, 5, 3, False)
+
+
+# --------------------------------------------------------------------------- shared-prefix engine
+
+
+def test_shared_prefix_greedy_equals_model_generate(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    reference, fast = TransformersEngine(model, tokenizer), SharedPrefixEngine(model, tokenizer)
+    prompts = render(tokenizer)
+    greedy = params(group_size=3, temperature=0.0, max_new_tokens=14)
+    a = reference.generate(prompts, greedy)
+    # stop on a token that greedy emits early in some rows, so rows finish at different steps
+    stops = [a.completion_ids[0, 3].item(), a.completion_ids[3, 6].item()]
+    for eng in (reference, fast):
+        eng.eos_ids = eng.eos_ids + stops
+    a, b = reference.generate(prompts, greedy), fast.generate(prompts, greedy)
+    assert len(set(b.completion_mask.sum(1).tolist())) > 1  # rows really finished at different steps
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    assert torch.equal(a.completion_mask, b.completion_mask)
+    assert a.finish_reasons == b.finish_reasons and a.completions == b.completions
+
+
+def test_sample_next_token_filters_by_hand():
+    from grpo.rollout.shared_prefix import sample_next_token
+
+    # probs [0.5, 0.3, 0.15, 0.05]: top_p 0.7 keeps {0, 1} (0.5 < 0.7, 0.8 >= 0.7); top_k 1 keeps {0}
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
+    torch.manual_seed(0)
+    seen = sample_next_token(logits, params(top_p=0.7)).bincount(minlength=4)
+    assert seen[2] == seen[3] == 0 and seen[0] / seen[1] == pytest.approx(0.5 / 0.3, rel=0.1)
+    assert set(sample_next_token(logits, params(top_k=1)).tolist()) == {0}
+    assert set(sample_next_token(logits, params(temperature=0.0)).tolist()) == {0}
+    # temperature 1, no filters: frequencies follow the probabilities
+    freq = sample_next_token(logits, params()).bincount(minlength=4).float() / 4000
+    torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03, rtol=0)
+
+
+def test_shared_prefix_samples_follow_the_model_distribution(tiny_model_dir):
+    # first sampled token of many completions vs the model's next-token distribution
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = render(tokenizer, ["1 + 1"])
+    batch = SharedPrefixEngine(model, tokenizer).generate(prompt, params(group_size=3000, max_new_tokens=1, seed=0))
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        probs = torch.softmax(model(ids).logits[0, -1], -1)
+    freq = batch.completion_ids[:, 0].bincount(minlength=probs.shape[0]).float() / 3000
+    assert (freq - probs).abs().max() < 0.03

@@ -48,15 +48,12 @@ class TransformersEngine:
             prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
         )
         self._check_lengths(enc["attention_mask"].sum(1).tolist(), params.max_new_tokens)
-        prompt_ids = enc["input_ids"].repeat_interleave(G, 0).to(device)  # [N, P]
-        prompt_mask = enc["attention_mask"].repeat_interleave(G, 0).to(device)  # [N, P]
-
+        unique_ids, unique_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # [B, P]
         with _eval_mode(self.model), torch.no_grad(), _seeded(params.seed, device):
             # no_grad, not inference_mode: the ids feed later forwards that need autograd
-            sequences = self.model.generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask, **self._generate_kwargs(params)
-            )  # [N, P + C]; position ids come from the attention mask inside generate
-        completion_ids = sequences[:, prompt_ids.shape[1] :]  # [N, C]
+            completion_ids = self._sample(unique_ids, unique_mask, params)  # [N, C]
+        prompt_ids = unique_ids.repeat_interleave(G, 0)  # [N, P]
+        prompt_mask = unique_mask.repeat_interleave(G, 0)  # [N, P]
         eos = torch.tensor(self.eos_ids, device=device)
         mask = completion_mask(completion_ids, eos)  # [N, C]
         completion_ids = completion_ids.masked_fill(mask == 0, self.pad_id)
@@ -72,6 +69,16 @@ class TransformersEngine:
             completions=self.tokenizer.batch_decode(rows, skip_special_tokens=True),
             finish_reasons=[FINISH_EOS if e else FINISH_LENGTH for e in has_eos],
         )
+
+    def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        """G completions per prompt row: [B, P] -> [B*G, C] token ids (C <= max_new_tokens)."""
+        G = params.group_size
+        sequences = self.model.generate(
+            input_ids=prompt_ids.repeat_interleave(G, 0),
+            attention_mask=prompt_mask.repeat_interleave(G, 0),
+            **self._generate_kwargs(params),
+        )  # [N, P + C]; position ids come from the attention mask inside generate
+        return sequences[:, prompt_ids.shape[1] :]
 
     def _generate_kwargs(self, params: SamplingParams) -> dict[str, Any]:
         # Everything that shapes the distribution is passed explicitly, so a model's own
