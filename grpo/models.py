@@ -331,7 +331,15 @@ def load_reference(cfg: ModelConfig, policy: nn.Module) -> Any:
     if hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
         return AdapterDisabledReference(policy)
     weight = next(policy.parameters())
-    model = _model_from(resolve_model_dir(cfg.path), weight.dtype, weight.device)
+    return load_frozen(cfg, weight.dtype, weight.device)
+
+
+def load_frozen(cfg: ModelConfig, dtype: torch.dtype | None = None, device: torch.device | None = None) -> nn.Module:
+    """cfg.path for inference only (eval mode, requires_grad False), as the reference and
+    `grpo serve-ref` use it; device and dtype default to cfg.device and cfg.dtype."""
+    device = device if device is not None else resolve_device(cfg.device)
+    dtype = dtype if dtype is not None else resolve_dtype(cfg.dtype, device)
+    model = _model_from(resolve_model_dir(cfg.path), dtype, device)
     model.eval()
     model.requires_grad_(False)
     return model
