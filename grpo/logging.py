@@ -21,18 +21,23 @@ PROGRESS_KEYS = (("reward/mean", "reward"), ("accuracy", "acc"), ("format", "fmt
                  ("time/step", "s/step"))
 
 
-def truncate_jsonl(path: Path, max_step: int) -> None:
-    """Keep only records with step <= max_step (drops what a killed run wrote after its checkpoint)."""
+def truncate_jsonl(path: Path, max_step: int, keep_max_step: bool = True) -> None:
+    """Keep only records with step <= max_step (< max_step when not keep_max_step): drops
+    what a killed run wrote after its checkpoint. Rewritten atomically (temp file + rename):
+    a kill during the rewrite must not cost the history it was trimming."""
     if not path.exists():
         return
     keep = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            if json.loads(line).get("step", 0) <= max_step:
-                keep.append(line)
+            step = json.loads(line).get("step", 0)
         except json.JSONDecodeError:
             continue  # a line cut by a kill mid-write
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        if step < max_step or (keep_max_step and step == max_step):
+            keep.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _clean(value: Any) -> Any:
@@ -49,8 +54,11 @@ class RunLogger:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
         self.samples_path = self.dir / "samples.jsonl"
-        for path in (self.metrics_path, self.samples_path, self.dir / "eval.jsonl"):
+        for path in (self.metrics_path, self.samples_path):
             truncate_jsonl(path, start_step)
+        # An evaluation at the resume step is redone when it is the one before training (step 0)
+        # or the one after it (step total_steps); one in between preceded its checkpoint and stays.
+        truncate_jsonl(self.dir / "eval.jsonl", start_step, keep_max_step=0 < start_step < total_steps)
         self.console = Console(stderr=True)
         self.tb = None
         if tensorboard:
@@ -95,7 +103,13 @@ class RunLogger:
             f"{k} {v:.3f}" for k, v in results.items() if isinstance(v, float)))
 
     def print(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+        self.console.print(message, highlight=False, soft_wrap=True)  # one line per message, even in a log file
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def close(self) -> None:
         if self.progress is not None:

@@ -25,13 +25,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo import algorithm, models, rewards
-from grpo.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from grpo import algorithm, models, resources, rewards
+from grpo.checkpoint import (
+    TrainerState,
+    check_run_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from grpo.config import Config, save_config
 from grpo.evaluate import evaluate
+from grpo.health import StepWatch
+from grpo.interrupt import Interrupted, StopSignals
 from grpo.logging import RunLogger
 from grpo.logprobs import batch_logprobs, completion_logprobs, micro_batches
 from grpo.rollout import SamplingParams, build_engine
+from grpo.serve.client import RemoteReference
 from grpo.tasks import build_task
 from grpo.tasks.base import Example, render_prompt
 
@@ -117,6 +126,7 @@ class Trainer:
 
     @classmethod
     def build(cls, cfg: Config) -> Trainer:
+        check_run_dir(cfg.output_dir, cfg.resume)  # never train over another run's checkpoints
         seed_everything(cfg.seed)
         task = build_task(cfg.task)
         reward_fns = rewards.build(cfg.rewards)
@@ -124,7 +134,9 @@ class Trainer:
         device = next(model.parameters()).device
         # With beta = 0 the reference model is never loaded (memory and time).
         reference = None
-        if cfg.algorithm.beta > 0:
+        if cfg.algorithm.beta > 0 and cfg.reference.url:  # served by `grpo serve-ref`, elsewhere
+            reference = RemoteReference.from_config(cfg.reference, cfg.rollout.temperature)
+        elif cfg.algorithm.beta > 0:
             reference = LocalReference(models.load_reference(cfg.model, model), cfg.train.micro_batch_size,
                                        device, cfg.rollout.temperature)
         engine = build_engine(cfg.rollout, model, tokenizer)
@@ -132,6 +144,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, betas=tuple(cfg.train.adam_betas),
                                       weight_decay=cfg.train.weight_decay)
         scheduler = make_scheduler(optimizer, cfg, cfg.train.num_steps * cfg.algorithm.num_iterations)
+        resources.preflight(cfg, model, tokenizer, task, optimizer, device)  # prompts, memory, disk
         state = TrainerState()
         ckpt = latest_checkpoint(cfg.output_dir) if cfg.resume else None
         if ckpt is not None:
@@ -282,6 +295,9 @@ class Trainer:
 
     def save(self) -> Path:
         self.state.examples_seen = self.data.position
+        if self.cfg.train.check_resources:  # fail with a clear message rather than midway through a write
+            resources.check_disk(self.cfg.output_dir, resources.checkpoint_bytes(self.model, self.optimizer),
+                                 f"checkpoint {self.state.step}")
         return save_checkpoint(self.cfg.output_dir, self.model, self.optimizer, self.scheduler,
                                self.state, self.cfg.checkpoint.keep_last)
 
@@ -291,18 +307,22 @@ class Trainer:
         save_config(cfg, out / "config.yaml")
         log = RunLogger(out, cfg.train.num_steps, start_step=self.state.step,
                         tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
+        watch = StepWatch(cfg)
         results: dict[str, Any] = {}
-        try:
+        # SIGINT / SIGTERM only set stop.requested; the loop stops between steps (grpo.interrupt).
+        with StopSignals() as stop, log:  # the logger closes on the way out, whatever happens
             if self.state.step == 0 and cfg.eval.before_training and cfg.eval.num_examples > 0:
                 results["before"] = self.evaluate()
                 log.log_eval(0, results["before"])
-            while self.state.step < cfg.train.num_steps:
+            while self.state.step < cfg.train.num_steps and not stop.requested:
                 metrics, samples = self.train_step()
                 self.state.step += 1
                 step = self.state.step
                 if step % cfg.log.every == 0 or step == cfg.train.num_steps:
                     log.log_step(step, metrics)
                     log.log_samples(step, samples)
+                for message in watch.observe(step, metrics):
+                    log.print(message)
                 if self.state.bad_steps_in_a_row >= cfg.train.max_bad_steps:
                     path = self.save()
                     raise TrainingStopped(
@@ -314,14 +334,17 @@ class Trainer:
                     log.log_eval(step, self.evaluate())
                 if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
                     self.save()
-            if latest_checkpoint(out) is None or latest_checkpoint(out).name != f"checkpoint-{self.state.step:06d}":
-                self.save()
+            latest = latest_checkpoint(out)
+            if self.state.step > 0 and (latest is None or latest.name != f"checkpoint-{self.state.step:06d}"):
+                latest = self.save()
+            if stop.requested:
+                raise Interrupted(stop.signum, self.state.step, latest if self.state.step > 0 else None)
             if cfg.eval.num_examples > 0:
                 results["after"] = self.evaluate()
                 log.log_eval(self.state.step, results["after"])
             models.save_final(self.model, self.tokenizer, out / "final")
-        finally:
-            log.close()
+            from grpo.report import write_report  # imports matplotlib only when a run ends
+            write_report(out)
         return results
 
 

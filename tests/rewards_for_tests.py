@@ -8,3 +8,49 @@ def length_reward(completion, example):
 
 def broken_reward(completion, example):
     raise RuntimeError("this reward is broken on purpose")
+
+
+# --- misbehaving rewards for tests/test_bad_input.py: each failure is contained and counted
+
+
+def nan_reward(completion, example):
+    return float("nan")
+
+
+def none_reward(completion, example):
+    return None
+
+
+def string_reward(completion, example):
+    return "1.0"
+
+
+def hanging_reward(completion, example):
+    import time
+
+    time.sleep(60)  # far past reward_timeout: abandoned on its daemon thread
+    return 1.0
+
+
+def constant_reward(completion, example):
+    """The same score for everything: every group has zero reward variance."""
+    return 1.0
+
+
+def signalling(*, at_calls=(), signum=2, pause=0.2):
+    """Factory: a length reward that sends this process `signum` on the given call numbers
+    (1-based), as a user's Ctrl-C or a scheduler's SIGTERM would, in the middle of a step;
+    then waits `pause` s, so the main thread handles it before a next signal could merge in."""
+    import os
+    import time
+
+    calls = [0]
+
+    def reward(completion, example):
+        calls[0] += 1
+        if calls[0] in at_calls:
+            os.kill(os.getpid(), signum)
+            time.sleep(pause)
+        return len(completion) / 10.0
+
+    return reward

@@ -1,0 +1,293 @@
+"""Kill a training run at random moments and check that nothing is ever lost.
+
+    .venv/bin/python bench/chaos.py --kills 10          # the full version (tests/test_chaos.py, slow)
+    .venv/bin/python bench/chaos.py --kills 3 --sigint  # the short version run with the test suite
+
+1. A tiny random Llama (tests/tiny.py) trains for --steps steps, uninterrupted: the reference.
+2. The same run (same seed, checkpoint.every=1, resume=true) is started again and again and
+   killed with SIGKILL --kills times, at moments of three kinds in turn: a few milliseconds
+   after a step's metrics line appears (the checkpoint write follows it at once), somewhere
+   within the next step, and at a random time after start (imports, model load, resume,
+   evaluation). After every kill, every checkpoint-* directory must load completely
+   (safetensors + training_state.pt + trainer_state.json naming its own step) and the newest
+   checkpoint must never go back.
+3. Once the kills are spent, the run is resumed to the end. Its metrics.jsonl (time and
+   memory fields aside), samples.jsonl, eval.jsonl and final weights must equal the
+   reference's exactly.
+4. With --sigint, a third copy gets a SIGINT after step 2: it must exit with status 130
+   leaving a checkpoint at the last logged step, and resuming it must again give the
+   reference's results.
+
+Runs are forked from a multiprocessing forkserver that has imported grpo once, so a restart
+costs a model load, not ten seconds of imports; each is a separate process that calls
+`grpo.cli.main`, killed by a real signal. Every child uses one torch thread, so the runs
+are bit-for-bit comparable. Prints a JSON summary; exit status 0 when every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _redirect(log: str) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+
+
+def child_train(argv: list[str], log: str) -> None:
+    _redirect(log)
+    import torch
+
+    torch.set_num_threads(1)
+    from grpo.cli import main
+
+    sys.exit(main(argv))
+
+
+def child_tiny_model(path: str, log: str) -> None:
+    _redirect(log)
+    spec = importlib.util.spec_from_file_location("tiny", TESTS / "tiny.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    tiny.make_tiny_model_dir(path)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def logged_steps(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    steps = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                steps.append(json.loads(line)["step"])
+            except (json.JSONDecodeError, KeyError):
+                pass  # a line cut by the kill: cut back on resume
+    return steps
+
+
+def checkpoint_problems(run: Path) -> list[str]:
+    """Why any checkpoint-* directory would not load; [] when all of them load completely."""
+    import torch
+    from safetensors.torch import load_file
+
+    problems = []
+    for ckpt in sorted(run.glob("checkpoint-*")):
+        try:
+            load_file(ckpt / "model.safetensors")
+            blob = torch.load(ckpt / "training_state.pt", weights_only=False)
+            assert {"optimizer", "scheduler", "rng"} <= set(blob), "training_state.pt lacks a part"
+            state = json.loads((ckpt / "trainer_state.json").read_text())
+            assert f"checkpoint-{state['step']:06d}" == ckpt.name, f"holds step {state['step']}"
+        except Exception as e:  # noqa: BLE001 - any failure to load is what we look for
+            problems.append(f"{ckpt.name}: {type(e).__name__}: {e}")
+    return problems
+
+
+def latest_step(run: Path) -> int:
+    steps = [int(p.name.split("-")[1]) for p in run.glob("checkpoint-*")]
+    return max(steps, default=0)
+
+
+def inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(("time", "memory/"))} for r in rows]
+
+
+def differences(run: Path, reference: Path) -> list[str]:
+    """What differs between a run's record and final weights and the reference's."""
+    import torch
+    from safetensors.torch import load_file
+
+    out = [f"{name} differs" for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl")
+           if records(run / name) != records(reference / name)]
+    if not (run / "final" / "model.safetensors").exists():
+        return [*out, "no final model"]
+    a, b = (load_file(d / "final" / "model.safetensors") for d in (run, reference))
+    if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
+        out.append("final weights differ")
+    return out
+
+
+# --------------------------------------------------------------------------- driver
+
+
+class Chaos:
+    def __init__(self, work: Path, steps: int, seed: int):
+        self.work, self.rng = work, random.Random(seed)
+        self.ctx = mp.get_context("forkserver")
+        # imported once in the forkserver, so no child pays for them (matplotlib: the report)
+        self.ctx.set_forkserver_preload(["grpo.cli", "grpo.trainer", "grpo.report", "safetensors.torch",
+                                         "matplotlib.backends.backend_agg", "matplotlib.figure"])
+        self.logs = work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.num_starts = 0
+        model = work / "tiny"
+        if not model.exists():
+            self.wait(self.start(child_tiny_model, str(model)), 300, expect=None)
+        data = work / "sums.jsonl"
+        data.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n"
+                                for a in range(8) for b in range(6)))
+        self.base = [
+            f"model.path={model}", "task.source=file", f"task.path={data}", "task.num_eval=4",
+            "task.system_prompt=''", f"rewards=[{{name: '{TESTS / 'rewards_for_tests.py'}:length_reward'}}, "
+            "{name: format}]", "rollout.group_size=4", "rollout.max_new_tokens=6", "train.prompts_per_step=2",
+            "train.micro_batch_size=4", f"train.num_steps={steps}", "train.learning_rate=1e-3",
+            "eval.num_examples=2", "eval.every=3", "checkpoint.every=1", "checkpoint.keep_last=2",
+            "log.progress=false", "log.tensorboard=false", "seed=7", "resume=true",
+        ]
+
+    def start(self, target, *args):
+        self.num_starts += 1
+        log = str(self.logs / f"{self.num_starts:03d}.log")
+        proc = self.ctx.Process(target=target, args=(*args, log))
+        proc.start()
+        proc.log = log
+        return proc
+
+    def train(self, run: Path):
+        return self.start(child_train, ["train", *self.base, f"output_dir={run}"])
+
+    def wait(self, proc, timeout: float, expect: int | None = 0) -> int:
+        proc.join(timeout)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+            raise RuntimeError(f"a child did not finish in {timeout:g} s; see {proc.log}")
+        if expect is not None and proc.exitcode != expect:
+            raise RuntimeError(f"a child exited with {proc.exitcode}, expected {expect}; see {proc.log}")
+        return proc.exitcode
+
+    def wait_for_step(self, proc, run: Path, after: int, old_inode: int | None,
+                      timeout: float = 120.0) -> bool:
+        """Until this child logs a step > after (True), or it exits (False). A killed run may
+        have logged steps past its last checkpoint: they count only once the child has cut
+        metrics.jsonl back (it rewrites the file by rename, so the inode changes)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if inode(run / "metrics.jsonl") != old_inode and any(s > after for s in logged_steps(run)):
+                return True
+            if not proc.is_alive():
+                return False
+            time.sleep(0.002)
+        raise RuntimeError(f"no progress in {timeout:g} s; see {proc.log}")
+
+    def wait_for_new_temp(self, run: Path, temps: set[Path], then: float, timeout: float = 0.2) -> None:
+        """Until a temp dir appears that was not in `temps` (a write in progress), plus `then` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not set(run.glob(".tmp-*")) - temps:
+            time.sleep(0.0005)
+        time.sleep(then)
+
+    def kill_once(self, run: Path, kind: str) -> dict:
+        before, temps = latest_step(run), set(run.glob(".tmp-*"))
+        old_inode = inode(run / "metrics.jsonl")
+        proc = self.train(run)
+        started = time.monotonic()
+        if kind == "startup":
+            time.sleep(self.rng.uniform(0.0, 3.0))
+        elif self.wait_for_step(proc, run, before, old_inode):
+            if kind == "checkpoint-write":  # it starts right after the metrics line: catch its temp dir
+                self.wait_for_new_temp(run, temps, self.rng.uniform(0.0, 0.004))
+            else:  # a tiny step takes ~0.1-0.5 s
+                time.sleep(self.rng.uniform(0.0, 0.4))
+        alive = proc.is_alive()
+        proc.kill()
+        proc.join()
+        after = latest_step(run)
+        return {
+            "kind": kind, "at_s": round(time.monotonic() - started, 3), "killed": alive,
+            "exitcode": proc.exitcode, "checkpoint_before": before, "checkpoint_after": after,
+            # a temp dir this child left: killed while writing (or rotating out) a checkpoint
+            "mid_write": bool(set(run.glob(".tmp-*")) - temps),
+            "problems": checkpoint_problems(run) + ([] if after >= before else ["newest checkpoint went back"])
+            + ([] if alive or proc.exitcode == 0 else [f"child failed with exit status {proc.exitcode}"]),
+        }
+
+    def sigint(self, run: Path, reference: Path) -> dict:
+        proc = self.train(run)
+        self.wait_for_step(proc, run, 1, None)
+        os.kill(proc.pid, signal.SIGINT)
+        status = self.wait(proc, 120, expect=None)
+        logged = max(logged_steps(run), default=0)
+        out = {"exitcode": status, "last_logged_step": logged, "checkpoint": latest_step(run),
+               "problems": checkpoint_problems(run)}
+        if status != 130:
+            out["problems"].append(f"exit status {status}, expected 130")
+        if latest_step(run) != logged:
+            out["problems"].append(f"newest checkpoint is step {latest_step(run)}, the last logged step {logged}")
+        self.wait(self.train(run), 300)
+        out["problems"] += differences(run, reference)
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kills", type=int, default=10, help="SIGKILLs to land (default 10)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default 2 * kills + 4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill schedule")
+    parser.add_argument("--sigint", action="store_true", help="also check a SIGINT stop and its resume")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep everything here (default: a temp dir)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the summary to this file")
+    ns = parser.parse_args(argv)
+    steps = ns.steps or 2 * ns.kills + 4
+    with tempfile.TemporaryDirectory(prefix="grpo-chaos-") as tmp:
+        work = ns.workdir or Path(tmp)
+        began = time.monotonic()
+        chaos = Chaos(work, steps, ns.seed)
+        reference, run = work / "reference", work / "chaos"
+        chaos.wait(chaos.train(reference), 600)
+        kinds = ["checkpoint-write", "mid-step", "startup"]
+        kills = []
+        while (sum(k["killed"] for k in kills) < ns.kills and latest_step(run) < steps
+               and len(kills) < 3 * ns.kills + 5):
+            kills.append(chaos.kill_once(run, kinds[len(kills) % len(kinds)]))
+        chaos.wait(chaos.train(run), 600)  # resume to the end
+        summary = {
+            "steps": steps, "kills": sum(k["killed"] for k in kills), "kills_requested": ns.kills,
+            "kills_mid_checkpoint_write": sum(k["mid_write"] for k in kills),
+            "all_resumed": all(not k["problems"] for k in kills),
+            "final_problems": checkpoint_problems(run) + differences(run, reference),
+            "kill_log": kills,
+        }
+        if ns.sigint:
+            summary["sigint"] = chaos.sigint(work / "sigint", reference)
+        summary["ok"] = (summary["kills"] >= ns.kills and summary["all_resumed"] and not summary["final_problems"]
+                         and not summary.get("sigint", {}).get("problems"))
+        summary["seconds"] = round(time.monotonic() - began, 1)
+    text = json.dumps(summary, indent=1)
+    print(text)
+    if ns.json:
+        ns.json.write_text(text)
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Side-by-side: grpo's trainer vs TRL's GRPOTrainer on identical work, plus the machine floor.
+
+    .venv/bin/pip install -e ".[bench]"
+    HF_HUB_DISABLE_TELEMETRY=1 .venv/bin/python bench/compare_trl.py --steps 8 --rounds 2
+
+Work (both systems): the bundled SmolLM2-135M-Instruct in fp32 on CPU, the prompts in
+bench/prompts.jsonl in file order, G=8, 2 prompts per optimizer step (16 completions), up
+to 128 new tokens, temperature 1.0, beta 0.04 (reference model in use), epsilon 0.2, one
+update per generation, loss_type "grpo", lr 5e-6, the same seed, the same reward code
+(grpo's `format` + `accuracy`). Each system runs in its own subprocess (so peak RSS is its
+own), one warm-up step then `steps` timed steps; `rounds` alternates the two systems so
+drift in machine load hits both. Writes bench/RESULTS.md (the table) and bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from floor import FloorModel, measure_machine  # noqa: E402
+
+PROMPTS = HERE / "prompts.jsonl"
+WORK = dict(group_size=8, prompts_per_step=2, max_new_tokens=128, temperature=1.0, beta=0.04, epsilon=0.2,
+            learning_rate=5e-6, seed=0)
+
+
+def run_child(system: str, steps: int, out: Path) -> dict:
+    cmd = [sys.executable, str(HERE / "systems.py"), system, "--steps", str(steps), "--out", str(out)]
+    env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    t0 = time.time()
+    subprocess.run(cmd, check=True, env=env)
+    result = json.loads(out.read_text())
+    result["wall_s"] = time.time() - t0
+    return result
+
+
+def summarize(runs: list[dict], floor: FloorModel) -> dict:
+    steps = [s for r in runs for s in r["steps"]]
+    step_times = [s["step"] for s in steps]
+    tokens = [s["tokens_generated"] for s in steps]
+    gen = [s["generation"] for s in steps]
+    out = {
+        "steps": len(steps),
+        "step_median": statistics.median(step_times), "step_min": min(step_times), "step_max": max(step_times),
+        "gen_tokens_per_s": sum(tokens) / sum(gen),
+        "generation": statistics.median(gen),
+        "logprobs": statistics.median(s["logprobs"] for s in steps),
+        "update": statistics.median(s["update"] for s in steps),
+        "peak_rss_gib": max(r["peak_rss_gib"] for r in runs),
+        "rewards": [s["reward"] for s in steps],
+        "startup_s": statistics.median(r["startup_s"] for r in runs),
+    }
+    floors = [floor.step_floor(s) for s in steps]
+    for phase in ("generation", "logprobs", "update"):
+        out[f"floor_{phase}"] = statistics.median(f[phase] for f in floors)
+    return out
+
+
+def write_results(summary: dict, machine: dict, args, path: Path) -> None:
+    ours, trl = summary["grpo"], summary["trl"]
+    speedup = trl["step_median"] / ours["step_median"]
+    mem = ours["peak_rss_gib"] / trl["peak_rss_gib"]
+    lines = [
+        "# grpo vs TRL GRPOTrainer, side by side",
+        "",
+        f"Measured {date.today().isoformat()} on {machine['cpu']} ({os.cpu_count()} cores, "
+        f"{machine['matmul_gflops']:.0f} GFLOP/s fp32 matmul, {machine['copy_gbs']:.1f} GB/s memory copy), "
+        f"Python {platform.python_version()}, torch {machine['torch']}, transformers {machine['transformers']}, "
+        f"trl {machine['trl']}.",
+        "",
+        f"Command: `HF_HUB_DISABLE_TELEMETRY=1 .venv/bin/python bench/compare_trl.py --steps {args.steps} "
+        f"--rounds {args.rounds}`",
+        "",
+        "Work: SmolLM2-135M-Instruct fp32 on CPU, bench/prompts.jsonl in order, G=8, 2 prompts/step, "
+        "max 128 new tokens, temperature 1.0, beta 0.04, epsilon 0.2, one update per generation, "
+        "loss_type grpo, lr 5e-6, seed 0, rewards format + accuracy (the same code for both). "
+        f"{args.rounds} round(s) alternating the systems, each 1 warm-up step + {args.steps} timed steps.",
+        "",
+        f"**Speed: {speedup:.1f}x TRL's steps per second. Peak memory: {mem:.2f}x TRL's.**",
+        "",
+        "| | grpo | TRL | grpo floor | grpo / floor | TRL / floor |",
+        "|---|---|---|---|---|---|",
+        f"| seconds per step, median (min-max) | {ours['step_median']:.1f} ({ours['step_min']:.1f}-{ours['step_max']:.1f}) "
+        f"| {trl['step_median']:.1f} ({trl['step_min']:.1f}-{trl['step_max']:.1f}) | "
+        f"{sum(ours[f'floor_{p}'] for p in ('generation', 'logprobs', 'update')):.1f} | | |",
+    ]
+    for phase, label in (("generation", "generation s"), ("logprobs", "reference log-probs s"),
+                         ("update", "update (forward+backward+AdamW) s")):
+        f = ours[f"floor_{phase}"]
+        lines.append(f"| {label} | {ours[phase]:.1f} | {trl[phase]:.1f} | {f:.1f} | {ours[phase] / f:.1f}x | "
+                     f"{trl[phase] / f:.1f}x |")
+    lines += [
+        f"| generated tokens / s | {ours['gen_tokens_per_s']:.1f} | {trl['gen_tokens_per_s']:.1f} | | | |",
+        f"| peak RSS GiB | {ours['peak_rss_gib']:.2f} | {trl['peak_rss_gib']:.2f} | | | |",
+        f"| start-up s (load, before step 1) | {ours['startup_s']:.1f} | {trl['startup_s']:.1f} | | | |",
+        f"| mean reward over timed steps | {statistics.mean(ours['rewards']):.3f} | "
+        f"{statistics.mean(trl['rewards']):.3f} | | | |",
+        "",
+        "Reward per timed step (format + accuracy, max 2):",
+        "",
+        f"- grpo: {', '.join(f'{r:.2f}' for r in ours['rewards'])}",
+        f"- TRL:  {', '.join(f'{r:.2f}' for r in trl['rewards'])}",
+        "",
+        "Floor: generation = prompt prefill FLOPs (2 N per prompt token, each prompt once) / matmul rate "
+        "+ one weight read (4 N bytes) per decode step of the longest completion / copy bandwidth; "
+        "reference log-probs = 2 N FLOPs per token of (prompts once + completions); update = 6 N FLOPs per "
+        "such token; N = 134.5 M parameters. Both systems are divided by the same floor (the same work).",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--systems", default="grpo,trl")
+    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args()
+    machine = measure_machine()
+    print(f"machine: {machine}", flush=True)
+    floor = FloorModel(machine)
+    systems = args.systems.split(",")
+    runs: dict[str, list[dict]] = {s: [] for s in systems}
+    for r in range(args.rounds):
+        for system in systems:
+            out = HERE / f".run-{system}-{r}.json"
+            print(f"round {r + 1}/{args.rounds}: {system}", flush=True)
+            runs[system].append(run_child(system, args.steps, out))
+            out.unlink()
+    summary = {s: summarize(runs[s], floor) for s in systems}
+    (HERE / "results.json").write_text(json.dumps({"machine": machine, "summary": summary, "runs": runs}, indent=1))
+    print(json.dumps(summary, indent=1))
+    if set(systems) == {"grpo", "trl"}:
+        write_results(summary, machine, args, Path(args.results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""One system's benchmark run in its own process: `python bench/systems.py grpo|trl --steps 8 --out f.json`.
+
+`python bench/systems.py make-prompts` writes bench/prompts.jsonl (the fixed prompt file).
+Each run: 1 warm-up step, then `steps` timed steps; per step the seconds per phase, tokens
+generated, prompt/completion token counts (for the floor) and the mean reward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+PROMPTS = HERE / "prompts.jsonl"
+sys.path.insert(0, str(HERE))
+from compare_trl import WORK  # noqa: E402
+
+from grpo import rewards  # noqa: E402
+from grpo.tasks.base import Example, render_prompt  # noqa: E402
+
+
+def make_prompts(n: int = 200) -> None:
+    from grpo.config import load_config
+    from grpo.tasks import build_task
+
+    cfg = load_config(str(HERE.parent / "configs" / "demo.yaml"), [f"task.num_train={n}"])
+    task = build_task(cfg.task)
+    with PROMPTS.open("w") as f:
+        for ex in task.train[:n]:
+            f.write(json.dumps({"id": ex.id, "prompt": ex.prompt, "answer": ex.answer}) + "\n")
+
+
+def load_prompts() -> list[Example]:
+    return [Example(**json.loads(line)) for line in PROMPTS.read_text().splitlines()]
+
+
+def prompt_token_counts(tokenizer, examples: list[Example]) -> list[int]:
+    return [len(tokenizer(render_prompt(tokenizer, ex), add_special_tokens=False)["input_ids"]) for ex in examples]
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class InOrder:
+    """The prompt file in order, like TRL with shuffle_dataset=False."""
+
+    def __init__(self, examples):
+        self.examples, self.position = examples, 0
+
+    def take(self, n):
+        out = [self.examples[(self.position + i) % len(self.examples)] for i in range(n)]
+        self.position += n
+        return out
+
+
+def run_grpo(steps: int) -> dict:
+    from grpo.config import load_config
+    from grpo.trainer import Trainer
+
+    t0 = time.time()
+    w = WORK
+    cfg = load_config(None, [
+        f"output_dir={tempfile.mkdtemp()}", f"seed={w['seed']}", "rollout.engine=shared_prefix",
+        f"rollout.group_size={w['group_size']}", f"rollout.max_new_tokens={w['max_new_tokens']}",
+        f"rollout.temperature={w['temperature']}", f"train.prompts_per_step={w['prompts_per_step']}",
+        f"algorithm.beta={w['beta']}", f"algorithm.epsilon={w['epsilon']}", "algorithm.loss_type=grpo",
+        f"train.learning_rate={w['learning_rate']}", "train.adam_betas=[0.9, 0.999]",
+        f"train.micro_batch_size={w['group_size'] * w['prompts_per_step']}", "task.num_train=10", "task.num_eval=1",
+        "log.progress=false", "log.tensorboard=false",
+    ])
+    trainer = Trainer.build(cfg)
+    examples = load_prompts()
+    counts = prompt_token_counts(trainer.tokenizer, examples)
+    trainer.data = InOrder(examples)
+    startup = time.time() - t0
+    records = []
+    for i in range(steps + 1):
+        start = trainer.data.position
+        m, _ = trainer.train_step()
+        if i == 0:
+            continue  # warm-up
+        records.append({
+            "step": m["time/step"], "generation": m["time/generation"], "logprobs": m["time/logprobs"],
+            "update": m["time/update"], "rewards": m["time/rewards"], "tokens_generated": m["tokens_generated"],
+            "reward": m["reward/mean"], "prompt_tokens": sum(counts[start: start + w["prompts_per_step"]]),
+            "completion_tokens": m["tokens_generated"], "max_completion": m["completion_length/max"],
+        })
+        print(f"grpo step {i}: {m['time/step']:.1f} s, reward {m['reward/mean']:.2f}", flush=True)
+    return {"steps": records, "peak_rss_gib": peak_rss_gib(), "startup_s": startup}
+
+
+def run_trl(steps: int) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from grpo.models import bundled_model_dir
+
+    t0 = time.time()
+    w = WORK
+    timers: dict[str, float] = defaultdict(float)
+    path = bundled_model_dir()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    examples = load_prompts()
+    counts = prompt_token_counts(tokenizer, examples)
+    by_id = {ex.id: ex for ex in examples}
+    dataset = Dataset.from_list([{"prompt": ex.prompt, "answer": ex.answer, "ex_id": ex.id} for ex in examples])
+
+    def reward_func(name):
+        fn = rewards.get(name)
+
+        def score(prompts, completions, ex_id, **kwargs):
+            t = time.perf_counter()
+            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            out = [float(fn(text, by_id[i])) for text, i in zip(texts, ex_id, strict=True)]
+            timers["rewards"] += time.perf_counter() - t
+            return out
+
+        score.__name__ = name
+        return score
+
+    def timed(fn, key):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                timers[key if key != "logprobs" or not torch.is_grad_enabled() else "policy_forward"] += (
+                    time.perf_counter() - t)
+        return wrapper
+
+    model.generate = timed(model.generate, "generation")
+    GRPOTrainer._get_per_token_logps_and_entropies = timed(GRPOTrainer._get_per_token_logps_and_entropies,
+                                                           "logprobs")
+    records: list[dict] = []
+
+    class Clock(TrainerCallback):
+        """Step start; the step is read when it logs (HF logs right after on_step_end)."""
+
+        def on_step_begin(self, args, state, control, **kw):
+            timers.clear()
+            self.t = time.perf_counter()
+
+    clock = Clock()
+
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=w["group_size"] * w["prompts_per_step"],
+        num_generations=w["group_size"], max_completion_length=w["max_new_tokens"], temperature=w["temperature"],
+        top_p=1.0, top_k=0, beta=w["beta"], epsilon=w["epsilon"], loss_type="grpo", num_iterations=1,
+        learning_rate=w["learning_rate"], lr_scheduler_type="constant", seed=w["seed"], max_steps=steps + 1,
+        logging_steps=1, report_to="none", use_cpu=True, save_strategy="no", shuffle_dataset=False,
+        gradient_checkpointing=False, bf16=False, fp16=False, max_grad_norm=1.0, disable_tqdm=True,
+    )
+    trainer = GRPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                          reward_funcs=[reward_func("format"), reward_func("accuracy")], callbacks=[clock])
+    startup = time.time() - t0
+    state = {"i": 0}
+    original_log = trainer.log
+
+    def log(logs, *args, **kwargs):
+        original_log(logs, *args, **kwargs)
+        if "reward" not in logs:
+            return
+        i = state["i"]
+        state["i"] += 1
+        if i == 0:
+            return  # warm-up step
+        step_time = time.perf_counter() - clock.t
+        n = w["group_size"] * w["prompts_per_step"]
+        mean_len = logs.get("completions/mean_length", 0.0)
+        start = i * w["prompts_per_step"]
+        records.append({
+            "step": step_time, "generation": timers.get("generation", 0.0),
+            "logprobs": timers.get("logprobs", 0.0), "update": step_time - sum(
+                timers.get(k, 0.0) for k in ("generation", "logprobs", "rewards")),
+            "rewards": timers.get("rewards", 0.0), "tokens_generated": mean_len * n, "reward": logs["reward"],
+            "prompt_tokens": sum(counts[start: start + w["prompts_per_step"]]), "completion_tokens": mean_len * n,
+            "max_completion": logs.get("completions/max_length", mean_len),
+        })
+        print(f"trl step {i}: {step_time:.1f} s, reward {logs['reward']:.2f}", flush=True)
+
+    trainer.log = log
+    trainer.train()
+    return {"steps": records, "peak_rss_gib": peak_rss_gib(), "startup_s": startup}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("system", choices=["grpo", "trl", "make-prompts"])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if args.system == "make-prompts":
+        make_prompts()
+        return
+    torch.manual_seed(WORK["seed"])
+    result = run_grpo(args.steps) if args.system == "grpo" else run_trl(args.steps)
+    Path(args.out).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

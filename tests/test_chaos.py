@@ -1,0 +1,38 @@
+"""Kill -9 at random moments, resume, and get the uninterrupted run's results (bench/chaos.py).
+
+Runs the chaos script as a separate process: it forks its training runs from a clean
+forkserver, which this test process (with its torch threads already started) could not do
+safely. The short version runs with the suite; the full one (10 kills) is marked slow.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "chaos.py"
+
+
+def chaos(tmp_path, *args, timeout):
+    out = tmp_path / "summary.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args, "--workdir", str(tmp_path / "work"),
+                           "--json", str(out)], capture_output=True, text=True, timeout=timeout)
+    assert out.exists(), proc.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert proc.returncode == 0 and summary["ok"], json.dumps(summary, indent=1)
+    return summary
+
+
+def test_kills_and_a_sigint_lose_nothing(tmp_path):
+    summary = chaos(tmp_path, "--kills", "3", "--steps", "6", "--sigint", timeout=240)
+    assert summary["kills"] == 3 and summary["all_resumed"] and not summary["final_problems"]
+    assert summary["sigint"]["exitcode"] == 130
+    assert summary["sigint"]["checkpoint"] == summary["sigint"]["last_logged_step"] >= 2
+
+
+@pytest.mark.slow
+def test_ten_kills_lose_nothing(tmp_path):
+    summary = chaos(tmp_path, "--kills", "10", "--sigint", timeout=900)
+    assert summary["kills"] == 10 and summary["kills_mid_checkpoint_write"] >= 1
