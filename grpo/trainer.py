@@ -38,7 +38,13 @@ from grpo.evaluate import evaluate
 from grpo.health import StepWatch
 from grpo.interrupt import Interrupted, StopSignals
 from grpo.logging import RunLogger
-from grpo.logprobs import batch_logprobs, completion_logprobs, micro_batches
+from grpo.logprobs import (
+    batch_logprobs,
+    completion_logprobs,
+    length_sorted_rows,
+    make_micro_batch,
+    prompt_cache,
+)
 from grpo.rollout import SamplingParams, build_engine
 from grpo.serve.client import RemoteReference
 from grpo.tasks import build_task
@@ -216,9 +222,12 @@ class Trainer:
         self.model.train()
         for iteration in range(a.num_iterations):
             total_loss = 0.0
-            for mb in micro_batches(batch, cfg.train.micro_batch_size, self.device):
+            prompts = prompt_cache(self.model, batch, self.device)  # each distinct prompt once per update
+            for rows in length_sorted_rows(batch, cfg.train.micro_batch_size):
+                mb = make_micro_batch(batch, rows, self.device)
                 want_entropy = iteration == 0
-                logprobs, entropy = completion_logprobs(self.model, mb, cfg.rollout.temperature, want_entropy)
+                logprobs, entropy = completion_logprobs(self.model, batch, mb, prompts, cfg.rollout.temperature,
+                                                        want_entropy)
                 C = logprobs.shape[1]
                 old = logprobs.detach() if old_logprobs is None else old_logprobs[mb.rows, :C].to(self.device)
                 ref = None if ref_logprobs is None else ref_logprobs[mb.rows, :C].to(self.device)
@@ -236,6 +245,8 @@ class Trainer:
                         sums[key] = sums.get(key, 0.0) + value.item() * share
                     ent = algorithm.masked_mean(entropy, mb.completion_mask).item()
                     sums["entropy"] = sums.get("entropy", 0.0) + ent * share
+            if prompts is not None:
+                prompts.backward()  # the prompts' share of the gradient, summed over micro-batches
             max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
             if math.isfinite(grad_norm) and math.isfinite(total_loss):

@@ -4,7 +4,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grpo.logprobs import batch_logprobs, completion_logits, completion_logprobs, micro_batches
+from grpo.logprobs import (
+    PromptCache,
+    batch_logprobs,
+    completion_logprobs,
+    length_sorted_rows,
+    make_micro_batch,
+)
 from grpo.rollout import SamplingParams, SharedPrefixEngine
 
 
@@ -44,27 +50,46 @@ def test_logprobs_equal_the_naive_per_row_computation(setup):
             assert (got[i, n:] == 0).all()
 
 
-def test_shared_prompt_forward_gives_the_same_gradients(setup):
-    model, batch = setup
-    mb = next(micro_batches(batch, 6, torch.device("cpu")))
-    assert mb.prompt_ids.shape[0] == 2  # six rows, two distinct prompts, each run once
-    grads = []
-    for share in (True, False):
-        model.zero_grad()
-        logits = completion_logits(model, mb, share_prompt=share)
-        lp = torch.log_softmax(logits, -1).gather(-1, mb.completion_ids[..., None]).squeeze(-1)
-        (lp * mb.completion_mask).sum().backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+def gradients(model, batch, micro_batch_size, shared):
+    """Gradient of the summed completion log-probs, micro-batched, shared prompt or plain."""
     model.zero_grad()
-    for name in grads[0]:
-        scale = grads[1][name].abs().max().item() + 1e-6
-        assert (grads[0][name] - grads[1][name]).abs().max().item() / scale < 1e-5, name
+    prompts = PromptCache(model, batch, torch.device("cpu")) if shared else None
+    for rows in length_sorted_rows(batch, micro_batch_size):
+        mb = make_micro_batch(batch, rows, torch.device("cpu"))
+        lp, _ = completion_logprobs(model, batch, mb, prompts)
+        (lp * mb.completion_mask).sum().backward()
+    if shared:
+        prompts.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    return grads
+
+
+def test_shared_prompt_two_stage_backward_gives_the_plain_gradients(setup):
+    model, batch = setup
+    assert PromptCache(model, batch, torch.device("cpu")).prompt_ids.shape[0] == 2  # 6 rows, 2 prompts
+    plain = gradients(model, batch, 6, shared=False)
+    for size in (6, 4, 1):  # micro-batches cut across groups: the prompt still runs once
+        shared = gradients(model, batch, size, shared=True)
+        for name, g in plain.items():
+            scale = g.abs().max().item() + 1e-6
+            assert (shared[name] - g).abs().max().item() / scale < 1e-5, (size, name)
+
+
+def test_micro_batches_are_sorted_by_length(setup):
+    _, batch = setup
+    chunks = length_sorted_rows(batch, 4)
+    lengths = batch.completion_mask.sum(1)
+    flat = torch.cat(chunks)
+    assert sorted(flat.tolist()) == list(range(len(batch)))
+    assert lengths[flat].tolist() == sorted(lengths.tolist(), reverse=True)
 
 
 def test_entropy_is_returned_on_request(setup):
     model, batch = setup
-    mb = next(micro_batches(batch, 6, torch.device("cpu")))
+    mb = make_micro_batch(batch, torch.arange(6), torch.device("cpu"))
     with torch.no_grad():
-        lp, ent = completion_logprobs(model, mb, with_entropy=True)
-    assert ent.shape == lp.shape and (ent >= 0).all()
-    assert completion_logprobs(model, mb)[1] is None
+        prompts = PromptCache(model, batch, torch.device("cpu"))
+        lp, ent = completion_logprobs(model, batch, mb, prompts, with_entropy=True)
+        assert ent.shape == lp.shape and (ent >= 0).all()
+        assert completion_logprobs(model, batch, mb, prompts)[1] is None

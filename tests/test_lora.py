@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from grpo import models
 from grpo.config import LoraConfig, ModelConfig, load_config
-from grpo.logprobs import completion_logprobs, micro_batches
+from grpo.logprobs import completion_logprobs, make_micro_batch, prompt_cache
 from grpo.rollout import SamplingParams, TransformersEngine
 from grpo.trainer import LocalReference, Trainer
 
@@ -169,10 +169,13 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny_mod
         calls, forward = [], layer.forward
         layer.forward = lambda *a, _f=forward, _c=calls, **k: _c.append(1) or _f(*a, **k)
         model.train()
-        for mb in micro_batches(batch, 8, torch.device("cpu")):  # 8 rows: one micro-batch
-            logprobs, _ = completion_logprobs(model, mb, 1.0)
-            in_forward = len(calls)
-            (logprobs * mb.completion_mask).sum().backward()
+        mb = make_micro_batch(batch, torch.arange(len(batch)), torch.device("cpu"))  # one micro-batch
+        prompts = prompt_cache(model, batch, torch.device("cpu"))  # None with checkpointing
+        logprobs, _ = completion_logprobs(model, batch, mb, prompts, 1.0)
+        in_forward = len(calls)
+        (logprobs * mb.completion_mask).sum().backward()
+        if prompts is not None:
+            prompts.backward()
         recomputed.append(len(calls) - in_forward)
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     assert recomputed[0] == 0 and recomputed[1] >= 1  # checkpointing re-runs the layer in backward
