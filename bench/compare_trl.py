@@ -31,7 +31,7 @@ from floor import FloorModel, measure_machine  # noqa: E402
 
 PROMPTS = HERE / "prompts.jsonl"
 WORK = dict(group_size=8, prompts_per_step=2, max_new_tokens=128, temperature=1.0, beta=0.04, epsilon=0.2,
-            learning_rate=5e-6, seed=0)
+            learning_rate=5e-6, seed=0, micro_batch_size=4)
 
 
 def run_child(system: str, steps: int, out: Path) -> dict:

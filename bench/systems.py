@@ -74,7 +74,7 @@ def run_grpo(steps: int) -> dict:
         f"rollout.temperature={w['temperature']}", f"train.prompts_per_step={w['prompts_per_step']}",
         f"algorithm.beta={w['beta']}", f"algorithm.epsilon={w['epsilon']}", "algorithm.loss_type=grpo",
         f"train.learning_rate={w['learning_rate']}", "train.adam_betas=[0.9, 0.999]",
-        f"train.micro_batch_size={w['group_size'] * w['prompts_per_step']}", "task.num_train=10", "task.num_eval=1",
+        f"train.micro_batch_size={w['micro_batch_size']}", "task.num_train=10", "task.num_eval=1",
         "log.progress=false", "log.tensorboard=false",
     ])
     trainer = Trainer.build(cfg)

@@ -1,6 +1,6 @@
 """`grpo train | eval | check | report | serve-ref`.
 
-    grpo train                                  the demo recipe (configs/demo.yaml)
+    grpo train [overrides...]                   the demo recipe (configs/demo.yaml)
     grpo train configs/gsm8k.yaml train.num_steps=200 algorithm.beta=0.04
     grpo train ... resume=true                  continue from the newest checkpoint
     grpo train --help-config                    every config field with default and meaning
@@ -53,9 +53,7 @@ def cmd_train(args: list[str]) -> int:
     from grpo.trainer import train
 
     path, overrides = split_args(args)
-    if path is None and not overrides:
-        path = str(find_demo_config())
-    cfg = load_config(path, overrides)
+    cfg = load_config(path or str(find_demo_config()), overrides)  # no file: the demo recipe
     results = train(cfg)
     print_before_after(results)
     return 0
@@ -107,9 +105,7 @@ def cmd_check(args: list[str], use_model: bool = True) -> int:
     from grpo.check import print_result, run_check
 
     path, overrides = split_args(args)
-    if path is None and not overrides:
-        path = str(find_demo_config())
-    result = run_check(load_config(path, overrides), use_model=use_model)
+    result = run_check(load_config(path or str(find_demo_config()), overrides), use_model=use_model)
     print_result(result)
     return 0 if result.ok else 1
 

@@ -217,3 +217,28 @@ def test_shared_prefix_samples_follow_the_model_distribution(tiny_model_dir):
         probs = torch.softmax(model(ids).logits[0, -1], -1)
     freq = batch.completion_ids[:, 0].bincount(minlength=probs.shape[0]).float() / 3000
     assert (freq - probs).abs().max() < 0.03
+
+
+def test_common_prefix_length_by_hand():
+    from grpo.rollout.shared_prefix import common_prefix_length
+
+    # rows [0 5 6 7] and [5 6 8] left-padded with 0: both start 5 6 -> 2
+    ids = torch.tensor([[5, 6, 7], [5, 6, 8]])
+    assert common_prefix_length(torch.tensor([[0, 5, 6, 7], [0, 5, 6, 8]]), torch.tensor([3, 3])) == 2
+    assert common_prefix_length(torch.tensor([[5, 6, 7, 9], [0, 5, 6, 8]]), torch.tensor([4, 3])) == 2
+    # identical prompts still keep one token each of their own
+    assert common_prefix_length(ids[:1].repeat(2, 1), torch.tensor([3, 3])) == 2
+    assert common_prefix_length(torch.tensor([[1, 2], [3, 2]]), torch.tensor([2, 2])) == 0
+
+
+def test_long_common_prefix_prefilled_once_gives_the_same_greedy_tokens(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    system = {"role": "system", "content": "Think inside <think> tags, answer inside <answer> tags. " * 3}
+    prompts = [tokenizer.apply_chat_template([system, {"role": "user", "content": q}], tokenize=False,
+                                             add_generation_prompt=True)
+               for q in ("1 + 1", "What is 12 + 30 + 7? Think step by step.", "7 + 8 + 9 =")]
+    greedy = params(group_size=2, temperature=0.0, max_new_tokens=10)
+    a = TransformersEngine(model, tokenizer).generate(prompts, greedy)
+    b = SharedPrefixEngine(model, tokenizer).generate(prompts, greedy)
+    assert torch.equal(a.completion_ids, b.completion_ids)

