@@ -204,11 +204,8 @@ class Trainer:
         samples = self.samples(examples, batch, scores, advantages)
         return metrics, samples
 
-    def sampling_params(self, **overrides: Any) -> SamplingParams:
-        r = self.cfg.rollout
-        base = dict(group_size=r.group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                    max_new_tokens=r.max_new_tokens)
-        return SamplingParams(**{**base, **overrides})
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams.from_config(self.cfg.rollout)
 
     def update(self, batch, advantages, old_logprobs, ref_logprobs) -> dict[str, float]:
         """num_iterations optimizer steps on one generated batch, micro-batched."""

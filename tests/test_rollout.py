@@ -7,7 +7,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo.config import RolloutConfig
-from grpo.rollout import RolloutBatch, SamplingParams, SharedPrefixEngine, TransformersEngine, build_engine
+from grpo.rollout import (
+    RolloutBatch,
+    SamplingParams,
+    SharedPrefixEngine,
+    TransformersEngine,
+    build_engine,
+)
 from grpo.rollout.base import completion_mask
 
 QUESTIONS = ["What is 3 + 4?", "What is 12 + 30 + 7? Think step by step.", "1 + 1"]
