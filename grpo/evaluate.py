@@ -24,7 +24,8 @@ def grader_specs(cfg: Config) -> list[RewardSpec]:
 
 
 def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) -> dict[str, Any]:
-    """Score `examples`; returns accuracy, format, mean_length, truncation, pass@k (k > 1)."""
+    """Score `examples`: greedy accuracy, format, mean_length, truncation_rate; with k > 1 also
+    pass@k (some of k samples right) and sampled_accuracy (the fraction of samples right)."""
     if not examples:
         raise ValueError("evaluation needs at least one held-out example (eval.num_examples, task.num_eval)")
     e = cfg.eval
@@ -33,6 +34,7 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
     greedy = SamplingParams(group_size=1, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=max_new)
     acc, fmt, lengths, truncated = [], [], [], 0
     passed: list[float] = []
+    sampled_correct: list[float] = []
     for start in range(0, len(examples), e.batch_size):
         chunk = examples[start : start + e.batch_size]
         prompts = [render_prompt(tokenizer, ex) for ex in chunk]
@@ -50,6 +52,7 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
             scores = rewards.score(graders[:1], batch.completions, repeated, cfg.reward_timeout)
             correct = torch.nan_to_num(scores.per_function["accuracy"]).view(len(chunk), e.pass_k)
             passed += (correct >= 1.0).any(dim=1).float().tolist()
+            sampled_correct += (correct >= 1.0).float().mean(dim=1).tolist()
     n = len(examples)
     results: dict[str, Any] = {
         "num_examples": n,
@@ -60,6 +63,8 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
     }
     if e.pass_k > 1:
         results[f"pass@{e.pass_k}"] = sum(passed) / n
+        # the mean over the k samples: accuracy of the sampling policy that training optimizes
+        results["sampled_accuracy"] = sum(sampled_correct) / n
     return results
 
 

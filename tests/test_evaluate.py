@@ -1,0 +1,43 @@
+"""Evaluation metrics on canned completions: greedy accuracy, format, pass@k, sampled accuracy."""
+
+import torch
+
+from grpo.config import load_config
+from grpo.evaluate import evaluate
+from grpo.rollout.base import RolloutBatch
+from grpo.tasks.base import Example
+
+EXAMPLES = [Example(f"q{i}", [{"role": "user", "content": f"{i} + 1 ="}], str(i + 1)) for i in range(3)]
+
+
+class CannedEngine:
+    """Greedy calls get `greedy[i]`; sampled calls get `sampled[i]` (k completions per prompt)."""
+
+    def __init__(self, greedy, sampled):
+        self.greedy, self.sampled = greedy, sampled
+
+    def generate(self, prompts, params):
+        index = [int(p.split()[0]) for p in prompts]  # prompt "i + 1 =" -> example i
+        texts = [self.greedy[i] for i in index] if params.greedy else [t for i in index for t in self.sampled[i]]
+        n = len(texts)
+        ids = torch.ones(n, 3, dtype=torch.long)
+        return RolloutBatch(ids, ids.clone(), ids.clone(), ids.clone(), texts, ["eos"] * n)
+
+
+class Tok:
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return messages[-1]["content"]
+
+
+def test_accuracy_format_pass_at_k_and_sampled_accuracy():
+    right = lambda i: f"<think> {i} + 1 = {i + 1} </think> <answer> {i + 1} </answer>"  # noqa: E731
+    greedy = [right(0), "the answer is 2", "<answer> 7 </answer>"]  # right+format, right (last number), wrong
+    sampled = [[right(0), "9", "9", "9"], ["9", "9", "9", "9"], [right(2)] * 4]
+    cfg = load_config(None, ["eval.pass_k=4", "eval.batch_size=2"])
+    results = evaluate(CannedEngine(greedy, sampled), Tok(), EXAMPLES, cfg)
+    # greedy: q0 right, q1 right ("2" is the last number), q2 wrong -> 2/3; format only q0 -> 1/3
+    assert results["accuracy"] == 2 / 3 and results["format"] == 1 / 3
+    # pass@4: q0 (one of four) and q2 -> 2/3; sampled accuracy (1/4 + 0 + 1) / 3 = 0.41667
+    assert results["pass@4"] == 2 / 3
+    assert abs(results["sampled_accuracy"] - 1.25 / 3) < 1e-9
+    assert results["num_examples"] == 3 and results["mean_length"] == 3
