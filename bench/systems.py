@@ -31,7 +31,8 @@ def make_prompts(n: int = 200) -> None:
     from grpo.config import load_config
     from grpo.tasks import build_task
 
-    cfg = load_config(str(HERE.parent / "configs" / "demo.yaml"), [f"task.num_train={n}"])
+    # fixed settings (not whatever demo.yaml says today): chain_sum, one worked example
+    cfg = load_config(str(HERE.parent / "configs" / "demo.yaml"), [f"task.num_train={n}", "task.few_shot=1"])
     task = build_task(cfg.task)
     with PROMPTS.open("w") as f:
         for ex in task.train[:n]:
@@ -145,11 +146,32 @@ def run_trl(steps: int) -> dict:
     records: list[dict] = []
 
     class Clock(TrainerCallback):
-        """Step start; the step is read when it logs (HF logs right after on_step_end)."""
+        """Times each step; records it when it logs (HF logs right after on_step_end, and
+        GRPOTrainer adds its reward and length metrics to the logs the callbacks receive)."""
 
         def on_step_begin(self, args, state, control, **kw):
             timers.clear()
             self.t = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or "reward" not in logs:
+                return
+            step_time = time.perf_counter() - self.t
+            i = state.global_step - 1  # 0 = the warm-up step
+            if i == 0:
+                return
+            n = w["group_size"] * w["prompts_per_step"]
+            mean_len = float(logs.get("completions/mean_length", 0.0))
+            start = i * w["prompts_per_step"]
+            phases = {k: timers.get(k, 0.0) for k in ("generation", "logprobs", "rewards")}
+            records.append({
+                "step": step_time, **phases, "update": step_time - sum(phases.values()),
+                "tokens_generated": mean_len * n, "reward": float(logs["reward"]),
+                "prompt_tokens": sum(counts[start: start + w["prompts_per_step"]]),
+                "completion_tokens": mean_len * n,
+                "max_completion": float(logs.get("completions/max_length", mean_len)),
+            })
+            print(f"trl step {i}: {step_time:.1f} s, reward {float(logs['reward']):.2f}", flush=True)
 
     clock = Clock()
 
@@ -164,32 +186,6 @@ def run_trl(steps: int) -> dict:
     trainer = GRPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                           reward_funcs=[reward_func("format"), reward_func("accuracy")], callbacks=[clock])
     startup = time.time() - t0
-    state = {"i": 0}
-    original_log = trainer.log
-
-    def log(logs, *args, **kwargs):
-        original_log(logs, *args, **kwargs)
-        if "reward" not in logs:
-            return
-        i = state["i"]
-        state["i"] += 1
-        if i == 0:
-            return  # warm-up step
-        step_time = time.perf_counter() - clock.t
-        n = w["group_size"] * w["prompts_per_step"]
-        mean_len = logs.get("completions/mean_length", 0.0)
-        start = i * w["prompts_per_step"]
-        records.append({
-            "step": step_time, "generation": timers.get("generation", 0.0),
-            "logprobs": timers.get("logprobs", 0.0), "update": step_time - sum(
-                timers.get(k, 0.0) for k in ("generation", "logprobs", "rewards")),
-            "rewards": timers.get("rewards", 0.0), "tokens_generated": mean_len * n, "reward": logs["reward"],
-            "prompt_tokens": sum(counts[start: start + w["prompts_per_step"]]), "completion_tokens": mean_len * n,
-            "max_completion": logs.get("completions/max_length", mean_len),
-        })
-        print(f"trl step {i}: {step_time:.1f} s, reward {logs['reward']:.2f}", flush=True)
-
-    trainer.log = log
     trainer.train()
     return {"steps": records, "peak_rss_gib": peak_rss_gib(), "startup_s": startup}
 

@@ -60,14 +60,16 @@ def cmd_train(args: list[str]) -> int:
 
 
 def print_before_after(results: dict) -> None:
-    before, after = results.get("before"), results.get("after")
+    """One line per metric: `held-out accuracy (greedy): 18.0% -> 31.0%`."""
+    before, after = results.get("before") or {}, results.get("after")
     if after is None:
         return
-    line = f"held-out accuracy: {after['accuracy']:.1%}  (format {after['format']:.1%})"
-    if before is not None:
-        line = (f"held-out accuracy: {before['accuracy']:.1%} -> {after['accuracy']:.1%}   "
-                f"format: {before['format']:.1%} -> {after['format']:.1%}")
-    print(line)
+    labels = {"accuracy": "held-out accuracy (greedy)", "sampled_accuracy": "held-out accuracy (sampled, T=1)",
+              "format": "format rate (greedy)"}
+    for key, label in labels.items():
+        if key in after:
+            start = f"{before[key]:.1%} -> " if key in before else ""
+            print(f"{label}: {start}{after[key]:.1%}")
 
 
 def resolve_eval_target(target: str) -> tuple[str | None, list[str], Path | None]:
