@@ -151,15 +151,11 @@ def _discard(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def load_checkpoint(
-    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> TrainerState:
-    """Restore weights, optimizer, scheduler and RNG in place; return the loop counters."""
+def load_weights(path: str | Path, model: torch.nn.Module) -> None:
+    """Copy a checkpoint's trainable weights into `model` (resume, and `grpo eval` of a checkpoint)."""
     path = Path(path)
     try:
         weights = load_file(path / "model.safetensors")
-        blob = torch.load(path / "training_state.pt", weights_only=False)
-        state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
     except Exception as e:  # noqa: BLE001 - any unreadable file means the same to the user
         raise ValueError(
             f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e}); it was damaged "
@@ -168,11 +164,30 @@ def load_checkpoint(
         ) from None
     params = dict(model.named_parameters())
     missing = sorted(set(n for n, p in params.items() if p.requires_grad) - set(weights))
-    if missing:
-        raise ValueError(f"checkpoint {str(path)!r} does not match the model: missing {missing[:3]}")
+    unexpected = sorted(set(weights) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {str(path)!r} does not match the model: "
+                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
+
+
+def load_checkpoint(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> TrainerState:
+    """Restore weights, optimizer, scheduler and RNG in place; return the loop counters."""
+    path = Path(path)
+    load_weights(path, model)
+    try:
+        blob = torch.load(path / "training_state.pt", weights_only=False)
+        state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+    except Exception as e:  # noqa: BLE001 - any unreadable file means the same to the user
+        raise ValueError(
+            f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e}); it was damaged "
+            "after it was written (grpo writes checkpoints atomically): delete that directory to "
+            "resume from the previous checkpoint"
+        ) from None
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])

@@ -70,22 +70,15 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
 
 def run_eval(cfg: Config, checkpoint: str | None = None) -> dict[str, Any]:
     """`grpo eval`: load the model (and a checkpoint's weights), evaluate on the eval split."""
-    from safetensors.torch import load_file
-
     from grpo import models
+    from grpo.checkpoint import load_weights
     from grpo.rollout import build_engine
     from grpo.tasks import build_task
 
     task = build_task(cfg.task)
     model, tokenizer = models.load_policy(cfg.model)
     if checkpoint is not None:
-        try:
-            weights = load_file(f"{checkpoint}/model.safetensors")
-        except Exception as e:  # a missing or damaged file means the same to the user
-            raise ValueError(f"checkpoint {str(checkpoint)!r} cannot be read ({type(e).__name__}: {e})") from None
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if unexpected:
-            raise ValueError(f"checkpoint {checkpoint!r} does not match the model: {unexpected[:3]}")
+        load_weights(checkpoint, model)
     engine = build_engine(cfg.rollout, model, tokenizer)
     return evaluate(engine, tokenizer, task.eval[: cfg.eval.num_examples], cfg)
 
