@@ -107,6 +107,13 @@ def latest_step(run: Path) -> int:
     return max(steps, default=0)
 
 
+def median_step_seconds(run: Path) -> float:
+    """The median `time/step` of a finished run: how long a kill aimed "within the next step"
+    may wait (a fixed wait lets a fast machine finish the run before the kills are spent)."""
+    times = sorted(r["time/step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()))
+    return times[len(times) // 2]
+
+
 def inode(path: Path) -> int | None:
     try:
         return path.stat().st_ino
@@ -142,6 +149,8 @@ def differences(run: Path, reference: Path) -> list[str]:
 class Chaos:
     def __init__(self, work: Path, steps: int, seed: int):
         self.work, self.rng = work, random.Random(seed)
+        # replaced by what the reference run measured on this machine
+        self.step_seconds, self.startup_seconds = 0.4, 3.0
         self.ctx = mp.get_context("forkserver")
         # imported once in the forkserver, so no child pays for them (matplotlib: the report)
         self.ctx.set_forkserver_preload(["grpo.cli", "grpo.trainer", "grpo.report", "safetensors.torch",
@@ -212,12 +221,12 @@ class Chaos:
         proc = self.train(run)
         started = time.monotonic()
         if kind == "startup":
-            time.sleep(self.rng.uniform(0.0, 3.0))
+            time.sleep(self.rng.uniform(0.0, self.startup_seconds))
         elif self.wait_for_step(proc, run, before, old_inode):
             if kind == "checkpoint-write":  # it starts right after the metrics line: catch its temp dir
                 self.wait_for_new_temp(run, temps, self.rng.uniform(0.0, 0.004))
-            else:  # a tiny step takes ~0.1-0.5 s
-                time.sleep(self.rng.uniform(0.0, 0.4))
+            else:  # within the next step, however fast this machine runs them
+                time.sleep(self.rng.uniform(0.0, self.step_seconds))
         alive = proc.is_alive()
         proc.kill()
         proc.join()
@@ -263,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         chaos = Chaos(work, steps, ns.seed)
         reference, run = work / "reference", work / "chaos"
+        t0 = time.monotonic()
         chaos.wait(chaos.train(reference), 600)
+        chaos.step_seconds = median_step_seconds(reference)
+        # before the first step: imports (preloaded), model load, first eval
+        chaos.startup_seconds = max(0.05, time.monotonic() - t0 - steps * chaos.step_seconds)
         kinds = ["checkpoint-write", "mid-step", "startup"]
         kills = []
         while (sum(k["killed"] for k in kills) < ns.kills and latest_step(run) < steps
