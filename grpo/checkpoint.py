@@ -2,7 +2,8 @@
 
 A checkpoint is a directory `checkpoint-000010/` holding everything needed to continue
 the run bit for bit: trainable weights (safetensors), optimizer and scheduler state, RNG
-states, the data position and the step. It is written into a temporary sibling directory,
+states (one per rank), the data position and the step. In a multi-process run every rank
+helps gather it (`take_snapshot`) and rank 0 writes it. It is written into a temporary sibling directory,
 fsynced, then renamed into place, so a process killed at any moment leaves either the
 previous checkpoints or the new complete one, never a half-written directory under the
 final name. Old checkpoints are deleted the same way round: renamed to a temporary name,
@@ -77,7 +78,8 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> None:
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters the optimizer changes (all of them, or only LoRA adapters)."""
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    # a copy: under fsdp the gathered weights are views into one communication buffer
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
 def rng_state() -> dict[str, Any]:
@@ -95,14 +97,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(
-    run_dir: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    state: TrainerState,
-    keep_last: int,
-) -> Path:
+@dataclass
+class Snapshot:
+    """What a checkpoint holds besides the loop counters, gathered from every rank.
+
+    The optimizer state is the full, unsharded one keyed by parameter name
+    (torch.distributed.checkpoint.state_dict), so a checkpoint loads into any world size and
+    either train.parallel mode. `rng` holds one RNG state per rank."""
+
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: list[dict[str, Any]]
+
+
+def take_snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, world: Any) -> Snapshot:
+    """Every rank calls this (the gathers are collectives); only rank 0's copy is complete."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    with world.full_weights(model):
+        weights = trainable_state(model)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return Snapshot(weights, get_optimizer_state_dict(model, optimizer, options=options), scheduler.state_dict(),
+                    world.gather_objects(rng_state()))
+
+
+def save_checkpoint(run_dir: str | Path, snapshot: Snapshot, state: TrainerState, keep_last: int) -> Path:
     """Write checkpoint-<step> atomically, then drop all but the newest `keep_last`."""
     root = Path(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -112,11 +132,9 @@ def save_checkpoint(
     tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
-        save_file(trainable_state(model), tmp / "model.safetensors")
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-            tmp / "training_state.pt",
-        )
+        save_file(snapshot.weights, tmp / "model.safetensors")
+        torch.save({"optimizer": snapshot.optimizer, "scheduler": snapshot.scheduler, "rng": snapshot.rng},
+                   tmp / "training_state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1))
         _fsync_dir_files(tmp)
         if final.exists():  # a re-save of the same step: move the old one aside, never half-delete it
@@ -173,12 +191,16 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> None:
             params[name].copy_(tensor)
 
 
-def load_checkpoint(
-    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+def load_training_state(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, world: Any
 ) -> TrainerState:
-    """Restore weights, optimizer, scheduler and RNG in place; return the loop counters."""
+    """Restore optimizer, scheduler and RNG in place (weights: `load_weights`, before sharding);
+    return the loop counters. Each rank takes its own RNG state when the world size is the one
+    that saved; with another world size rank 0 continues rank 0's stream and the other ranks
+    are reseeded (the data stream and the weights continue exactly either way)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     path = Path(path)
-    load_weights(path, model)
     try:
         blob = torch.load(path / "training_state.pt", weights_only=False)
         state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
@@ -188,9 +210,13 @@ def load_checkpoint(
             "after it was written (grpo writes checkpoints atomically): delete that directory to "
             "resume from the previous checkpoint"
         ) from None
-    optimizer.load_state_dict(blob["optimizer"])
+    set_optimizer_state_dict(model, optimizer, blob["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(blob["scheduler"])
-    set_rng_state(blob["rng"])
+    rngs = blob["rng"] if isinstance(blob["rng"], list) else [blob["rng"]]
+    if len(rngs) == world.size or world.rank == 0:
+        set_rng_state(rngs[world.rank])
+    else:
+        torch.manual_seed(1_000_003 * world.rank + state.step)
     return state
 
 

@@ -162,6 +162,10 @@ class TrainConfig:
     max_grad_norm: float = doc(1.0, "Clip the global gradient norm to this; 0 = no clipping.")
     lr_schedule: Literal["constant", "cosine"] = doc("constant", "Learning-rate schedule after warmup.")
     warmup_steps: int = doc(0, "Linear warmup steps.")
+    parallel: Literal["ddp", "fsdp"] = doc(
+        "ddp", "Under torchrun (grpo.distributed): ddp = full model on every rank, gradients summed; "
+        "fsdp = FSDP2 shards parameters, gradients and optimizer state."
+    )
     max_bad_steps: int = doc(3, "Stop (with a checkpoint) after this many non-finite losses in a row.")
     check_resources: bool = doc(
         True, "Before training, refuse a batch that a rough estimate says cannot fit in memory, "

@@ -68,6 +68,16 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
     return results
 
 
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """`evaluate` results of disjoint shards of the examples (one per rank), as if scored
+    together: every figure is a mean over examples, so the merge weighs by num_examples."""
+    if len(parts) == 1:
+        return parts[0]
+    n = sum(p["num_examples"] for p in parts)
+    return {"num_examples": n, **{key: sum(p[key] * p["num_examples"] for p in parts) / n
+                                  for key in parts[0] if key != "num_examples"}}
+
+
 def run_eval(cfg: Config, checkpoint: str | None = None) -> dict[str, Any]:
     """`grpo eval`: load the model (and a checkpoint's weights), evaluate on the eval split."""
     from grpo import models

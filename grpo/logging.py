@@ -116,3 +116,16 @@ class RunLogger:
             self.progress.stop()
         if self.tb is not None:
             self.tb.close()
+
+
+class NullLogger:
+    """The logger of ranks other than 0 in a multi-process run: rank 0 writes the record."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+    def __enter__(self) -> NullLogger:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass

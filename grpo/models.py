@@ -345,11 +345,12 @@ def load_frozen(cfg: ModelConfig, dtype: torch.dtype | None = None, device: torc
     return model
 
 
-def save_final(model: nn.Module, tokenizer: Any, out_dir: Path) -> Path:
+def save_final(model: nn.Module, tokenizer: Any, out_dir: Path, state_dict: dict | None = None) -> Path:
     """The trained model as a plain HF directory that transformers loads without grpo.
 
     A LoRA policy is saved twice: its adapters (`out_dir/adapter`, for peft users) and the
     merged weights (`out_dir`). Written into a temp sibling and renamed, like checkpoints.
+    `state_dict`: the gathered weights of a sharded (fsdp) model.
     """
     out_dir = Path(out_dir)
 
@@ -358,7 +359,7 @@ def save_final(model: nn.Module, tokenizer: Any, out_dir: Path) -> Path:
         if hasattr(model, "merge_and_unload"):  # peft
             model.save_pretrained(tmp / "adapter")
             plain = copy.deepcopy(model).merge_and_unload()
-        plain.save_pretrained(tmp)
+        plain.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
 
     if out_dir.exists():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 import resource
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +30,19 @@ from grpo import algorithm, models, resources, rewards
 from grpo.checkpoint import (
     TrainerState,
     check_run_dir,
+    checkpoint_name,
     latest_checkpoint,
-    load_checkpoint,
+    load_training_state,
+    load_weights,
     save_checkpoint,
+    take_snapshot,
 )
 from grpo.config import Config, save_config
-from grpo.evaluate import evaluate
+from grpo.distributed import World
+from grpo.evaluate import evaluate, merge_results
 from grpo.health import StepWatch
 from grpo.interrupt import Interrupted, StopSignals
-from grpo.logging import RunLogger
+from grpo.logging import NullLogger, RunLogger
 from grpo.logprobs import (
     batch_logprobs,
     completion_logprobs,
@@ -129,14 +134,22 @@ class Trainer:
     device: torch.device
     state: TrainerState
     data: DataStream
+    world: World
 
     @classmethod
     def build(cls, cfg: Config) -> Trainer:
         check_run_dir(cfg.output_dir, cfg.resume)  # never train over another run's checkpoints
-        seed_everything(cfg.seed)
+        world = World.init(cfg.train.parallel, cfg.train.prompts_per_step, cfg.model.device)
+        seed_everything(cfg.seed)  # the same on every rank: identical initial weights (LoRA too)
         task = build_task(cfg.task)
         reward_fns = rewards.build(cfg.rewards)
         model, tokenizer = models.load_policy(cfg.model)
+        ckpt = latest_checkpoint(cfg.output_dir) if cfg.resume else None
+        if ckpt is not None:
+            load_weights(ckpt, model)
+        world.prepare(model)  # ddp: rank 0's weights everywhere; fsdp: shard
+        if world.rank > 0:  # each rank samples its own completions
+            torch.manual_seed(1_000_003 * world.rank + cfg.seed)
         device = next(model.parameters()).device
         # With beta = 0 the reference model is never loaded (memory and time).
         reference = None
@@ -152,11 +165,10 @@ class Trainer:
         scheduler = make_scheduler(optimizer, cfg, cfg.train.num_steps * cfg.algorithm.num_iterations)
         resources.preflight(cfg, model, tokenizer, task, optimizer, device)  # prompts, memory, disk
         state = TrainerState()
-        ckpt = latest_checkpoint(cfg.output_dir) if cfg.resume else None
         if ckpt is not None:
-            state = load_checkpoint(ckpt, model, optimizer, scheduler)
+            state = load_training_state(ckpt, model, optimizer, scheduler, world)
         return cls(cfg, model, tokenizer, reference, engine, reward_fns, task, optimizer, scheduler,
-                   device, state, DataStream(task.train, cfg.seed, state.examples_seen))
+                   device, state, DataStream(task.train, cfg.seed, state.examples_seen), world)
 
     # ----------------------------------------------------------------- one step
 
@@ -173,9 +185,10 @@ class Trainer:
             timings[f"time/{name}"] = now - clock
             clock = now
 
-        # 1. prompts
-        examples = self.data.take(cfg.train.prompts_per_step)
+        # 1. prompts: every rank reads the same stream and keeps its share
+        examples = self.world.shard(self.data.take(cfg.train.prompts_per_step))
         prompts = [render_prompt(self.tokenizer, ex) for ex in examples]
+        self.world.gather_weights(self.model)  # fsdp: whole weights until the optimizer step
         # 2. generate G completions per prompt
         batch = self.engine.generate(prompts, self.sampling_params())
         lap("generation")
@@ -209,18 +222,23 @@ class Trainer:
 
     def update(self, batch, advantages, old_logprobs, ref_logprobs) -> dict[str, float]:
         """num_iterations optimizer steps on one generated batch, micro-batched."""
-        cfg, a = self.cfg, self.cfg.algorithm
+        cfg, a, world = self.cfg, self.cfg.algorithm, self.world
         mask = batch.completion_mask.float()  # [N, C]
-        # Global normalizers, so micro-batch losses add up to the big-batch loss.
-        num_items = mask.sum().item() if a.loss_type in ("bnpo", "dapo") else mask.shape[0]
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        # Global normalizers (all micro-batches of all ranks), so the micro-batch losses of
+        # every rank add up to the loss of the whole batch, and so do their gradients.
+        num_tokens = world.sum(mask.sum().item())
+        num_items = num_tokens if a.loss_type in ("bnpo", "dapo") else world.sum(mask.shape[0])
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]  # fsdp: the shards
         sums: dict[str, float] = {}
-        num_tokens = max(mask.sum().item(), 1.0)
+        num_tokens = max(num_tokens, 1.0)
         self.model.train()
         for iteration in range(a.num_iterations):
             total_loss = 0.0
+            world.gather_weights(self.model)
             prompts = prompt_cache(self.model, batch, self.device)  # each distinct prompt once per update
-            for rows in length_sorted_rows(batch, cfg.train.micro_batch_size):
+            chunks = length_sorted_rows(batch, cfg.train.micro_batch_size)
+            for i, rows in enumerate(chunks):
+                world.gradient_sync(self.model, prompts is None and i == len(chunks) - 1)  # the last backward
                 mb = make_micro_batch(batch, rows, self.device)
                 want_entropy = iteration == 0
                 logprobs, entropy = completion_logprobs(self.model, batch, mb, prompts, cfg.rollout.temperature,
@@ -243,9 +261,14 @@ class Trainer:
                     ent = algorithm.masked_mean(entropy, mb.completion_mask).item()
                     sums["entropy"] = sums.get("entropy", 0.0) + ent * share
             if prompts is not None:
+                world.gradient_sync(self.model, True)
                 prompts.backward()  # the prompts' share of the gradient, summed over micro-batches
+            world.reduce_gradients(params)  # ddp: sum over ranks; fsdp did it in the last backward
+            world.release_weights(self.model)
+            total_loss = world.sum(total_loss)
             max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # fsdp: a DTensor
             if math.isfinite(grad_norm) and math.isfinite(total_loss):
                 self.optimizer.step()
                 self.state.bad_steps_in_a_row = 0
@@ -254,13 +277,16 @@ class Trainer:
                 self.state.num_skipped_updates += 1
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
+        sums = {k: world.sum(v) for k, v in sorted(sums.items())}  # token-weighted shares of all ranks
         return {"loss": total_loss, "grad_norm": grad_norm, "skipped_updates": self.state.num_skipped_updates,
                 **{("clip/" + k[5:] if k.startswith("clip_") else k): v for k, v in sums.items()}}
 
     def rollout_metrics(self, batch, scores, advantages) -> dict[str, float]:
-        G = self.cfg.rollout.group_size
-        lengths = batch.completion_mask.sum(1).float()  # [N]
-        total = scores.total
+        """Over the whole batch: every rank's rows, gathered in rank order."""
+        G, gather = self.cfg.rollout.group_size, self.world.gather
+        lengths = gather(batch.completion_mask.sum(1).float())  # [N]
+        truncated = gather(torch.tensor([r == "length" for r in batch.finish_reasons], dtype=torch.float32))
+        total, advantages = gather(scores.total), gather(advantages)
         out = {
             "reward/mean": total.mean().item(),
             "reward/std": total.std().item() if total.numel() > 1 else 0.0,
@@ -269,13 +295,14 @@ class Trainer:
             "completion_length/mean": lengths.mean().item(),
             "completion_length/min": lengths.min().item(),
             "completion_length/max": lengths.max().item(),
-            "truncation_rate": sum(r == "length" for r in batch.finish_reasons) / len(batch.finish_reasons),
+            "truncation_rate": truncated.mean().item(),
             "tokens_generated": int(lengths.sum().item()),
         }
         for name, values in scores.per_function.items():
+            values = gather(values)
             ok = values[~torch.isnan(values)]
             out[f"reward/{name}/mean"] = ok.mean().item() if ok.numel() else float("nan")
-            out[f"rewards/{name}/errors"] = scores.errors.get(name, 0)
+            out[f"rewards/{name}/errors"] = int(self.world.sum(scores.errors.get(name, 0)))
             if name in ("accuracy", "format"):
                 out[name] = out[f"reward/{name}/mean"]
         return out
@@ -297,32 +324,42 @@ class Trainer:
     # ----------------------------------------------------------------- the run
 
     def evaluate(self) -> dict[str, Any]:
-        e = self.cfg.eval
-        examples = self.task.eval[: e.num_examples]
-        return evaluate(self.engine, self.tokenizer, examples, self.cfg)
+        """Held-out evaluation; in a multi-process run each rank scores its share of the examples."""
+        examples = self.task.eval[: self.cfg.eval.num_examples]
+        mine = examples[self.world.rank :: self.world.size]
+        with self.world.full_weights(self.model):  # fsdp: generation runs no collectives
+            results = evaluate(self.engine, self.tokenizer, mine, self.cfg) if mine else None
+        return merge_results([r for r in self.world.gather_objects(results) if r is not None])
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """A checkpoint of this step: every rank gathers, rank 0 writes (and returns its path)."""
         self.state.examples_seen = self.data.position
+        snapshot = take_snapshot(self.model, self.optimizer, self.scheduler, self.world)
+        self.last_saved = self.state.step
+        if not self.world.is_main:
+            return None
         if self.cfg.train.check_resources:  # fail with a clear message rather than midway through a write
             resources.check_disk(self.cfg.output_dir, resources.checkpoint_bytes(self.model, self.optimizer),
                                  f"checkpoint {self.state.step}")
-        return save_checkpoint(self.cfg.output_dir, self.model, self.optimizer, self.scheduler,
-                               self.state, self.cfg.checkpoint.keep_last)
+        return save_checkpoint(self.cfg.output_dir, snapshot, self.state, self.cfg.checkpoint.keep_last)
 
     def run(self) -> dict[str, Any]:
-        cfg, out = self.cfg, Path(self.cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        log = RunLogger(out, cfg.train.num_steps, start_step=self.state.step,
-                        tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
+        cfg, out, main = self.cfg, Path(self.cfg.output_dir), self.world.is_main
+        self.last_saved = self.state.step if self.state.step > 0 else None  # resumed from that checkpoint
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
+        log = (RunLogger(out, cfg.train.num_steps, start_step=self.state.step, tensorboard=cfg.log.tensorboard,
+                         progress=cfg.log.progress) if main else NullLogger())
         watch = StepWatch(cfg)
         results: dict[str, Any] = {}
-        # SIGINT / SIGTERM only set stop.requested; the loop stops between steps (grpo.interrupt).
+        # SIGINT / SIGTERM only set stop.requested; the loop stops between steps (grpo.interrupt),
+        # on every rank once any rank got one.
         with StopSignals() as stop, log:  # the logger closes on the way out, whatever happens
             if self.state.step == 0 and cfg.eval.before_training and cfg.eval.num_examples > 0:
                 results["before"] = self.evaluate()
                 log.log_eval(0, results["before"])
-            while self.state.step < cfg.train.num_steps and not stop.requested:
+            while self.state.step < cfg.train.num_steps and not self.world.any(stop.requested):
                 metrics, samples = self.train_step()
                 self.state.step += 1
                 step = self.state.step
@@ -342,19 +379,27 @@ class Trainer:
                     log.log_eval(step, self.evaluate())
                 if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
                     self.save()
-            latest = latest_checkpoint(out)
-            if self.state.step > 0 and (latest is None or latest.name != f"checkpoint-{self.state.step:06d}"):
-                latest = self.save()
-            if stop.requested:
-                raise Interrupted(stop.signum, self.state.step, latest if self.state.step > 0 else None)
+            if self.state.step > 0 and self.last_saved != self.state.step:
+                self.save()
+            if self.world.any(stop.requested):  # this rank's signal, or another rank's
+                latest = out / checkpoint_name(self.state.step) if self.state.step > 0 else None
+                raise Interrupted(stop.signum or signal.SIGTERM, self.state.step, latest)
             if cfg.eval.num_examples > 0:
                 results["after"] = self.evaluate()
                 log.log_eval(self.state.step, results["after"])
-            models.save_final(self.model, self.tokenizer, out / "final")
-            from grpo.report import write_report  # imports matplotlib only when a run ends
-            write_report(out)
+            weights = self.world.full_state_dict(self.model)  # fsdp: gathered; otherwise None
+            if main:
+                models.save_final(self.model, self.tokenizer, out / "final", weights)
+            if main:
+                from grpo.report import write_report  # imports matplotlib only when a run ends
+
+                write_report(out)
         return results
 
 
 def train(cfg: Config) -> dict[str, Any]:
-    return Trainer.build(cfg).run()
+    trainer = Trainer.build(cfg)
+    try:
+        return trainer.run()
+    finally:
+        trainer.world.close()

@@ -1,0 +1,139 @@
+"""Multi-process training under torchrun on CPU (gloo): grpo.distributed.
+
+The 2-process runs are real: `python -m torch.distributed.run` starts the processes, which
+join a gloo process group on loopback. One torch thread per process keeps the 2-core machine
+from thrashing.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from cli_runs import tiny_args
+
+HERE = Path(__file__).parent
+WORKER = HERE / "dist_worker.py"
+
+
+def torchrun(nproc: int, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def update_overrides(tmp_path: Path, model_dir: Path, *extra: str) -> list[str]:
+    # 4 prompts x G=4; loss dapo: its normalizer (the token count) must be the global one
+    return [*tiny_args(tmp_path, model_dir), "train.prompts_per_step=4", "train.micro_batch_size=4",
+            "rollout.max_new_tokens=6", "algorithm.loss_type=dapo", "train.learning_rate=1e-3", *extra]
+
+
+def one_update(tmp_path, model_dir, nproc: int, name: str, *extra: str) -> dict:
+    out = tmp_path / f"{name}.pt"
+    run = tmp_path / name
+    overrides = [o for o in update_overrides(tmp_path, model_dir, *extra) if not o.startswith("output_dir=")]
+    torchrun(nproc, str(WORKER), str(out), *overrides, f"output_dir={run}")
+    return torch.load(out)
+
+
+def assert_same_update(a: dict, b: dict, before: dict, lr: float) -> None:
+    """The same completions, loss and gradient (each element to 1e-5 of the largest: only the
+    summation order differs between world sizes), and the same parameters after the AdamW
+    step: to 1e-3 * lr for all but 0.1% of the elements. Adam's first step moves an element
+    by lr * g / (|g| + 1e-8), so an element whose gradient is at rounding level (~1e-9) may
+    move by up to 2 * lr differently however exact the reduction: those few get that bound."""
+    assert a["completions"] == b["completions"]
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
+    assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+    scale = max(g.abs().max().item() for g in b["grads"].values())
+    assert a["grads"].keys() == b["grads"].keys() == before.keys()
+    for n in before:
+        torch.testing.assert_close(a["grads"][n], b["grads"][n], rtol=0, atol=1e-5 * scale, msg=n)
+    moved = max((a["params"][n] - before[n]).abs().max().item() for n in before)
+    assert moved > 0.5 * lr  # the step did something
+    diff = torch.cat([(a["params"][n] - b["params"][n]).abs().flatten() for n in before])
+    assert (diff > 1e-3 * lr).float().mean().item() < 1e-3 and diff.max().item() <= 2 * lr
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, tiny_model_dir):
+    return one_update(tmp_path_factory.mktemp("single"), tiny_model_dir, 1, "single")
+
+
+def initial_params(model_dir) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    return dict(AutoModelForCausalLM.from_pretrained(model_dir).named_parameters())
+
+
+def test_two_process_ddp_update_equals_one_process(tmp_path, tiny_model_dir, single):
+    two = one_update(tmp_path, tiny_model_dir, 2, "ddp", "train.parallel=ddp")
+    assert_same_update(two, single, initial_params(tiny_model_dir), lr=1e-3)
+
+
+def test_two_process_fsdp_update_equals_one_process(tmp_path, tiny_model_dir, single):
+    two = one_update(tmp_path, tiny_model_dir, 2, "fsdp", "train.parallel=fsdp")
+    assert_same_update(two, single, initial_params(tiny_model_dir), lr=1e-3)
+
+
+def metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(("time", "memory/"))} for r in rows]
+
+
+def train_args(tmp_path: Path, model_dir: Path, run: Path, steps: int, *extra: str) -> list[str]:
+    args = [o for o in tiny_args(tmp_path, model_dir) if not o.startswith(("output_dir=", "train.num_steps="))]
+    return ["-m", "grpo", "train", *args, "train.prompts_per_step=4", "train.micro_batch_size=4",
+            "eval.num_examples=4", f"train.num_steps={steps}", f"output_dir={run}", *extra]
+
+
+def test_two_process_run_resumes_exactly(tmp_path, tiny_model_dir):
+    """2 processes for 4 steps == 2 processes for 2 steps, then resumed to 4: the same metrics,
+    evaluation and final weights; only rank 0 writes the record (one metrics line per step)."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, whole, 4))
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, split, 2))
+    assert [r["step"] for r in metrics(split)] == [1, 2] and (split / "checkpoint-000002").is_dir()
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, split, 4, "resume=true"))
+    assert metrics(split) == metrics(whole)
+    evals = {r: [json.loads(x) for x in (r / "eval.jsonl").read_text().splitlines()] for r in (split, whole)}
+    assert [e["step"] for e in evals[split]] == [0, 2, 4]  # the 2-step run ended with its own eval
+    assert evals[split][-1] == evals[whole][-1] and evals[whole][-1]["num_examples"] == 4  # both ranks' shares
+    from safetensors.torch import load_file
+
+    a, b = (load_file(r / "final" / "model.safetensors") for r in (split, whole))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_world_size_can_change_on_resume(tmp_path, tiny_model_dir):
+    """A 2-process fsdp checkpoint continues in one process, and a 1-process one in 2 (ddp)."""
+    run = tmp_path / "run"
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, run, 2, "train.parallel=fsdp"))
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    final = AutoModelForCausalLM.from_pretrained(run / "final")  # gathered from the shards, plain HF
+    saved = load_file(run / "checkpoint-000002" / "model.safetensors")
+    assert all(torch.equal(p, saved[n]) for n, p in final.named_parameters())
+    torchrun(1, *train_args(tmp_path, tiny_model_dir, run, 3, "resume=true"))
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, run, 4, "resume=true", "train.parallel=ddp"))
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4]
+    assert (run / "final" / "model.safetensors").exists()
+
+
+def test_prompts_not_divisible_by_world_size_is_a_clear_error(tmp_path, tiny_model_dir):
+    args = train_args(tmp_path, tiny_model_dir, tmp_path / "run", 1, "train.prompts_per_step=3",
+                      "train.micro_batch_size=4")
+    proc = torchrun(2, *args, ok=False)
+    assert "train.prompts_per_step" in proc.stderr and "divisible by the number of processes (2)" in proc.stderr
+
+
+def test_fsdp_with_lora_is_a_clear_error(tmp_path, tiny_model_dir):
+    args = train_args(tmp_path, tiny_model_dir, tmp_path / "run", 1, "train.parallel=fsdp", "model.lora.enabled=true")
+    assert "use train.parallel=ddp" in torchrun(2, *args, ok=False).stderr
