@@ -30,6 +30,7 @@ sys.path.insert(0, str(HERE))
 from floor import FloorModel, measure_machine  # noqa: E402
 
 PROMPTS = HERE / "prompts.jsonl"
+KEEP = "<!-- written by hand from here on: compare_trl.py rewrites only what is above -->"
 WORK = dict(group_size=8, prompts_per_step=2, max_new_tokens=128, temperature=1.0, beta=0.04, epsilon=0.2,
             learning_rate=5e-6, seed=0, micro_batch_size=4)
 
@@ -116,7 +117,8 @@ def write_results(summary: dict, machine: dict, args, path: Path) -> None:
         "reference log-probs = 2 N FLOPs per token of (prompts once + completions); update = 6 N FLOPs per "
         "such token; N = 134.5 M parameters. Both systems are divided by the same floor (the same work).",
     ]
-    path.write_text("\n".join(lines) + "\n")
+    kept = path.read_text().split(KEEP, 1) if path.exists() else []
+    path.write_text("\n".join(lines) + "\n" + (f"\n{KEEP}{kept[1]}" if len(kept) == 2 else ""))
 
 
 def main() -> None:

