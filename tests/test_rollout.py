@@ -248,3 +248,19 @@ def test_long_common_prefix_prefilled_once_gives_the_same_greedy_tokens(tiny_mod
     a = TransformersEngine(model, tokenizer).generate(prompts, greedy)
     b = SharedPrefixEngine(model, tokenizer).generate(prompts, greedy)
     assert torch.equal(a.completion_ids, b.completion_ids)
+
+
+def test_auto_engine_is_vllm_only_where_installed_and_in_one_process(monkeypatch):
+    import grpo.rollout as rollout
+    from grpo.config import RolloutConfig
+    from grpo.rollout import engine_name
+
+    installed = {"vllm": False}
+    monkeypatch.setattr(rollout, "find_spec", lambda name: object() if installed.get(name) else None)
+    assert engine_name(RolloutConfig()) == "shared_prefix"  # the default is auto
+    installed["vllm"] = True
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert engine_name(RolloutConfig()) == "vllm"
+    monkeypatch.setenv("WORLD_SIZE", "2")  # vLLM runs in-process: one engine per run
+    assert engine_name(RolloutConfig()) == "shared_prefix"
+    assert engine_name(RolloutConfig(engine="transformers")) == "transformers"

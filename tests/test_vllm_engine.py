@@ -118,4 +118,11 @@ def test_multi_process_run_is_refused(policy, monkeypatch):
 def test_vllm_options_need_the_vllm_engine(policy):
     model, tokenizer = policy
     with pytest.raises(ValueError, match="rollout.vllm"):
-        build_engine(RolloutConfig(vllm={"enforce_eager": True}), model, tokenizer)
+        build_engine(RolloutConfig(engine="shared_prefix", vllm={"enforce_eager": True}), model, tokenizer)
+
+
+def test_auto_engine_is_vllm_where_installed_eager_on_cpu(policy):
+    model, tokenizer = policy
+    engine = build_engine(RolloutConfig(max_prompt_tokens=64, max_new_tokens=16), model, tokenizer)  # auto
+    assert type(engine).__name__ == "VLLMEngine"
+    assert engine.llm.llm_engine.model_config.enforce_eager

@@ -54,7 +54,7 @@ class VLLMEngine(TransformersEngine):
     model's context. Other keyword arguments go to vllm.LLM (enforce_eager,
     gpu_memory_utilization, kv_cache_memory_bytes, seed, ...), over these defaults:
     the policy's dtype, seed 0, on GPU gpu_memory_utilization 0.3 (the trainer shares
-    the GPU), on CPU a 1 GiB KV cache.
+    the GPU), on CPU a 1 GiB KV cache and enforce_eager (no torch.compile).
     """
 
     def __init__(self, model: Any, tokenizer: Any, max_prompt_tokens: int | None = None,
@@ -82,6 +82,9 @@ class VLLMEngine(TransformersEngine):
             options["gpu_memory_utilization"] = 0.3
         else:
             options["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+            # measured on the bench step (bench/RESULTS.md): compiled decodes ~10% faster but
+            # starts ~87 s later, for the same seconds per training step (sync included)
+            options["enforce_eager"] = True
         options.update(engine_options)
         self.max_model_len = options["max_model_len"]
         start = time.perf_counter()
