@@ -184,7 +184,10 @@ class World:
         """ddp: sum every rank's gradients (fsdp did it in the last backward)."""
         if self.size == 1 or self.parallel == "fsdp":
             return
-        grads = [p.grad for p in params if p.grad is not None]
+        for p in params:  # every rank must reduce the same list, even where one had no gradient
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
         bucket: list[torch.Tensor] = []
         for i, g in enumerate(grads):
             bucket.append(g)
