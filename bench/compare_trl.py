@@ -162,7 +162,8 @@ def main() -> None:
         for system in systems:
             out = HERE / f".run-{system}-{r}.json"
             print(f"round {r + 1}/{args.rounds}: {system}", flush=True)
-            runs[system].append(run_child(*children[system][:1], args.steps, out, *children[system][1:]))
+            name, python, work = children[system]
+            runs[system].append(run_child(name, args.steps, out, python, work))
             out.unlink()
     summary = {s: summarize(runs[s], floor) for s in systems}
     (HERE / "results.json").write_text(json.dumps({"machine": machine, "summary": summary, "runs": runs}, indent=1))

@@ -169,17 +169,21 @@ def _discard(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def _damaged(path: Path, e: Exception) -> ValueError:
+    return ValueError(
+        f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e}); it was damaged "
+        "after it was written (grpo writes checkpoints atomically): delete that directory to "
+        "resume from the previous checkpoint"
+    )
+
+
 def load_weights(path: str | Path, model: torch.nn.Module) -> None:
     """Copy a checkpoint's trainable weights into `model` (resume, and `grpo eval` of a checkpoint)."""
     path = Path(path)
     try:
         weights = load_file(path / "model.safetensors")
     except Exception as e:  # noqa: BLE001 - any unreadable file means the same to the user
-        raise ValueError(
-            f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e}); it was damaged "
-            "after it was written (grpo writes checkpoints atomically): delete that directory to "
-            "resume from the previous checkpoint"
-        ) from None
+        raise _damaged(path, e) from None
     params = dict(model.named_parameters())
     missing = sorted(set(n for n, p in params.items() if p.requires_grad) - set(weights))
     unexpected = sorted(set(weights) - set(params))
@@ -205,18 +209,14 @@ def load_training_state(
         blob = torch.load(path / "training_state.pt", weights_only=False)
         state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
     except Exception as e:  # noqa: BLE001 - any unreadable file means the same to the user
-        raise ValueError(
-            f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e}); it was damaged "
-            "after it was written (grpo writes checkpoints atomically): delete that directory to "
-            "resume from the previous checkpoint"
-        ) from None
+        raise _damaged(path, e) from None
     set_optimizer_state_dict(model, optimizer, blob["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(blob["scheduler"])
     rngs = blob["rng"] if isinstance(blob["rng"], list) else [blob["rng"]]
     if len(rngs) == world.size or world.rank == 0:
         set_rng_state(rngs[world.rank])
     else:
-        torch.manual_seed(1_000_003 * world.rank + state.step)
+        world.seed_sampling(state.step)
     return state
 
 

@@ -74,6 +74,11 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def seed_sampling(self, base: int) -> None:
+        """Ranks > 0 draw their own sampling randomness (rank 0 keeps the stream it has)."""
+        if self.rank > 0:
+            torch.manual_seed(1_000_003 * self.rank + base)
+
     def close(self) -> None:
         if self.size > 1 and dist.is_initialized():
             dist.destroy_process_group()

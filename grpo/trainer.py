@@ -149,8 +149,7 @@ class Trainer:
         if ckpt is not None:
             load_weights(ckpt, model)
         world.prepare(model)  # ddp: rank 0's weights everywhere; fsdp: shard
-        if world.rank > 0:  # each rank samples its own completions
-            torch.manual_seed(1_000_003 * world.rank + cfg.seed)
+        world.seed_sampling(cfg.seed)  # each rank samples its own completions
         device = next(model.parameters()).device
         # With beta = 0 the reference model is never loaded (memory and time).
         reference = None

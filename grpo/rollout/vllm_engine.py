@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from grpo.distributed import launched_world_size
 from grpo.rollout.base import SamplingParams
 from grpo.rollout.hf import TransformersEngine
 
@@ -166,7 +167,7 @@ def _check_single_process() -> None:
     """vLLM in-process sets up its own one-process torch.distributed world: refuse a multi-process run."""
     dist = torch.distributed
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    world = max(world, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    world = max(world, launched_world_size())
     if world > 1:
         raise ValueError(
             f"rollout.engine=vllm runs one vLLM engine inside a single training process; this run has "
