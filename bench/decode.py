@@ -9,12 +9,15 @@ after a warm-up. Variants, each adding one thing to the one before:
   shared        grpo's shared_prefix engine: each prompt prefilled once, cache shared by G rows
   +gqa          grouped-query SDPA without key/value copies (grpo.attention)
   +prealloc     decode cache written in place instead of concatenated (PreallocatedLayer)
+  +packed       linear layers through oneDNN with weights reordered once per rollout
+                (grpo.packed_linear)
 The last one is what grpo runs. Greedy tokens are printed so a variant that changed the
 result would show.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -22,20 +25,24 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = ["generate", "shared", "+gqa", "+prealloc"]
+VARIANTS = ["generate", "shared", "+gqa", "+prealloc", "+packed"]
 
 
 def measure(variant: str) -> dict:
     import torch
 
+    import grpo.rollout.hf as hf
     import grpo.rollout.shared_prefix as shared_prefix
     from grpo import models
     from grpo.config import load_config
     from grpo.rollout import SamplingParams, build_engine
     from grpo.tasks.base import Example, render_prompt
 
-    if variant != "+prealloc":  # the decode cache grows by concatenation, as transformers' DynamicCache
+    later = VARIANTS[VARIANTS.index(variant) + 1 :]
+    if "+prealloc" in later:  # the decode cache grows by concatenation, as transformers' DynamicCache
         shared_prefix.PreallocatedLayer = lambda layer, extra: layer
+    if "+packed" in later:  # linear layers on the plain weights
+        hf.packed_linears = lambda model: contextlib.nullcontext()
     engine_name = "transformers" if variant == "generate" else "shared_prefix"
     cfg = load_config(None, [f"rollout.engine={engine_name}"])
     model, tokenizer = models.load_policy(cfg.model)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from grpo.packed_linear import packed_linears
 from grpo.rollout.base import (
     FINISH_EOS,
     FINISH_LENGTH,
@@ -49,7 +50,7 @@ class TransformersEngine:
         )
         self._check_lengths(enc["attention_mask"].sum(1).tolist(), params.max_new_tokens)
         unique_ids, unique_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # [B, P]
-        with _eval_mode(self.model), torch.no_grad(), _seeded(params.seed, device):
+        with _eval_mode(self.model), torch.no_grad(), _seeded(params.seed, device), packed_linears(self.model):
             # no_grad, not inference_mode: the ids feed later forwards that need autograd
             completion_ids = self._sample(unique_ids, unique_mask, params)  # [N, C]
         prompt_ids = unique_ids.repeat_interleave(G, 0)  # [N, P]
