@@ -38,6 +38,7 @@ from grpo.checkpoint import (
     save_checkpoint,
     take_snapshot,
 )
+from grpo.allocator import keep_freed_memory
 from grpo.config import Config, save_config
 from grpo.distributed import World
 from grpo.evaluate import evaluate, merge_results
@@ -151,6 +152,8 @@ class Trainer:
         world.prepare(model)  # ddp: rank 0's weights everywhere; fsdp: shard
         world.seed_sampling(cfg.seed)  # each rank samples its own completions
         device = next(model.parameters()).device
+        if device.type == "cpu":
+            keep_freed_memory()  # no page faults for each step's tensors (grpo/allocator.py)
         # With beta = 0 the reference model is never loaded (memory and time).
         reference = None
         if cfg.algorithm.beta > 0 and cfg.reference.url:  # served by `grpo serve-ref`, elsewhere
@@ -160,8 +163,9 @@ class Trainer:
                                        device, cfg.rollout.temperature)
         engine = build_engine(cfg.rollout, model, tokenizer)
         params = [p for p in model.parameters() if p.requires_grad]
+        # fused: one kernel over all parameters (bundled model on CPU: 0.08 s per step against 0.29)
         optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, betas=tuple(cfg.train.adam_betas),
-                                      weight_decay=cfg.train.weight_decay)
+                                      weight_decay=cfg.train.weight_decay, fused=device.type in ("cpu", "cuda"))
         scheduler = make_scheduler(optimizer, cfg, cfg.train.num_steps * cfg.algorithm.num_iterations)
         resources.preflight(cfg, model, tokenizer, task, optimizer, device)  # prompts, memory, disk
         state = TrainerState()
