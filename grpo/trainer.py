@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from grpo import algorithm, models, resources, rewards
+from grpo.allocator import keep_freed_memory
 from grpo.checkpoint import (
     TrainerState,
     check_run_dir,
@@ -38,7 +39,6 @@ from grpo.checkpoint import (
     save_checkpoint,
     take_snapshot,
 )
-from grpo.allocator import keep_freed_memory
 from grpo.config import Config, save_config
 from grpo.distributed import World
 from grpo.evaluate import evaluate, merge_results
