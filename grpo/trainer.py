@@ -275,6 +275,9 @@ class Trainer:
             grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # fsdp: a DTensor
             if math.isfinite(grad_norm) and math.isfinite(total_loss):
                 self.optimizer.step()
+                # fused AdamW writes the weights without bumping their in-place version
+                # counters; the vllm engine reads those to know when to push new weights
+                torch.autograd.graph.increment_version(params)
                 self.scheduler.step()  # the schedule counts updates made, not skipped ones
                 self.state.bad_steps_in_a_row = 0
             else:  # skip a poisoned update rather than write NaN into the weights

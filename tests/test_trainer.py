@@ -140,6 +140,17 @@ def test_num_iterations_reuses_the_batch(tmp_path, tiny_model_dir, data_file):
     assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # first iteration: old == current
 
 
+def test_an_optimizer_step_shows_in_the_parameters_version_counters(tmp_path, tiny_model_dir, data_file):
+    # the vllm engine pushes new weights when these change; fused AdamW alone leaves them as they were
+    trainer = Trainer.build(tiny_config(tmp_path, tiny_model_dir, data_file, "eval.num_examples=0"))
+    assert trainer.optimizer.defaults["fused"]
+    before = [(p._version, p.detach().clone()) for p in trainer.model.parameters()]
+    trainer.train_step()
+    for (version, value), p in zip(before, trainer.model.parameters(), strict=True):
+        if not torch.equal(value, p.detach()):
+            assert p._version > version
+
+
 def test_failing_reward_is_contained_and_counted(tmp_path, tiny_model_dir, data_file):
     broken = f"{HERE / 'rewards_for_tests.py'}:broken_reward"
     cfg = tiny_config(tmp_path, tiny_model_dir, data_file, "train.num_steps=1", "eval.num_examples=0",
