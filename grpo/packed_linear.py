@@ -29,7 +29,8 @@ from torch import nn
 
 def _packable(layer: nn.Module) -> bool:
     weight = getattr(layer, "weight", None)
-    return (isinstance(layer, nn.Linear) and type(weight) in (torch.Tensor, nn.Parameter)
+    # exactly nn.Linear: a subclass may compute something else in its forward
+    return (type(layer) is nn.Linear and type(weight) in (torch.Tensor, nn.Parameter)
             and weight.device.type == "cpu" and weight.dtype == torch.float32
             and torch.backends.mkldnn.is_available())
 

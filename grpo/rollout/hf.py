@@ -7,7 +7,7 @@ is prefilled G times; sharing it is a later optimization.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -28,6 +28,8 @@ class TransformersEngine:
     max_prompt_tokens: prompts longer than this raise ValueError; None = the model's
     context (max_position_embeddings) minus max_new_tokens.
     """
+
+    decodes_with_policy = True  # the policy module itself runs the decode (not a copy elsewhere)
 
     def __init__(self, model: Any, tokenizer: Any, max_prompt_tokens: int | None = None):
         self.model = model
@@ -50,7 +52,8 @@ class TransformersEngine:
         )
         self._check_lengths(enc["attention_mask"].sum(1).tolist(), params.max_new_tokens)
         unique_ids, unique_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # [B, P]
-        with _eval_mode(self.model), torch.no_grad(), _seeded(params.seed, device), packed_linears(self.model):
+        reordered = packed_linears(self.model) if self.decodes_with_policy else nullcontext()
+        with _eval_mode(self.model), torch.no_grad(), _seeded(params.seed, device), reordered:
             # no_grad, not inference_mode: the ids feed later forwards that need autograd
             completion_ids = self._sample(unique_ids, unique_mask, params)  # [N, C]
         prompt_ids = unique_ids.repeat_interleave(G, 0)  # [N, P]

@@ -58,6 +58,8 @@ class VLLMEngine(TransformersEngine):
     the GPU), on CPU a 1 GiB KV cache and enforce_eager (no torch.compile).
     """
 
+    decodes_with_policy = False  # vLLM decodes with its own copy of the weights
+
     def __init__(self, model: Any, tokenizer: Any, max_prompt_tokens: int | None = None,
                  max_model_len: int | None = None, model_path: str | None = None, **engine_options: Any):
         super().__init__(model, tokenizer, max_prompt_tokens)
