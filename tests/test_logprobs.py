@@ -1,5 +1,7 @@
 """Log-probs of sampled completions: shared-prompt forward vs a naive one-row-at-a-time loop."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -83,6 +85,27 @@ def test_micro_batches_are_sorted_by_length(setup):
     flat = torch.cat(chunks)
     assert sorted(flat.tolist()) == list(range(len(batch)))
     assert lengths[flat].tolist() == sorted(lengths.tolist(), reverse=True)
+
+
+def micro_batch_lengths(lengths, size):
+    mask = (torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]).long()  # [N, C]
+    chunks = length_sorted_rows(SimpleNamespace(completion_mask=mask), size)
+    return [[lengths[i] for i in rows.tolist()] for rows in chunks]
+
+
+def test_micro_batches_cut_where_padding_costs_more_than_a_forward():
+    # one long row: alone it pads nothing; with the others, 3 rows would pad 88+ positions each
+    assert micro_batch_lengths([40, 128, 38, 35], 4) == [[128], [40, 38, 35]]
+    # equal lengths: as few micro-batches as the size allows
+    assert micro_batch_lengths([20] * 8, 4) == [[20] * 4, [20] * 4]
+    # close lengths: padding 3 positions is cheaper than another forward (MICRO_BATCH_OVERHEAD 8)
+    assert micro_batch_lengths([30, 29, 28, 27], 4) == [[30, 29, 28, 27]]
+    # never more rows, nor more padded positions, than a fixed chunk of `size` rows
+    lengths = [97, 3, 55, 12, 12, 80, 1, 64, 33, 33, 7, 120, 2, 45, 45, 9]
+    for size in (1, 2, 4, 8):
+        chunks = micro_batch_lengths(lengths, size)
+        assert sorted(x for c in chunks for x in c) == sorted(lengths)
+        assert all(len(c) <= size and len(c) * c[0] <= size * max(lengths) for c in chunks)
 
 
 def test_entropy_is_returned_on_request(setup):
