@@ -37,9 +37,10 @@ class MicroBatch:
     completion_mask: torch.Tensor  # [b, C']
 
 
-# What one more forward/backward costs beyond its tokens, in token positions: per-call work
-# (~1,400 op dispatches forward on the bundled model, the prompt keys/values gathered per
-# row) measured at 50-100 ms against 10-15 ms per completion position in the update.
+# What one more forward/backward costs beyond its tokens, in token positions: the per-call
+# work (~1,400 op dispatches per forward on the bundled model, the prompt keys/values
+# gathered per row) is tens of milliseconds, a completion position 12-16 ms in the update
+# (bench/RESULTS.md). A rough figure, not a tuned one.
 MICRO_BATCH_OVERHEAD = 8
 
 
