@@ -156,7 +156,8 @@ class ReferenceConfig:
 class TrainConfig:
     num_steps: int = doc(100, "Optimizer steps (one generated batch each when num_iterations=1).")
     prompts_per_step: int = doc(2, "Prompts per step; each gets group_size completions.")
-    micro_batch_size: int = doc(8, "Completions per forward/backward (gradient accumulation).")
+    micro_batch_size: int = doc(8, "At most this many completions per forward/backward (gradient "
+                                   "accumulation); completions of very different lengths go in separate ones.")
     learning_rate: float = doc(1e-6, "Peak AdamW learning rate.")
     weight_decay: float = doc(0.0, "AdamW weight decay.")
     adam_betas: list[float] = doc([0.9, 0.99], "AdamW betas.")
