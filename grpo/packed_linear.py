@@ -5,7 +5,7 @@ the model, once per token. torch's default CPU path (MKL sgemm on the plain weig
 such skinny products far below the machine's matmul rate; oneDNN with the weight reordered
 ahead of time into its blocked layout does not. Measured on the bundled model (2-core CPU,
 fp32, the 211 linear layers of one decode step): 16 rows 87-102 -> 54-59 ms, 4 rows 78-80 ->
-33 ms, 1 row 40 -> 28-30 ms (bench/RESULTS.md). The reorder costs one pass over the weights
+33-34 ms, 1 row 40-41 -> 28-30 ms (bench/RESULTS.md). The reorder costs one pass over the weights
 (~0.3 s for the bundled model) and a second copy of them while it lasts, so it is used
 where many forwards run on the same weights: one rollout (`packed_linears(model)`; the
 policy's weights change after every optimizer step, so they are reordered on entry and the
