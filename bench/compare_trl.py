@@ -105,27 +105,27 @@ def write_results(summary: dict, machine: dict, args, path: Path) -> None:
         "|---|" + "---|" * (2 * len(cols) + 1),
     ]
 
-    def row(label: str, key: str, fmt: str = "{:.1f}", floor_key: str | None = None) -> str:
-        values = [fmt.format(summary[c][key]) for c in cols]
-        if floor_key is None:
-            return f"| {label} | " + " | ".join(values) + " |" + " |" * (len(cols) + 1)
-        f = summary[cols[0]][floor_key]
-        ratios = [f"{summary[c][key] / f:.1f}x" for c in cols]
-        return f"| {label} | " + " | ".join(values) + f" | {f:.1f} | " + " | ".join(ratios) + " |"
+    def row(label: str, values: list[str], floor: float | None = None, key: str | None = None) -> str:
+        """One value per system, then the floor and each system's `key` over it (blank where not given)."""
+        cells = [*values, "" if floor is None else f"{floor:.1f}"]
+        cells += [f"{summary[c][key] / floor:.1f}x" for c in cols] if key else [""] * len(cols)
+        return "| " + " | ".join([label, *cells]) + " |"
 
-    lines.append("| seconds per step, median (min-max) | " + " | ".join(
-        f"{summary[c]['step_median']:.1f} ({summary[c]['step_min']:.1f}-{summary[c]['step_max']:.1f})"
-        for c in cols) + f" | {sum(summary[cols[0]][f'floor_{p}'] for p in ('generation', 'logprobs', 'update')):.1f}"
-        + " |" * (len(cols) + 1))
+    def values(key: str, fmt: str = "{:.1f}") -> list[str]:
+        return [fmt.format(summary[c][key]) for c in cols]
+
+    first = summary[cols[0]]  # the floor comes from the first system's token counts
     lines += [
-        row("generation s", "generation", floor_key="floor_generation"),
-        row("reference log-probs s", "logprobs", floor_key="floor_logprobs"),
-        row("update (forward+backward+AdamW) s", "update", floor_key="floor_update"),
-        row("generated tokens / s", "gen_tokens_per_s"),
-        row("peak RSS GiB", "peak_rss_gib", "{:.2f}"),
-        row("start-up s (load, before step 1)", "startup_s"),
-        "| mean reward over timed steps | " + " | ".join(
-            f"{statistics.mean(summary[c]['rewards']):.3f}" for c in cols) + " |" + " |" * (len(cols) + 1),
+        row("seconds per step, median (min-max)", [
+            f"{summary[c]['step_median']:.1f} ({summary[c]['step_min']:.1f}-{summary[c]['step_max']:.1f})"
+            for c in cols], sum(first[f"floor_{p}"] for p in ("generation", "logprobs", "update"))),
+        row("generation s", values("generation"), first["floor_generation"], "generation"),
+        row("reference log-probs s", values("logprobs"), first["floor_logprobs"], "logprobs"),
+        row("update (forward+backward+AdamW) s", values("update"), first["floor_update"], "update"),
+        row("generated tokens / s", values("gen_tokens_per_s")),
+        row("peak RSS GiB", values("peak_rss_gib", "{:.2f}")),
+        row("start-up s (load, before step 1)", values("startup_s")),
+        row("mean reward over timed steps", [f"{statistics.mean(summary[c]['rewards']):.3f}" for c in cols]),
         "",
         "Reward per timed step (format + accuracy, max 2):",
         "",
