@@ -31,8 +31,8 @@ VARIANTS = ["generate", "shared", "+gqa", "+prealloc", "+packed"]
 def measure(variant: str) -> dict:
     import torch
 
-    import grpo.rollout.hf as hf
     import grpo.rollout.shared_prefix as shared_prefix
+    import grpo.rollout.transformers_engine as hf
     from grpo import models
     from grpo.config import load_config
     from grpo.rollout import SamplingParams, build_engine

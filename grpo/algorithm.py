@@ -22,11 +22,24 @@ Where we depart from the papers:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-ADVANTAGE_SCALES = ("group", "batch", "none")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+# The tables the code dispatches on; config fields list their keys as the allowed values.
+# Advantage scale -> the std that divides the centred rewards [B, G] (None: no division).
+ADVANTAGE_SCALES = {
+    "group": lambda grouped: grouped.std(dim=1, keepdim=True),  # [B, 1]
+    "batch": lambda grouped: grouped.flatten().std() if grouped.numel() > 1 else grouped.new_zeros(()),
+    "none": None,
+}
+# KL estimator -> its value from log_ratio = ref_logprobs - logprobs (see kl_divergence).
+KL_ESTIMATORS = {
+    "k1": lambda log_ratio: -log_ratio,
+    "k2": lambda log_ratio: log_ratio.pow(2) / 2,
+    "k3": lambda log_ratio: torch.exp(log_ratio) - log_ratio - 1,
+}
 
 # Tokens per chunk when turning logits into log-probabilities: bounds the float32
 # temporary to CHUNK x V (4096 x 49152 x 4 B = 0.8 GB at worst, usually far less).
@@ -48,6 +61,7 @@ def group_advantages(
     """
     if scale not in ADVANTAGE_SCALES:
         raise ValueError(f"scale={scale!r} is invalid; allowed: {', '.join(ADVANTAGE_SCALES)}")
+    std_of = ADVANTAGE_SCALES[scale]
     if rewards.dim() != 1 or rewards.numel() % group_size != 0:
         raise ValueError(
             f"rewards must be 1-D with a length divisible by group_size={group_size}, "
@@ -55,12 +69,9 @@ def group_advantages(
         )
     grouped = rewards.float().view(-1, group_size)  # [B, G]
     centred = grouped - grouped.mean(dim=1, keepdim=True)  # [B, G]
-    if scale == "none":
+    if std_of is None:
         return centred.flatten()
-    if scale == "group":
-        std = grouped.std(dim=1, keepdim=True)  # [B, 1]
-    else:
-        std = rewards.float().std() if rewards.numel() > 1 else rewards.new_zeros(())
+    std = std_of(grouped)  # [B, 1] or 0-d
     # A group of equal rewards carries no signal: exact zeros (float rounding in the mean
     # would otherwise leave tiny residues that eps turns into noise, or NaN with eps=0).
     equal = (grouped == grouped[:, :1]).all(dim=1, keepdim=True)  # [B, 1]
@@ -79,34 +90,55 @@ def kl_divergence(
       k3 = exp(log_ratio) - log_ratio - 1      unbiased, low variance, always >= 0
     Returns [B, T].
     """
-    log_ratio = ref_logprobs - logprobs
-    if estimator == "k1":
-        return -log_ratio
-    if estimator == "k2":
-        return log_ratio.pow(2) / 2
-    if estimator == "k3":
-        return torch.exp(log_ratio) - log_ratio - 1
-    raise ValueError(f"estimator={estimator!r} is invalid; allowed: {', '.join(KL_ESTIMATORS)}")
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"estimator={estimator!r} is invalid; allowed: {', '.join(KL_ESTIMATORS)}")
+    return KL_ESTIMATORS[estimator](ref_logprobs - logprobs)
+
+
+def sampling_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0) -> torch.Tensor:
+    """The logits of the distribution a sampler draws from: [n, V] -> float32 [n, V].
+
+    z = logits / temperature; with top_k > 0 every token below the k-th largest z gets -inf;
+    with top_p < 1 so does every token whose more likely tokens already reach probability
+    top_p (the most likely token is always kept). softmax(z) is then the truncated,
+    renormalized distribution. Ties at the k-th value are all kept.
+    # z [2, 1, 0, -1], top_k 2 -> [2, 1, -inf, -inf]
+    # probs [0.5, 0.3, 0.15, 0.05], top_p 0.7: mass before each [0, 0.5, 0.8, 0.95]
+    # -> keep [0.5, 0.3] (0.5 < 0.7), drop 0.15 and 0.05 (0.8, 0.95 >= 0.7)
+    """
+    z = logits.float()
+    if temperature != 1.0:
+        z = z / temperature
+    if 0 < top_k < z.shape[-1]:
+        kth = torch.topk(z, top_k, dim=-1).values[..., -1:]  # [n, 1]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_z, order = torch.sort(z, dim=-1, descending=True)
+        probs = torch.softmax(sorted_z, dim=-1)
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p  # [n, V] mass before the token reaches top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        z = z.masked_fill(drop, float("-inf"))
+    return z
 
 
 def token_logprobs(
-    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0
+    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
 ) -> torch.Tensor:
-    """log softmax(logits / temperature)[token] for each position.
+    """log softmax(z)[token] for each position, z = sampling_logits(logits, temperature, top_k, top_p).
 
     logits: [B, T, V] (any float dtype), token_ids: [B, T] long. Returns float32 [B, T].
-    log p(y) = z_y - logsumexp(z), z = logits / temperature. Works on chunks of
-    LOGPROB_CHUNK_TOKENS positions so the float32 temporaries are [chunk, V], never a
-    full-batch [B, T, V] copy; autograd keeps only views of `logits` plus [chunk] results.
+    log p(y) = z_y - logsumexp(z) (-inf for a token outside a top-k / top-p truncation).
+    Works on chunks of LOGPROB_CHUNK_TOKENS positions so the float32 temporaries are
+    [chunk, V], never a full-batch [B, T, V] copy; autograd keeps only views of `logits`
+    plus [chunk] results.
     """
     B, T, V = logits.shape
     flat_logits = logits.reshape(B * T, V)  # [N, V], a view when contiguous
     flat_ids = token_ids.reshape(B * T, 1)  # [N, 1]
     out = []
     for start in range(0, B * T, LOGPROB_CHUNK_TOKENS):
-        z = flat_logits[start : start + LOGPROB_CHUNK_TOKENS].float()  # [n, V]
-        if temperature != 1.0:
-            z = z / temperature
+        z = sampling_logits(flat_logits[start : start + LOGPROB_CHUNK_TOKENS], temperature, top_k, top_p)
         picked = z.gather(1, flat_ids[start : start + LOGPROB_CHUNK_TOKENS]).squeeze(1)  # [n]
         out.append(picked - torch.logsumexp(z, dim=-1))
     if not out:
@@ -134,16 +166,61 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """sum(values * mask) / max(sum(mask), 1). values, mask: same shape. Returns 0-d."""
+    """sum(values * mask) / max(sum(mask), 1), zero where mask is 0 (even for NaN values).
+    values, mask: same shape. Returns 0-d."""
     mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    kept = torch.where(mask.bool(), values, torch.zeros_like(values))
+    return kept.sum() / mask.sum().clamp(min=1.0)
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def per_sequence_mean(masked: torch.Tensor, mask: torch.Tensor, num_items, max_length) -> torch.Tensor:
+    """grpo: sum_i (sum_t m*l / |o_i|) / num_items; num_items = number of sequences."""
+    return (masked.sum(1) / mask.sum(1).clamp(min=1.0)).sum() / num_items
+
+
+def token_sum(masked: torch.Tensor, mask: torch.Tensor, num_items, max_length) -> torch.Tensor:
+    """bnpo, dapo: sum_it m*l / num_items; num_items = number of (loss-masked) tokens."""
+    return masked.sum() / num_items
+
+
+def constant_normalized_sum(masked: torch.Tensor, mask: torch.Tensor, num_items, max_length) -> torch.Tensor:
+    """dr_grpo: sum_it m*l / (num_items * max_completion_length); num_items = number of sequences."""
+    if max_length is None:
+        raise ValueError("loss_type='dr_grpo' needs max_completion_length")
+    return masked.sum() / (num_items * max_length)
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """How token losses become one number: `reduce(masked [B, T], mask [B, T], num_items,
+    max_length)`, and what `num_items` counts ("sequences" or "tokens")."""
+
+    reduce: Callable[..., torch.Tensor]
+    counts: str
+
+    def local_count(self, mask: torch.Tensor) -> torch.Tensor:
+        """num_items of this micro-batch alone (the default when no global count is given)."""
+        return mask.sum().clamp(min=1.0) if self.counts == "tokens" else mask.new_tensor(float(mask.shape[0]))
+
+
+# loss_type -> its aggregation: the one table that trainer, loss and config read.
+AGGREGATIONS = {
+    "grpo": Aggregation(per_sequence_mean, "sequences"),
+    "bnpo": Aggregation(token_sum, "tokens"),
+    "dr_grpo": Aggregation(constant_normalized_sum, "sequences"),
+    "dapo": Aggregation(token_sum, "tokens"),
+}
+LOSS_TYPES = tuple(AGGREGATIONS)
 
 
 def policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
-    completion_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
     *,
     ref_logprobs: torch.Tensor | None = None,
     beta: float = 0.0,
@@ -157,25 +234,36 @@ def policy_loss(
     """Clipped surrogate plus KL penalty, aggregated by `loss_type`.
 
     logprobs: [B, T] (with grad), old_logprobs: [B, T], advantages: [B],
-    completion_mask: [B, T] (1 = sampled token, 0 = padding), ref_logprobs: [B, T] or None.
+    loss_mask: [B, T] (1 = a token the policy sampled; 0 = padding or an inserted token),
+    ref_logprobs: [B, T] or None.
     Per token t of sequence i:
       ratio = exp(logprobs - old_logprobs)
       l_it  = -min(ratio * A_i, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A_i) + beta * KL_it
     (epsilon_high defaults to epsilon; the KL term only when beta > 0.)
-    Aggregation, with m the mask and |o_i| the length of sequence i:
+    Aggregation (AGGREGATIONS), with m the mask and |o_i| the number of masked tokens of sequence i:
       grpo:    sum_i (sum_t m*l / |o_i|) / num_items   num_items = #sequences (default B)
       bnpo:    sum_it m*l / num_items                  num_items = #tokens (default local)
       dr_grpo: sum_it m*l / (num_items * max_completion_length)   num_items = #sequences
       dapo:    sum_it m*l / num_items                  num_items = #tokens in the global batch
     Pass the global counts as num_items to make micro-batch losses add up to the big-batch
-    loss. Returns (loss 0-d, metrics of 0-d detached tensors: kl, clip_low, clip_high,
-    clip_region, ratio_mean; all token means over the mask).
+    loss. Positions with mask 0 get exactly zero gradient, whatever their values (NaN too).
+    Returns (loss 0-d, metrics of 0-d detached tensors: kl, clip/low, clip/high,
+    clip/region, ratio_mean; all token means over the mask).
     """
-    if loss_type not in LOSS_TYPES:
+    if loss_type not in AGGREGATIONS:
         raise ValueError(f"loss_type={loss_type!r} is invalid; allowed: {', '.join(LOSS_TYPES)}")
+    aggregation = AGGREGATIONS[loss_type]
     eps_high = epsilon if epsilon_high is None else epsilon_high
-    mask = completion_mask.to(logprobs.dtype)  # [B, T]
+    mask = loss_mask.to(logprobs.dtype)  # [B, T]
     adv = advantages.to(logprobs.dtype).unsqueeze(1)  # [B, 1]
+    # Masked positions are replaced before any arithmetic, not multiplied away after it: a NaN
+    # or inf there (padding, an inserted token's missing log-prob) would otherwise turn the
+    # zero gradient of a where() into 0 * NaN = NaN.
+    keep = loss_mask.bool()
+    logprobs = torch.where(keep, logprobs, 0.0)
+    old_logprobs = torch.where(keep, old_logprobs, 0.0)
+    if ref_logprobs is not None:
+        ref_logprobs = torch.where(keep, ref_logprobs, 0.0)
 
     ratio = torch.exp(logprobs - old_logprobs)  # [B, T]
     clipped_ratio = torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
@@ -187,27 +275,17 @@ def policy_loss(
         kl = kl_divergence(logprobs, ref_logprobs, kl_estimator)  # [B, T]
         per_token = per_token + beta * kl
 
-    # where(), not a product: a non-finite value on a padded position must not leak in.
-    masked = torch.where(completion_mask.bool(), per_token, torch.zeros_like(per_token))  # [B, T]
-    if loss_type == "grpo":
-        per_seq = masked.sum(1) / mask.sum(1).clamp(min=1.0)  # [B]
-        loss = per_seq.sum() / (num_items if num_items is not None else logprobs.shape[0])
-    elif loss_type == "dr_grpo":
-        if max_completion_length is None:
-            raise ValueError("loss_type='dr_grpo' needs max_completion_length")
-        n = num_items if num_items is not None else logprobs.shape[0]
-        loss = masked.sum() / (n * max_completion_length)
-    else:  # bnpo, dapo
-        n = num_items if num_items is not None else mask.sum().clamp(min=1.0)
-        loss = masked.sum() / n
+    masked = torch.where(keep, per_token, torch.zeros_like(per_token))  # [B, T]
+    n = num_items if num_items is not None else aggregation.local_count(mask)
+    loss = aggregation.reduce(masked, mask, n, max_completion_length)
 
     with torch.no_grad():
         low = (ratio < 1 - epsilon) & (adv < 0)
         high = (ratio > 1 + eps_high) & (adv > 0)
         metrics = {
-            "clip_low": masked_mean(low.float(), mask),
-            "clip_high": masked_mean(high.float(), mask),
-            "clip_region": masked_mean((low | high).float(), mask),
+            "clip/low": masked_mean(low.float(), mask),
+            "clip/high": masked_mean(high.float(), mask),
+            "clip/region": masked_mean((low | high).float(), mask),
             "ratio_mean": masked_mean(ratio, mask),
         }
         if kl is not None:

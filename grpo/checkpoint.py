@@ -21,7 +21,7 @@ import random
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ class TrainerState:
     examples_seen: int = 0  # position in the training-data stream
     bad_steps_in_a_row: int = 0
     num_skipped_updates: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    num_updates: int = 0  # optimizer updates made: the policy version that trajectories carry
 
 
 def checkpoint_name(step: int) -> str:
@@ -207,11 +207,15 @@ def load_training_state(
     path = Path(path)
     try:
         blob = torch.load(path / "training_state.pt", weights_only=False)
-        state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+        saved = json.loads((path / "trainer_state.json").read_text())
+        saved.pop("extra", None)  # an unused field that checkpoints before num_updates held
+        state = TrainerState(**saved)
     except Exception as e:  # noqa: BLE001 - any unreadable file means the same to the user
         raise _damaged(path, e) from None
     set_optimizer_state_dict(model, optimizer, blob["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(blob["scheduler"])
+    if "num_updates" not in saved:  # an older checkpoint: the schedule counts the same updates
+        state.num_updates = scheduler.last_epoch
     rngs = blob["rng"] if isinstance(blob["rng"], list) else [blob["rng"]]
     if len(rngs) == world.size or world.rank == 0:
         set_rng_state(rngs[world.rank])

@@ -21,12 +21,19 @@ from typing import Any, Literal
 
 import yaml
 
+from grpo.algorithm import ADVANTAGE_SCALES, KL_ESTIMATORS, LOSS_TYPES
+from grpo.distributed import launched_world_size
+from grpo.dtypes import DTYPE_NAMES
+from grpo.rollout import ENGINE_NAMES, check_engine
+
+# The allowed values of the Literal fields below: the keys of the tables the code dispatches on.
+KL_ESTIMATOR_NAMES = tuple(KL_ESTIMATORS)
+ADVANTAGE_SCALE_NAMES = tuple(ADVANTAGE_SCALES)
+
 
 def doc(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with its documentation attached (mutable defaults via factory)."""
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: _copy(default), metadata={"help": help}, **kw)
-    if dataclasses.is_dataclass(default):
+    if isinstance(default, list | dict) or dataclasses.is_dataclass(default):
         return field(default_factory=lambda: _copy(default), metadata={"help": help}, **kw)
     return field(default=default, metadata={"help": help}, **kw)
 
@@ -56,7 +63,7 @@ class ModelConfig:
         "Local Hugging Face model directory or .gguf file; null = the bundled "
         "SmolLM2-135M-Instruct (converted once into the cache).",
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
+    dtype: Literal[DTYPE_NAMES] = doc(
         "auto", "Weight dtype; auto = float32 on CPU, bfloat16 on CUDA."
     )
     device: str = doc("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
@@ -98,7 +105,7 @@ class RewardSpec:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["auto", "shared_prefix", "transformers", "vllm"] = doc(
+    engine: Literal[ENGINE_NAMES] = doc(
         "auto",
         "Generation engine: auto (vllm where the vllm package is installed and the run is one "
         "process, else shared_prefix), shared_prefix (each prompt prefilled once, finished rows "
@@ -122,13 +129,13 @@ class RolloutConfig:
 @dataclass
 class AlgorithmConfig:
     beta: float = doc(0.0, "KL penalty coefficient; 0 = no reference model is loaded.")
-    kl_estimator: Literal["k1", "k2", "k3"] = doc("k3", "Per-token KL estimator.")
+    kl_estimator: Literal[KL_ESTIMATOR_NAMES] = doc("k3", "Per-token KL estimator.")
     epsilon: float = doc(0.2, "Lower clip range of the ratio: clip(ratio, 1-epsilon, ...).")
     epsilon_high: float | None = doc(None, "Upper clip range (DAPO clip-higher); null = epsilon.")
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = doc(
+    loss_type: Literal[LOSS_TYPES] = doc(
         "grpo", "How token losses are aggregated (see algorithm.policy_loss)."
     )
-    scale_rewards: Literal["group", "batch", "none"] = doc(
+    scale_rewards: Literal[ADVANTAGE_SCALE_NAMES] = doc(
         "group", "Advantage scaling: group std, batch std, or none (Dr. GRPO)."
     )
     advantage_eps: float = doc(1e-4, "Added to the std before dividing.")
@@ -274,7 +281,20 @@ class Config:
         _check(ref.timeout > 0, "reference.timeout", ref.timeout, "a number of seconds > 0")
         _check(ref.max_retries >= 0, "reference.max_retries", ref.max_retries, "an integer >= 0")
         _check(ref.backoff >= 0, "reference.backoff", ref.backoff, "a number of seconds >= 0")
+        self._validate_processes()
         return self
+
+    def _validate_processes(self) -> None:
+        """The rules that depend on the number of processes torchrun announced (WORLD_SIZE)."""
+        world = launched_world_size()
+        if self.train.prompts_per_step % world:
+            raise ValueError(
+                f"config field `train.prompts_per_step` = {self.train.prompts_per_step} must be divisible by the "
+                f"number of processes ({world}): each rank generates whole groups for its share of prompts")
+        if self.train.parallel == "fsdp" and self.model.lora.enabled:
+            raise ValueError("config field `train.parallel` = 'fsdp' does not support model.lora.enabled=true: "
+                             "LoRA trains few weights, use train.parallel=ddp")
+        check_engine(self.rollout, world)
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:

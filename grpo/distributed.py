@@ -54,15 +54,12 @@ class World:
     parallel: str = "ddp"  # "ddp" | "fsdp" (train.parallel)
 
     @classmethod
-    def init(cls, parallel: str, prompts_per_step: int, device_name: str) -> World:
+    def init(cls, parallel: str, device_name: str) -> World:
+        """Join the processes torchrun started (Config.validate checked that the world size
+        divides train.prompts_per_step)."""
         size = launched_world_size()
         if size == 1:
             return cls()
-        if prompts_per_step % size:
-            raise ValueError(
-                f"config field `train.prompts_per_step` = {prompts_per_step} must be divisible by the "
-                f"number of processes ({size}): each rank generates whole groups for its share of prompts"
-            )
         cuda = torch.cuda.is_available() and device_name != "cpu"
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -126,9 +123,7 @@ class World:
         if self.size == 1:
             return model
         if self.parallel == "fsdp":
-            if hasattr(model, "peft_config"):
-                raise ValueError("config field `train.parallel` = 'fsdp' does not support model.lora.enabled=true: "
-                                 "LoRA trains few weights, use train.parallel=ddp")
+            assert not hasattr(model, "peft_config"), "Config.validate refuses fsdp with LoRA"
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
 

@@ -42,7 +42,7 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
         scores = rewards.score(graders, batch.completions, chunk, cfg.reward_timeout)
         acc += torch.nan_to_num(scores.per_function["accuracy"]).tolist()
         fmt += torch.nan_to_num(scores.per_function["format"]).tolist()
-        lengths += batch.completion_mask.sum(1).tolist()
+        lengths += batch.loss_mask.sum(1).tolist()  # sampled tokens
         truncated += sum(r == "length" for r in batch.finish_reasons)
         if e.pass_k > 1:
             sampled = SamplingParams(group_size=e.pass_k, temperature=e.temperature, top_p=cfg.rollout.top_p,
@@ -90,6 +90,8 @@ def run_eval(cfg: Config, checkpoint: str | None = None) -> dict[str, Any]:
     if checkpoint is not None:
         load_weights(checkpoint, model)
     engine = build_engine(cfg.rollout, model, tokenizer)
+    if checkpoint is not None:
+        engine.sync_weights(model, 0)  # an engine with its own copy (vllm) loaded model.path's weights
     return evaluate(engine, tokenizer, task.eval[: cfg.eval.num_examples], cfg)
 
 

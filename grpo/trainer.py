@@ -2,13 +2,15 @@
 
 One step, as numbered in `train_step` below:
   1. take the next prompts from the data stream (resumable by position)
-  2. generate G completions per prompt (rollout engine)
+  2. generate G completions per prompt: a Trajectory (rollout engine)
   3. score them with the reward functions (contained: a failing function never ends the run)
   4. group-relative advantages (algorithm.group_advantages)
   5. old log-probs (only when num_iterations > 1) and reference log-probs (only when beta > 0)
-  6. for each iteration and micro-batch: policy_loss, backward; then clip grads, AdamW step,
-     LR schedule. A non-finite gradient skips the update and is counted.
-  7. metrics and sample completions to the run directory
+  6. num_iterations updates: gradients over micro-batches of the loss built once from the
+     config (grpo.update.accumulate_gradients, grpo.loss), then clip, finite check, AdamW
+     step and LR schedule (grpo.update.optimizer_step); a non-finite update is skipped and counted
+  7. the engine samples from the new weights from now on (engine.sync_weights)
+  8. metrics and sample completions to the run directory
 and, at their intervals, held-out evaluation and an atomic checkpoint. Under torchrun each
 process runs this same loop on its share of the prompts (grpo.distributed: `self.world`).
 """
@@ -20,9 +22,9 @@ import random
 import resource
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -45,17 +47,18 @@ from grpo.evaluate import evaluate, merge_results
 from grpo.health import StepWatch
 from grpo.interrupt import Interrupted, StopSignals
 from grpo.logging import NullLogger, RunLogger
-from grpo.logprobs import (
-    batch_logprobs,
-    completion_logprobs,
-    length_sorted_rows,
-    make_micro_batch,
-    prompt_cache,
-)
-from grpo.rollout import SamplingParams, build_engine
+from grpo.logprobs import batch_logprobs
+from grpo.loss import PolicyLoss
+from grpo.reward_harness import RewardScores, WeightedReward
+from grpo.rollout import RolloutEngine, SamplingParams, build_engine
 from grpo.serve.client import RemoteReference
-from grpo.tasks import build_task
+from grpo.tasks import Task, build_task
 from grpo.tasks.base import Example, render_prompt
+from grpo.trajectory import FINISH_LENGTH, Trajectory
+from grpo.update import UpdateSettings, accumulate_gradients, mean_over_iterations, optimizer_step
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class TrainingStopped(RuntimeError):
@@ -69,15 +72,25 @@ class DataStream:
         if not examples:
             raise ValueError("the task has no training examples")
         self.examples, self.seed, self.position = examples, seed, position
+        self._order: tuple[int, list[int]] = (-1, [])  # (epoch, its permutation), built once per epoch
 
     def take(self, n: int) -> list[Example]:
         out = []
         for _ in range(n):
             epoch, index = divmod(self.position, len(self.examples))
-            order = torch.randperm(len(self.examples), generator=torch.Generator().manual_seed(self.seed + epoch))
-            out.append(self.examples[int(order[index])])
+            if self._order[0] != epoch:
+                generator = torch.Generator().manual_seed(self.seed + epoch)
+                self._order = (epoch, torch.randperm(len(self.examples), generator=generator).tolist())
+            out.append(self.examples[self._order[1][index]])
             self.position += 1
         return out
+
+
+class ReferenceModel(Protocol):
+    """Where the KL term's reference log-probs come from (this process, or `grpo serve-ref`)."""
+
+    def logprobs(self, batch: Trajectory) -> torch.Tensor:  # [N, C]
+        ...
 
 
 @dataclass
@@ -89,7 +102,7 @@ class LocalReference:
     device: torch.device
     temperature: float
 
-    def logprobs(self, batch) -> torch.Tensor:  # [N, C]
+    def logprobs(self, batch: Trajectory) -> torch.Tensor:  # [N, C]
         return batch_logprobs(self.model, batch, self.micro_batch_size, self.device, self.temperature)
 
 
@@ -126,22 +139,24 @@ class Trainer:
 
     cfg: Config
     model: torch.nn.Module
-    tokenizer: Any
-    reference: Any  # has .logprobs(batch) -> [N, C]; None when beta = 0
-    engine: Any
-    reward_fns: list
-    task: Any
+    tokenizer: PreTrainedTokenizerBase
+    reference: ReferenceModel | None  # None when beta = 0
+    engine: RolloutEngine
+    reward_fns: list[WeightedReward]
+    task: Task
+    loss: PolicyLoss
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
     state: TrainerState
     data: DataStream
     world: World
+    last_saved: int | None = field(default=None, init=False)  # the step of the newest checkpoint
 
     @classmethod
     def build(cls, cfg: Config) -> Trainer:
         check_run_dir(cfg.output_dir, cfg.resume)  # never train over another run's checkpoints
-        world = World.init(cfg.train.parallel, cfg.train.prompts_per_step, cfg.model.device)
+        world = World.init(cfg.train.parallel, cfg.model.device)
         seed_everything(cfg.seed)  # the same on every rank: identical initial weights (LoRA too)
         task = build_task(cfg.task)
         reward_fns = rewards.build(cfg.rewards)
@@ -154,14 +169,15 @@ class Trainer:
         device = next(model.parameters()).device
         if device.type == "cpu":
             keep_freed_memory()  # no page faults for each step's tensors (grpo/allocator.py)
+        loss = PolicyLoss.from_config(cfg.algorithm, cfg.rollout.max_new_tokens)
         # With beta = 0 the reference model is never loaded (memory and time).
         reference = None
-        if cfg.algorithm.beta > 0 and cfg.reference.url:  # served by `grpo serve-ref`, elsewhere
+        if loss.needs_reference and cfg.reference.url:  # served by `grpo serve-ref`, elsewhere
             reference = RemoteReference.from_config(cfg.reference, cfg.rollout.temperature)
-        elif cfg.algorithm.beta > 0:
+        elif loss.needs_reference:
             reference = LocalReference(models.load_reference(cfg.model, model), cfg.train.micro_batch_size,
                                        device, cfg.rollout.temperature)
-        engine = build_engine(cfg.rollout, model, tokenizer)
+        engine = build_engine(cfg.rollout, model, tokenizer, world.size)
         params = [p for p in model.parameters() if p.requires_grad]
         # fused: one kernel over all parameters (bundled model on CPU: 0.08 s per step against 0.29)
         optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, betas=tuple(cfg.train.adam_betas),
@@ -171,7 +187,8 @@ class Trainer:
         state = TrainerState()
         if ckpt is not None:
             state = load_training_state(ckpt, model, optimizer, scheduler, world)
-        return cls(cfg, model, tokenizer, reference, engine, reward_fns, task, optimizer, scheduler,
+            engine.sync_weights(model, state.num_updates)  # the checkpoint's weights, not model.path's
+        return cls(cfg, model, tokenizer, reference, engine, reward_fns, task, loss, optimizer, scheduler,
                    device, state, DataStream(task.train, cfg.seed, state.examples_seen), world)
 
     # ----------------------------------------------------------------- one step
@@ -194,105 +211,70 @@ class Trainer:
         prompts = [render_prompt(self.tokenizer, ex) for ex in examples]
         self.world.gather_weights(self.model)  # fsdp: whole weights until the optimizer step
         # 2. generate G completions per prompt
-        batch = self.engine.generate(prompts, self.sampling_params())
+        trajectory = self.engine.generate(prompts, self.sampling_params())
         lap("generation")
         # 3. rewards, per completion (completion i belongs to prompt i // G)
         grouped_examples = [ex for ex in examples for _ in range(G)]
-        scores = rewards.score(self.reward_fns, batch.completions, grouped_examples, cfg.reward_timeout)
+        scores = rewards.score(self.reward_fns, trajectory.completions, grouped_examples, cfg.reward_timeout)
         lap("rewards")
         # 4. advantages
         a = cfg.algorithm
         advantages = algorithm.group_advantages(scores.total, G, a.scale_rewards, a.advantage_eps)  # [N]
         # 5. old and reference log-probs, no grad
-        mbs = cfg.train.micro_batch_size
-        temp = cfg.rollout.temperature
-        old_logprobs = (batch_logprobs(self.model, batch, mbs, self.device, temp)
-                        if a.num_iterations > 1 else None)
-        ref_logprobs = self.reference.logprobs(batch) if self.reference is not None else None
+        old_logprobs = (batch_logprobs(self.model, trajectory, cfg.train.micro_batch_size, self.device,
+                                       cfg.rollout.temperature) if a.num_iterations > 1 else None)
+        ref_logprobs = self.reference.logprobs(trajectory) if self.reference is not None else None
         lap("logprobs")
         # 6. policy updates
-        update_metrics = self.update(batch, advantages, old_logprobs, ref_logprobs)
+        updates_before = self.state.num_updates
+        update_metrics = self.update(trajectory, advantages, old_logprobs, ref_logprobs)
+        # 7. the next rollout samples from the new weights
+        if self.state.num_updates != updates_before:
+            self.engine.sync_weights(self.model, self.state.num_updates)
         lap("update")
-        # 7. metrics
+        # 8. metrics
         timings["time/step"] = sum(timings.values())
-        metrics = {**self.rollout_metrics(batch, scores, advantages), **update_metrics, **timings,
+        metrics = {**self.rollout_metrics(trajectory, scores, advantages), **update_metrics, **timings,
                    "learning_rate": self.scheduler.get_last_lr()[0],
                    "memory/peak_gb": peak_memory_gb(self.device)}
-        samples = self.samples(examples, batch, scores, advantages)
+        samples = self.samples(examples, trajectory, scores, advantages)
         return metrics, samples
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams.from_config(self.cfg.rollout)
 
-    def update(self, batch, advantages, old_logprobs, ref_logprobs) -> dict[str, float]:
-        """num_iterations optimizer steps on one generated batch, micro-batched."""
-        cfg, a, world = self.cfg, self.cfg.algorithm, self.world
-        mask = batch.completion_mask.float()  # [N, C]
-        # Global normalizers (all micro-batches of all ranks), so the micro-batch losses of
-        # every rank add up to the loss of the whole batch, and so do their gradients.
-        num_tokens = world.sum(mask.sum().item())
-        num_items = num_tokens if a.loss_type in ("bnpo", "dapo") else world.sum(mask.shape[0])
+    def update(self, trajectory: Trajectory, advantages: torch.Tensor, old_logprobs: torch.Tensor | None,
+               ref_logprobs: torch.Tensor | None) -> dict[str, float]:
+        """num_iterations optimizer updates on one trajectory. Every metric (loss, grad_norm, clip
+        fractions, ratio, KL) is the plain mean over the iterations; entropy is the first
+        iteration's, the policy that sampled."""
+        cfg = self.cfg
+        settings = UpdateSettings(cfg.train.micro_batch_size, cfg.rollout.temperature, self.device)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]  # fsdp: the shards
-        sums: dict[str, float] = {}
-        num_tokens = max(num_tokens, 1.0)
+        per_iteration = []
         self.model.train()
-        for iteration in range(a.num_iterations):
-            total_loss = 0.0
-            world.gather_weights(self.model)
-            prompts = prompt_cache(self.model, batch, self.device)  # each distinct prompt once per update
-            chunks = length_sorted_rows(batch, cfg.train.micro_batch_size)
-            for i, rows in enumerate(chunks):
-                world.gradient_sync(self.model, prompts is None and i == len(chunks) - 1)  # the last backward
-                mb = make_micro_batch(batch, rows, self.device)
-                want_entropy = iteration == 0
-                logprobs, entropy = completion_logprobs(self.model, batch, mb, prompts, cfg.rollout.temperature,
-                                                        want_entropy)
-                C = logprobs.shape[1]
-                old = logprobs.detach() if old_logprobs is None else old_logprobs[mb.rows, :C].to(self.device)
-                ref = None if ref_logprobs is None else ref_logprobs[mb.rows, :C].to(self.device)
-                loss, m = algorithm.policy_loss(
-                    logprobs, old, advantages[mb.rows].to(self.device), mb.completion_mask,
-                    ref_logprobs=ref, beta=a.beta, epsilon=a.epsilon, epsilon_high=a.epsilon_high,
-                    loss_type=a.loss_type, max_completion_length=cfg.rollout.max_new_tokens,
-                    kl_estimator=a.kl_estimator, num_items=num_items,
-                )
-                loss.backward()
-                total_loss += loss.item()
-                if iteration == 0:  # token-weighted averages of the micro-batch metrics
-                    share = mb.completion_mask.sum().item() / num_tokens
-                    for key, value in m.items():
-                        sums[key] = sums.get(key, 0.0) + value.item() * share
-                    ent = algorithm.masked_mean(entropy, mb.completion_mask).item()
-                    sums["entropy"] = sums.get("entropy", 0.0) + ent * share
-            if prompts is not None:
-                world.gradient_sync(self.model, True)
-                prompts.backward()  # the prompts' share of the gradient, summed over micro-batches
-            world.reduce_gradients(params)  # ddp: sum over ranks; fsdp did it in the last backward
-            world.release_weights(self.model)
-            total_loss = world.sum(total_loss)
-            max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # fsdp: a DTensor
-            if math.isfinite(grad_norm) and math.isfinite(total_loss):
-                self.optimizer.step()
-                # fused AdamW writes the weights without bumping their in-place version
-                # counters; the vllm engine reads those to know when to push new weights
-                torch.autograd.graph.increment_version(params)
-                self.scheduler.step()  # the schedule counts updates made, not skipped ones
+        for iteration in range(cfg.algorithm.num_iterations):
+            metrics = accumulate_gradients(self.model, params, trajectory, advantages, old_logprobs, ref_logprobs,
+                                           self.loss, self.world, settings, with_entropy=iteration == 0)
+            metrics["grad_norm"], applied = optimizer_step(self.optimizer, self.scheduler, params,
+                                                           cfg.train.max_grad_norm, metrics["loss"])
+            if applied:
+                self.state.num_updates += 1
                 self.state.bad_steps_in_a_row = 0
-            else:  # skip a poisoned update rather than write NaN into the weights
+            else:  # the weights are unchanged; train.max_bad_steps of these in a row stop the run
                 self.state.bad_steps_in_a_row += 1
                 self.state.num_skipped_updates += 1
-            self.optimizer.zero_grad(set_to_none=True)
-        sums = {k: world.sum(v) for k, v in sorted(sums.items())}  # token-weighted shares of all ranks
-        return {"loss": total_loss, "grad_norm": grad_norm, "skipped_updates": self.state.num_skipped_updates,
-                **{("clip/" + k[5:] if k.startswith("clip_") else k): v for k, v in sums.items()}}
+            per_iteration.append(metrics)
+        return {**mean_over_iterations(per_iteration), "skipped_updates": self.state.num_skipped_updates}
 
-    def rollout_metrics(self, batch, scores, advantages) -> dict[str, float]:
-        """Over the whole batch: every rank's rows, gathered in rank order."""
+    def rollout_metrics(self, trajectory: Trajectory, scores: RewardScores,
+                        advantages: torch.Tensor) -> dict[str, float]:
+        """Over the whole batch: every rank's rows, gathered in rank order. Lengths and token
+        counts are of sampled tokens (loss_mask), not of tokens inserted between them."""
         G, gather = self.cfg.rollout.group_size, self.world.gather
-        lengths = gather(batch.completion_mask.sum(1).float())  # [N]
-        truncated = gather(torch.tensor([r == "length" for r in batch.finish_reasons], dtype=torch.float32))
+        lengths = gather(trajectory.loss_mask.sum(1).float())  # [N]
+        truncated = gather(torch.tensor([r == FINISH_LENGTH for r in trajectory.finish_reasons],
+                                        dtype=torch.float32))
         total, advantages = gather(scores.total), gather(advantages)
         out = {
             "reward/mean": total.mean().item(),
@@ -309,19 +291,20 @@ class Trainer:
             values = gather(values)
             ok = values[~torch.isnan(values)]
             out[f"reward/{name}/mean"] = ok.mean().item() if ok.numel() else float("nan")
-            out[f"rewards/{name}/errors"] = int(self.world.sum(scores.errors.get(name, 0)))
+            out[f"reward/{name}/errors"] = int(self.world.sum(scores.errors.get(name, 0)))
             if name in ("accuracy", "format"):
                 out[name] = out[f"reward/{name}/mean"]
         return out
 
-    def samples(self, examples, batch, scores, advantages) -> list[dict[str, Any]]:
+    def samples(self, examples: list[Example], trajectory: Trajectory, scores: RewardScores,
+                advantages: torch.Tensor) -> list[dict[str, Any]]:
         G, n = self.cfg.rollout.group_size, self.cfg.log.num_samples
         out = []
-        for i in range(min(n, len(batch.completions))):
+        for i in range(min(n, len(trajectory.completions))):
             ex = examples[i // G]
             out.append({
                 "example_id": ex.id, "question": ex.question, "answer": ex.answer,
-                "completion": batch.completions[i], "finish_reason": batch.finish_reasons[i],
+                "completion": trajectory.completions[i], "finish_reason": trajectory.finish_reasons[i],
                 "reward": scores.total[i].item(), "advantage": advantages[i].item(),
                 "rewards": {k: (None if math.isnan(v[i].item()) else v[i].item())
                             for k, v in scores.per_function.items()},
@@ -396,10 +379,9 @@ class Trainer:
                 log.log_eval(self.state.step, results["after"])
             weights = self.world.full_state_dict(self.model)  # fsdp: gathered; otherwise None
             if main:
-                models.save_final(self.model, self.tokenizer, out / "final", weights)
-            if main:
                 from grpo.report import write_report  # imports matplotlib only when a run ends
 
+                models.save_final(self.model, self.tokenizer, out / "final", weights)
                 write_report(out)
         return results
 

@@ -15,17 +15,9 @@ import torch
 
 from grpo import algorithm, rewards
 from grpo.config import load_config
-from grpo.rollout.base import RolloutBatch, SamplingParams
+from grpo.rollout.base import SamplingParams
 from grpo.tasks.base import render_prompt
 from grpo.trainer import Trainer
-
-
-def rows_of(batch: RolloutBatch, rows: slice) -> RolloutBatch:
-    return RolloutBatch(
-        prompt_ids=batch.prompt_ids[rows], prompt_mask=batch.prompt_mask[rows],
-        completion_ids=batch.completion_ids[rows], completion_mask=batch.completion_mask[rows],
-        completions=batch.completions[rows], finish_reasons=batch.finish_reasons[rows],
-    )
 
 
 def record_gradients(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -61,7 +53,7 @@ def main(out: str, overrides: list[str]) -> None:
     advantages = algorithm.group_advantages(scores.total, G, a.scale_rewards, a.advantage_eps)
     share = len(prompts) // world.size * G  # this rank's rows: whole groups
     mine = slice(world.rank * share, (world.rank + 1) * share)
-    metrics = trainer.update(rows_of(batch, mine), advantages[mine], None, None)
+    metrics = trainer.update(batch.select(mine), advantages[mine], None, None)
     with world.full_weights(trainer.model):
         state = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     if world.is_main:

@@ -151,7 +151,7 @@ def test_policy_loss_ratio_one_each_loss_type():
         loss, m = policy_loss(lp, lp, ADV, MASK, loss_type=loss_type, max_completion_length=4)
         assert loss.item() == pytest.approx(value), loss_type
         assert m["ratio_mean"].item() == pytest.approx(1.0)
-        assert m["clip_region"].item() == 0.0
+        assert m["clip/region"].item() == 0.0
         assert "kl" not in m
 
 
@@ -176,9 +176,9 @@ def test_policy_loss_clipping_by_hand():
     mask = torch.ones(3, 1)
     loss, m = policy_loss(lp, old, adv, mask, epsilon=0.2, epsilon_high=0.28, loss_type="bnpo")
     assert loss.item() == pytest.approx((-1.28 + 0.8 + 1.5) / 3, abs=1e-6)
-    assert m["clip_high"].item() == pytest.approx(1 / 3)
-    assert m["clip_low"].item() == pytest.approx(1 / 3)
-    assert m["clip_region"].item() == pytest.approx(2 / 3)
+    assert m["clip/high"].item() == pytest.approx(1 / 3)
+    assert m["clip/low"].item() == pytest.approx(1 / 3)
+    assert m["clip/region"].item() == pytest.approx(2 / 3)
     # clipped tokens get no gradient; the unclipped one gets -A * ratio = 1.5 (/3)
     lp = lp.clone().requires_grad_(True)
     loss, _ = policy_loss(lp, old, adv, mask, epsilon=0.2, epsilon_high=0.28, loss_type="bnpo")

@@ -146,9 +146,9 @@ def test_rewards_that_raise_hang_or_return_junk_are_contained_and_counted(capsys
     assert status == 0, err
     [m] = metrics(tmp_path / "run")
     for name in names:  # 2 prompts * G=4 completions, every call failed
-        assert m[f"rewards/{name}/errors"] == 8, name
+        assert m[f"reward/{name}/errors"] == 8, name
         assert f"reward `{name}` failed on 8 completion(s)" in err
-    assert m[f"rewards/{LENGTH}/errors"] == 0
+    assert m[f"reward/{LENGTH}/errors"] == 0
     assert m["skipped_updates"] == 0 and m["grad_norm"] is not None  # the length reward still trained
 
 

@@ -97,3 +97,44 @@ def test_every_leaf_field_has_a_default_that_round_trips():
     # the dataclass tree is fully defaulted: Config() needs no arguments
     cfg = Config()
     assert dataclasses.asdict(cfg)["rollout"]["group_size"] == 8
+
+
+def test_allowed_values_come_from_the_dispatch_tables():
+    import typing
+
+    from grpo import algorithm, config, dtypes, rollout
+
+    def allowed(cls, name):
+        return typing.get_args(typing.get_type_hints(cls)[name])
+
+    assert allowed(config.AlgorithmConfig, "loss_type") == tuple(algorithm.AGGREGATIONS)
+    assert allowed(config.AlgorithmConfig, "kl_estimator") == tuple(algorithm.KL_ESTIMATORS)
+    assert allowed(config.AlgorithmConfig, "scale_rewards") == tuple(algorithm.ADVANTAGE_SCALES)
+    assert allowed(config.RolloutConfig, "engine") == ("auto", *rollout.ENGINES)
+    assert allowed(config.ModelConfig, "dtype") == ("auto", *dtypes.DTYPES)
+
+
+MODEL_FREE_RULES = {
+    "fsdp with LoRA": (["train.parallel=fsdp", "model.lora.enabled=true"], 1, "use train.parallel=ddp"),
+    "vllm options for another engine": (["rollout.engine=shared_prefix", "rollout.vllm={enforce_eager: true}"], 1,
+                                        "`rollout.vllm`"),
+    "prompts not divisible by the processes": (["train.prompts_per_step=3", "train.micro_batch_size=4"], 2,
+                                               "divisible by the number of processes (2)"),
+    "vllm in several processes": (["rollout.engine=vllm"], 2, "single training process"),
+}
+
+
+@pytest.mark.parametrize("case", MODEL_FREE_RULES)
+def test_cross_field_rules_fail_before_anything_loads(case, monkeypatch):
+    import sys
+    import time
+
+    overrides, world_size, message = MODEL_FREE_RULES[case]
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    monkeypatch.setitem(sys.modules, "grpo.models", None)  # importing the model loader would fail
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as error:
+        load_config(None, [*overrides, "model.path=/nonexistent/model"])
+    elapsed = time.perf_counter() - start
+    assert message in str(error.value), f"{case}: {error.value} (after {elapsed * 1000:.1f} ms)"
+    print(f"{case}: refused after {elapsed * 1000:.1f} ms: {error.value}")

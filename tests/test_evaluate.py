@@ -1,10 +1,10 @@
 """Evaluation metrics on canned completions: greedy accuracy, format, pass@k, sampled accuracy."""
 
 import torch
+from trajectories import sampled_trajectory
 
 from grpo.config import load_config
 from grpo.evaluate import evaluate
-from grpo.rollout.base import RolloutBatch
 from grpo.tasks.base import Example
 
 EXAMPLES = [Example(f"q{i}", [{"role": "user", "content": f"{i} + 1 ="}], str(i + 1)) for i in range(3)]
@@ -21,7 +21,7 @@ class CannedEngine:
         texts = [self.greedy[i] for i in index] if params.greedy else [t for i in index for t in self.sampled[i]]
         n = len(texts)
         ids = torch.ones(n, 3, dtype=torch.long)
-        return RolloutBatch(ids, ids.clone(), ids.clone(), ids.clone(), texts, ["eos"] * n)
+        return sampled_trajectory(ids, ids.clone(), ids.clone(), ids.clone(), texts, ["eos"] * n)
 
 
 class Tok:

@@ -90,7 +90,7 @@ def test_tokenizer_without_pad_gets_eos(tmp_path, tiny_model_dir):
     cfg.pop("pad_token", None)
     (d / "tokenizer_config.json").write_text(json.dumps(cfg))
     assert AutoTokenizer.from_pretrained(d).pad_token is None
-    tokenizer = models.load_tokenizer(ModelConfig(path=str(d)))
+    tokenizer = models.load_tokenizer(models.resolve_model_dir(str(d)))
     assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
 
 
@@ -222,7 +222,7 @@ def test_bundled_model_dir_is_a_plain_chatml_model():
     config = json.loads((d / "config.json").read_text())
     assert "quantization_config" not in config and config["tie_word_embeddings"]
     assert (d / "model.safetensors").stat().st_size > 500e6  # fp32, the tied matrix stored once
-    tokenizer = models.load_tokenizer(ModelConfig())
+    tokenizer = models.load_tokenizer(models.resolve_model_dir(None))
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token is not None
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import grpo.rollout.hf as hf
+import grpo.rollout.transformers_engine as hf
 from grpo.packed_linear import packed_linears
 from grpo.rollout import SamplingParams, SharedPrefixEngine
 

@@ -18,11 +18,11 @@ from safetensors.torch import save
 
 from grpo.config import ModelConfig, load_config
 from grpo.models import load_frozen
-from grpo.rollout.base import RolloutBatch
 from grpo.serve.client import ReferenceServerError, RemoteReference
 from grpo.serve.protocol import LOGPROBS_PATH, Limits, encode_request
 from grpo.serve.server import make_app, serve
 from grpo.trainer import LocalReference, Trainer
+from grpo.trajectory import TokenSequences
 
 TOKEN = "test-token-0123456789abcdef"
 TEMPERATURE = 0.7  # not 1, so a temperature lost on the way would show
@@ -75,9 +75,8 @@ def make_batch(seed, N=8, P=10, C=7, vocab=300):
     c_len = torch.randint(1, C + 1, (N,), generator=g)
     prompt_mask = (torch.arange(P) >= P - p_len[:, None]).long()  # [N, P] left padding
     completion_mask = (torch.arange(C) < c_len[:, None]).long()  # [N, C] right padding
-    return RolloutBatch(prompt_ids.masked_fill(prompt_mask == 0, 0), prompt_mask,
-                        completion_ids.masked_fill(completion_mask == 0, 0), completion_mask,
-                        [""] * N, ["length"] * N)
+    return TokenSequences(prompt_ids.masked_fill(prompt_mask == 0, 0), prompt_mask,
+                          completion_ids.masked_fill(completion_mask == 0, 0), completion_mask)
 
 
 def local_logprobs(model, batch):

@@ -8,9 +8,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo.config import RolloutConfig
 from grpo.rollout import (
-    RolloutBatch,
     SamplingParams,
     SharedPrefixEngine,
+    Trajectory,
     TransformersEngine,
     build_engine,
 )
@@ -55,7 +55,7 @@ def test_completion_mask_counts_up_to_and_including_the_first_eos():
 def test_shapes_padding_and_group_order(engine):
     prompts = render(engine.tokenizer)
     batch = engine.generate(prompts, params(group_size=3, seed=0))
-    assert isinstance(batch, RolloutBatch)
+    assert isinstance(batch, Trajectory)
     N = len(prompts) * 3
     assert batch.prompt_ids.shape[0] == batch.completion_ids.shape[0] == N == len(batch.completions)
     assert batch.prompt_ids.dtype == batch.completion_ids.dtype == torch.long
@@ -203,12 +203,12 @@ def test_sample_next_token_filters_by_hand():
     # probs [0.5, 0.3, 0.15, 0.05]: top_p 0.7 keeps {0, 1} (0.5 < 0.7, 0.8 >= 0.7); top_k 1 keeps {0}
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
     torch.manual_seed(0)
-    seen = sample_next_token(logits, params(top_p=0.7)).bincount(minlength=4)
+    seen = sample_next_token(logits, params(top_p=0.7))[0].bincount(minlength=4)
     assert seen[2] == seen[3] == 0 and seen[0] / seen[1] == pytest.approx(0.5 / 0.3, rel=0.1)
-    assert set(sample_next_token(logits, params(top_k=1)).tolist()) == {0}
-    assert set(sample_next_token(logits, params(temperature=0.0)).tolist()) == {0}
+    assert set(sample_next_token(logits, params(top_k=1))[0].tolist()) == {0}
+    assert set(sample_next_token(logits, params(temperature=0.0))[0].tolist()) == {0}
     # temperature 1, no filters: frequencies follow the probabilities
-    freq = sample_next_token(logits, params()).bincount(minlength=4).float() / 4000
+    freq = sample_next_token(logits, params())[0].bincount(minlength=4).float() / 4000
     torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03, rtol=0)
 
 

@@ -10,7 +10,9 @@ from transformers import AutoModelForCausalLM
 
 from grpo import rewards
 from grpo.config import load_config
+from grpo.logprobs import batch_logprobs
 from grpo.trainer import Trainer, train
+from grpo.update import UpdateSettings, accumulate_gradients
 
 HERE = Path(__file__).parent
 LENGTH_REWARD = f"{HERE / 'rewards_for_tests.py'}:length_reward"
@@ -50,7 +52,7 @@ def test_loop_writes_metrics_samples_checkpoints_and_a_plain_hf_model(tmp_path, 
     for key in ("reward/mean", "reward/std", "frac_reward_zero_std", "clip/region", "ratio_mean", "entropy",
                 "grad_norm", "learning_rate", "completion_length/mean", "truncation_rate", "tokens_generated",
                 "time/generation", "time/rewards", "time/logprobs", "time/update", "memory/peak_gb",
-                "format", f"rewards/{LENGTH_REWARD}/errors"):
+                "format", f"reward/{LENGTH_REWARD}/errors"):
         assert key in metrics[0], key
     assert (run / "samples.jsonl").read_text().count("\n") == 2 * cfg.log.num_samples
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-000001", "checkpoint-000002"]
@@ -137,18 +139,39 @@ def test_num_iterations_reuses_the_batch(tmp_path, tiny_model_dir, data_file):
     metrics, _ = trainer.train_step()
     # three optimizer updates on one generated batch
     assert trainer.optimizer.state[next(iter(trainer.optimizer.state))]["step"].item() == 3
-    assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # first iteration: old == current
+    # the logged ratio is the mean over the three updates; the later two moved away from 1
+    assert metrics["ratio_mean"] != pytest.approx(1.0, abs=1e-5)
+    # the first update's old log-probs are the current policy's: its ratio is 1
+    trajectory = trainer.engine.generate(["Hi there", "What is 2 + 3?"], trainer.sampling_params())
+    old = batch_logprobs(trainer.model, trajectory, 8, trainer.device, cfg.rollout.temperature)
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    first = accumulate_gradients(trainer.model, params, trajectory, torch.linspace(-1, 1, 8), old, None,
+                                 trainer.loss, trainer.world, UpdateSettings(8, cfg.rollout.temperature, trainer.device))
+    assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_an_optimizer_step_shows_in_the_parameters_version_counters(tmp_path, tiny_model_dir, data_file):
-    # the vllm engine pushes new weights when these change; fused AdamW alone leaves them as they were
-    trainer = Trainer.build(tiny_config(tmp_path, tiny_model_dir, data_file, "eval.num_examples=0"))
-    assert trainer.optimizer.defaults["fused"]
-    before = [(p._version, p.detach().clone()) for p in trainer.model.parameters()]
+def test_clip_fractions_are_logged_over_every_iteration(tmp_path, tiny_model_dir, data_file):
+    # a large step between the two updates moves the ratio out of [0.8, 1.2] on the second one
+    cfg = tiny_config(tmp_path, tiny_model_dir, data_file, "algorithm.num_iterations=2", "train.num_steps=1",
+                      "eval.num_examples=0", "train.learning_rate=0.05", "train.max_grad_norm=0")
+    metrics, _ = Trainer.build(cfg).train_step()
+    assert metrics["clip/region"] > 0
+    assert metrics["clip/region"] == pytest.approx(metrics["clip/low"] + metrics["clip/high"])
+
+
+def test_the_engine_is_told_of_every_update_and_trajectories_carry_the_version(tmp_path, tiny_model_dir, data_file):
+    # explicit engine.sync_weights(model, version) after the optimizer steps of a train step
+    trainer = Trainer.build(tiny_config(tmp_path, tiny_model_dir, data_file, "eval.num_examples=0",
+                                        "algorithm.num_iterations=2"))
+    calls, generated, engine = [], [], trainer.engine
+    sync, generate = engine.sync_weights, engine.generate
+    engine.sync_weights = lambda model, version: (calls.append(version), sync(model, version))
+    engine.generate = lambda *a: generated.append(generate(*a)) or generated[-1]
     trainer.train_step()
-    for (version, value), p in zip(before, trainer.model.parameters(), strict=True):
-        if not torch.equal(value, p.detach()):
-            assert p._version > version
+    trainer.train_step()
+    assert calls == [2, 4]  # two updates per step, one sync after them
+    assert trainer.state.num_updates == 4 == trainer.scheduler.last_epoch
+    assert [t.policy_version.unique().tolist() for t in generated] == [[0], [2]]
 
 
 def test_failing_reward_is_contained_and_counted(tmp_path, tiny_model_dir, data_file):
@@ -156,5 +179,19 @@ def test_failing_reward_is_contained_and_counted(tmp_path, tiny_model_dir, data_
     cfg = tiny_config(tmp_path, tiny_model_dir, data_file, "train.num_steps=1", "eval.num_examples=0",
                       f"rewards=[{{name: '{LENGTH_REWARD}'}}, {{name: '{broken}'}}]")
     metrics, _ = Trainer.build(cfg).train_step()
-    assert metrics[f"rewards/{broken}/errors"] == 8
+    assert metrics[f"reward/{broken}/errors"] == 8
     assert rewards.get(LENGTH_REWARD) is not None
+
+
+def test_the_data_stream_shuffles_once_per_epoch(monkeypatch):
+    from grpo.trainer import DataStream
+
+    calls = []
+    randperm = torch.randperm
+    monkeypatch.setattr(torch, "randperm", lambda *a, **kw: calls.append(a) or randperm(*a, **kw))
+    stream = DataStream(list(range(10)), seed=3)
+    taken = stream.take(25)
+    assert len(calls) == 3  # epochs 0, 1 and half of 2
+    assert sorted(taken[:10]) == sorted(taken[10:20]) == list(range(10)) and taken[:10] != taken[10:20]
+    resumed = DataStream(list(range(10)), seed=3, position=7)  # a resumed stream continues the same order
+    assert resumed.take(8) == taken[7:15]

@@ -1,45 +1,79 @@
-"""Generation engines behind one small interface: `engine.generate(prompts, params)`."""
+"""Generation engines behind one small interface: `engine.generate(prompts, params)` returns a
+Trajectory, `engine.sync_weights(model, version)` after the weights change.
+
+The engine modules (and transformers, vllm behind them) are imported only when an engine
+is built, so the config can read the table of engine names without loading them.
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib.util import find_spec
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from grpo.config import RolloutConfig
 from grpo.distributed import launched_world_size
-from grpo.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
-from grpo.rollout.hf import TransformersEngine
-from grpo.rollout.shared_prefix import SharedPrefixEngine
-from grpo.rollout.vllm_engine import VLLMEngine  # imports vllm only when one is built
+from grpo.rollout.base import RolloutEngine, SamplingParams, Trajectory, single_process_only
 
-__all__ = ["RolloutBatch", "RolloutEngine", "SamplingParams", "SharedPrefixEngine", "TransformersEngine",
-           "VLLMEngine", "build_engine", "engine_name"]
+if TYPE_CHECKING:
+    from grpo.config import RolloutConfig
 
-ENGINES = {"shared_prefix": SharedPrefixEngine, "transformers": TransformersEngine, "vllm": VLLMEngine}
+# rollout.engine -> (module, class): the table build_engine dispatches on and the config lists.
+ENGINES = {
+    "shared_prefix": ("grpo.rollout.shared_prefix", "SharedPrefixEngine"),
+    "transformers": ("grpo.rollout.transformers_engine", "TransformersEngine"),
+    "vllm": ("grpo.rollout.vllm_engine", "VLLMEngine"),
+}
+ENGINE_NAMES = ("auto", *ENGINES)  # the values config field `rollout.engine` allows
+
+__all__ = ["ENGINES", "ENGINE_NAMES", "RolloutEngine", "SamplingParams", "SharedPrefixEngine", "Trajectory",
+           "TransformersEngine", "VLLMEngine", "build_engine", "check_engine", "engine_name"]
 
 
-def engine_name(cfg: RolloutConfig) -> str:
+def engine_class(name: str) -> type:
+    module, cls = ENGINES[name]
+    return getattr(import_module(module), cls)
+
+
+def __getattr__(attr: str) -> Any:  # `from grpo.rollout import SharedPrefixEngine` imports it then
+    for name, (_, cls) in ENGINES.items():
+        if cls == attr:
+            return engine_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+def engine_name(cfg: RolloutConfig, world_size: int | None = None) -> str:
     """rollout.engine, with `auto` resolved: vllm where it is installed and the run is one
     process (bench/RESULTS.md: it generates faster than shared_prefix, 80 against 71 tokens/s
     on the bench step, though the whole step now takes about as long), else shared_prefix."""
     if cfg.engine != "auto":
         return cfg.engine
-    return "vllm" if find_spec("vllm") is not None and launched_world_size() == 1 else "shared_prefix"
+    world_size = launched_world_size() if world_size is None else world_size
+    return "vllm" if find_spec("vllm") is not None and world_size == 1 else "shared_prefix"
 
 
-def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any) -> RolloutEngine:
-    """The engine named by rollout.engine, generating with `model` (the policy itself)."""
-    name = engine_name(cfg)
+def check_engine(cfg: RolloutConfig, world_size: int | None = None) -> None:
+    """The engine rules that need no model (Config.validate runs them before anything loads).
+    world_size: the run's number of processes (default: what torchrun announced)."""
+    world_size = launched_world_size() if world_size is None else world_size
+    name = engine_name(cfg, world_size)
     if name not in ENGINES:
-        allowed = ", ".join(["auto", *ENGINES])
-        raise ValueError(f"config field `rollout.engine` = {cfg.engine!r} is invalid; allowed: {allowed}")
+        raise ValueError(f"config field `rollout.engine` = {cfg.engine!r} is invalid; allowed: "
+                         f"{', '.join(ENGINE_NAMES)}")
     if cfg.vllm and name != "vllm":
         raise ValueError(f"config field `rollout.vllm` = {cfg.vllm!r} is set but rollout.engine = {cfg.engine!r}"
                          + (" (auto chose shared_prefix: vllm is not installed or the run has several "
                             "processes)" if cfg.engine == "auto" else ""))
+    if name == "vllm" and world_size > 1:
+        raise ValueError(single_process_only(world_size))
+
+
+def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any, world_size: int | None = None) -> RolloutEngine:
+    """The engine named by rollout.engine, generating with `model` (the policy itself)."""
+    check_engine(cfg, world_size)
+    name = engine_name(cfg, world_size)
     if name == "vllm":
         # vLLM sizes its cache per sequence: the prompt limit plus the completion budget
         max_model_len = None if cfg.max_prompt_tokens is None else cfg.max_prompt_tokens + cfg.max_new_tokens
         options = {"max_model_len": max_model_len, **cfg.vllm}
-        return VLLMEngine(model, tokenizer, max_prompt_tokens=cfg.max_prompt_tokens, **options)
-    return ENGINES[name](model, tokenizer, max_prompt_tokens=cfg.max_prompt_tokens)
+        return engine_class(name)(model, tokenizer, max_prompt_tokens=cfg.max_prompt_tokens, **options)
+    return engine_class(name)(model, tokenizer, max_prompt_tokens=cfg.max_prompt_tokens)

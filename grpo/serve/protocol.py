@@ -2,10 +2,10 @@
 
     POST /v1/logprobs        Authorization: Bearer <token>
       request body (safetensors), exactly the inputs `grpo.logprobs.batch_logprobs` uses:
-        prompt_ids      [N, P] int64    left-padded, as in RolloutBatch
+        prompt_ids      [N, P] int64    left-padded, as in grpo.trajectory
         prompt_mask     [N, P] int64    1 = prompt token, 0 = padding
         completion_ids  [N, C] int64    right-padded
-        completion_mask [N, C] int64    1 = sampled token, 0 = padding
+        completion_mask [N, C] int64    1 = a token of the sequence, 0 = padding
         temperature     [1]    float64  the sampling temperature (logits are divided by it)
       200: safetensors {logprobs: [N, C] float32, zeros on padding}
       4xx / 5xx: JSON {"error": "..."}; 4xx are the client's fault and are not retried
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 from safetensors.torch import load, save
 
-from grpo.rollout.base import FINISH_LENGTH, RolloutBatch
+from grpo.trajectory import TokenSequences
 
 LOGPROBS_PATH = "/v1/logprobs"
 HEALTH_PATH = "/health"
@@ -53,13 +53,13 @@ class BadRequest(ValueError):
         self.status = status
 
 
-def encode_request(batch: RolloutBatch, temperature: float) -> bytes:
+def encode_request(batch: TokenSequences, temperature: float) -> bytes:
     tensors = {name: getattr(batch, name).detach().to("cpu", torch.int64).contiguous() for name in ID_FIELDS}
     tensors["temperature"] = torch.tensor([temperature], dtype=torch.float64)
     return save(tensors)
 
 
-def decode_request(body: bytes, limits: Limits, vocab_size: int) -> tuple[RolloutBatch, float]:
+def decode_request(body: bytes, limits: Limits, vocab_size: int) -> tuple[TokenSequences, float]:
     """Parse and check a request body; raises BadRequest naming what is wrong."""
     try:
         tensors = load(body)
@@ -94,8 +94,7 @@ def decode_request(body: bytes, limits: Limits, vocab_size: int) -> tuple[Rollou
     temp = tensors["temperature"]
     if temp.dtype != torch.float64 or temp.shape != (1,) or not (math.isfinite(temp.item()) and temp.item() > 0):
         raise BadRequest(400, f"temperature must be a [1] float64 tensor > 0, got {temp.dtype} {list(temp.shape)}")
-    batch = RolloutBatch(p_ids, p_mask, c_ids, c_mask, completions=[""] * N, finish_reasons=[FINISH_LENGTH] * N)
-    return batch, temp.item()
+    return TokenSequences(p_ids, p_mask, c_ids, c_mask), temp.item()
 
 
 def encode_response(logprobs: torch.Tensor) -> bytes:

@@ -1,7 +1,10 @@
-"""Generation with transformers' `model.generate`: batched, left-padded, no frills.
+"""Generation with transformers' `model.generate` (rollout.engine=transformers): the plain
+reference the faster engines are tested against, and the base class they share.
 
-The G completions of a prompt are G copies of its row (repeat_interleave), so the prompt
-is prefilled G times; sharing it is a later optimization.
+The G completions of a prompt are G copies of its row (repeat_interleave), so the prompt is
+prefilled G times and finished rows keep decoding as padding (shared_prefix avoids both).
+`TransformersEngine.generate` turns any subclass's sampled tokens into the Trajectory, so
+masks, padding, finish reasons and policy versions are the same for every engine.
 """
 
 from __future__ import annotations
@@ -13,13 +16,7 @@ from typing import Any
 import torch
 
 from grpo.packed_linear import packed_linears
-from grpo.rollout.base import (
-    FINISH_EOS,
-    FINISH_LENGTH,
-    RolloutBatch,
-    SamplingParams,
-    completion_mask,
-)
+from grpo.rollout.base import FINISH_EOS, FINISH_LENGTH, SamplingParams, Trajectory, completion_mask
 
 
 class TransformersEngine:
@@ -33,6 +30,7 @@ class TransformersEngine:
 
     def __init__(self, model: Any, tokenizer: Any, max_prompt_tokens: int | None = None):
         self.model = model
+        self.version = 0  # optimizer updates the sampling weights have seen (sync_weights)
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -41,7 +39,12 @@ class TransformersEngine:
             pad = model.generation_config.pad_token_id
         self.pad_id = self.eos_ids[0] if pad is None else pad
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> RolloutBatch:
+    def sync_weights(self, model: Any, version: int) -> None:
+        """The policy module decodes itself, so new weights are used at once: record the version."""
+        assert model is self.model, "sync_weights got a different model than the engine's policy"
+        self.version = version
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> Trajectory:
         if not prompts:
             raise ValueError("generate() needs at least one prompt")
         G = params.group_size
@@ -55,7 +58,7 @@ class TransformersEngine:
         reordered = packed_linears(self.model) if self.decodes_with_policy else nullcontext()
         with _eval_mode(self.model), torch.no_grad(), _seeded(params.seed, device), reordered:
             # no_grad, not inference_mode: the ids feed later forwards that need autograd
-            completion_ids = self._sample(unique_ids, unique_mask, params)  # [N, C]
+            completion_ids, logprobs = self._sample(unique_ids, unique_mask, params)  # [N, C] each
         prompt_ids = unique_ids.repeat_interleave(G, 0)  # [N, P]
         prompt_mask = unique_mask.repeat_interleave(G, 0)  # [N, P]
         eos = torch.tensor(self.eos_ids, device=device)
@@ -65,24 +68,40 @@ class TransformersEngine:
         assert all(has_eos) or completion_ids.shape[1] == params.max_new_tokens
         lengths = mask.sum(1).tolist()
         rows = [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths, strict=True)]
-        return RolloutBatch(
+        return Trajectory(
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
             completion_ids=completion_ids,
             completion_mask=mask,
+            loss_mask=mask.clone(),  # every token after the prompt was sampled by the policy
+            # greedy puts all mass on the token it picks: log 1 = 0
+            sampler_logprobs=torch.where(mask.bool(), logprobs.float(), 0.0),
+            policy_version=torch.full((len(rows),), self.version, dtype=torch.long),
             completions=self.tokenizer.batch_decode(rows, skip_special_tokens=True),
             finish_reasons=[FINISH_EOS if e else FINISH_LENGTH for e in has_eos],
         )
 
-    def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-        """G completions per prompt row: [B, P] -> [B*G, C] token ids (C <= max_new_tokens)."""
+    def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """G completions per prompt row: [B, P] -> token ids [B*G, C] (C <= max_new_tokens) and
+        each token's log-probability under the distribution it was drawn from [B*G, C].
+
+        generate's `scores` are the processed logits it sampled from (after its temperature,
+        top-k and top-p warpers), one [N, V] per step, all held until it returns: this
+        reference engine pays C * N * V floats for them (the faster engines pay nothing).
+        """
         G = params.group_size
-        sequences = self.model.generate(
+        out = self.model.generate(
             input_ids=prompt_ids.repeat_interleave(G, 0),
             attention_mask=prompt_mask.repeat_interleave(G, 0),
             **self._generate_kwargs(params),
-        )  # [N, P + C]; position ids come from the attention mask inside generate
-        return sequences[:, prompt_ids.shape[1] :]
+        )  # sequences [N, P + C]; position ids come from the attention mask inside generate
+        tokens = out.sequences[:, prompt_ids.shape[1] :]  # [N, C]
+        if params.greedy:
+            return tokens, torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+        logprobs = [torch.log_softmax(step.float(), dim=-1).gather(1, tokens[:, t : t + 1])
+                    for t, step in enumerate(out.scores)]  # C x [N, 1]
+        return tokens, torch.cat(logprobs, dim=1)
 
     def _generate_kwargs(self, params: SamplingParams) -> dict[str, Any]:
         # Everything that shapes the distribution is passed explicitly, so a model's own
@@ -98,8 +117,8 @@ class TransformersEngine:
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
             use_cache=True,
-            output_scores=False,
-            return_dict_in_generate=False,
+            output_scores=not params.greedy,  # the processed logits sampled from (sampler log-probs)
+            return_dict_in_generate=True,
         )
         if params.greedy:
             kwargs["do_sample"] = False
