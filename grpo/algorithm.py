@@ -41,6 +41,22 @@ KL_ESTIMATORS = {
     "k3": lambda log_ratio: torch.exp(log_ratio) - log_ratio - 1,
 }
 
+# Importance-ratio level of the clipped surrogate -> log-ratio [B, T] or [B, 1] from the token
+# log-ratios [B, T] and the loss mask (see policy_loss).
+IMPORTANCE_SAMPLING_LEVELS = {
+    "token": lambda log_ratio, mask: log_ratio,  # PPO / GRPO
+    "sequence": lambda log_ratio, mask: (  # GSPO: the mean token log-ratio of each completion
+        (log_ratio * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1.0)),
+}
+# Sampler correction mode -> (loss weights, which tokens were corrected) of importance weights
+# w = pi_old / q with cap C.
+SAMPLER_CORRECTIONS = {
+    "none": None,
+    "truncate": lambda w, cap: (w.clamp(max=cap), w > cap),  # TIS: weights above C count as C
+    "mask": lambda w, cap: (((w >= 1 / cap) & (w <= cap)).to(w.dtype), (w < 1 / cap) | (w > cap)),  # MIS
+}
+SAMPLER_CORRECTION_LEVELS = ("token", "sequence")
+
 # Tokens per chunk when turning logits into log-probabilities: bounds the float32
 # temporary to CHUNK x V (4096 x 49152 x 4 B = 0.8 GB at worst, usually far less).
 LOGPROB_CHUNK_TOKENS = 1024
@@ -76,6 +92,19 @@ def group_advantages(
     # would otherwise leave tiny residues that eps turns into noise, or NaN with eps=0).
     equal = (grouped == grouped[:, :1]).all(dim=1, keepdim=True)  # [B, 1]
     return torch.where(equal, torch.zeros_like(centred), centred / (std + eps)).flatten()
+
+
+def groups_with_signal(rewards: torch.Tensor, group_size: int, tolerance: float = 0.0) -> torch.Tensor:
+    """Which groups carry a learning signal (DAPO's dynamic sampling keeps only these).
+
+    rewards: [B*G] ordered group by group -> [B] bool: std(group) > tolerance (the Bessel-
+    corrected std that group_advantages divides by). A group of equal rewards (all right, all
+    wrong) has std 0 and advantages 0: it is dropped even at tolerance 0.
+    # rewards [1, 1, 0, 1 | 0.5, 0.5, 0.5, 0.5], tolerance 0 -> std [0.5, 0] -> [True, False]
+    """
+    grouped = rewards.float().view(-1, group_size)  # [B, G]
+    equal = (grouped == grouped[:, :1]).all(dim=1)  # exact, like group_advantages' zeros
+    return ~equal & (grouped.std(dim=1) > tolerance)
 
 
 def kl_divergence(
@@ -230,16 +259,22 @@ def policy_loss(
     max_completion_length: int | None = None,
     kl_estimator: str = "k3",
     num_items: float | int | torch.Tensor | None = None,
+    importance_sampling_level: str = "token",
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate plus KL penalty, aggregated by `loss_type`.
 
     logprobs: [B, T] (with grad), old_logprobs: [B, T], advantages: [B],
     loss_mask: [B, T] (1 = a token the policy sampled; 0 = padding or an inserted token),
-    ref_logprobs: [B, T] or None.
+    ref_logprobs: [B, T] or None, token_weights: [B, T] or None (no gradient: the sampler
+    correction's weights, sampler_correction_weights).
     Per token t of sequence i:
-      ratio = exp(logprobs - old_logprobs)
-      l_it  = -min(ratio * A_i, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A_i) + beta * KL_it
-    (epsilon_high defaults to epsilon; the KL term only when beta > 0.)
+      ratio = exp(logprobs - old_logprobs)                                   (level "token")
+      ratio = exp(sum_t m_it (logprobs - old_logprobs)_it / |o_i|), per i     (level "sequence", GSPO)
+      l_it  = -min(ratio * A_i, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A_i) * w_it + beta * KL_it
+    (epsilon_high defaults to epsilon; w_it = 1 without token_weights, which weigh only the
+    surrogate, as TRL does; the KL term only when beta > 0.) At sequence level every token of
+    a completion carries the same ratio and its gradient reaches every token through the mean.
     Aggregation (AGGREGATIONS), with m the mask and |o_i| the number of masked tokens of sequence i:
       grpo:    sum_i (sum_t m*l / |o_i|) / num_items   num_items = #sequences (default B)
       bnpo:    sum_it m*l / num_items                  num_items = #tokens (default local)
@@ -252,6 +287,9 @@ def policy_loss(
     """
     if loss_type not in AGGREGATIONS:
         raise ValueError(f"loss_type={loss_type!r} is invalid; allowed: {', '.join(LOSS_TYPES)}")
+    if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
+        raise ValueError(f"importance_sampling_level={importance_sampling_level!r} is invalid; allowed: "
+                         f"{', '.join(IMPORTANCE_SAMPLING_LEVELS)}")
     aggregation = AGGREGATIONS[loss_type]
     eps_high = epsilon if epsilon_high is None else epsilon_high
     mask = loss_mask.to(logprobs.dtype)  # [B, T]
@@ -265,9 +303,12 @@ def policy_loss(
     if ref_logprobs is not None:
         ref_logprobs = torch.where(keep, ref_logprobs, 0.0)
 
-    ratio = torch.exp(logprobs - old_logprobs)  # [B, T]
+    log_ratio = IMPORTANCE_SAMPLING_LEVELS[importance_sampling_level](logprobs - old_logprobs, mask)
+    ratio = torch.exp(log_ratio).expand_as(logprobs)  # [B, T]
     clipped_ratio = torch.clamp(ratio, 1 - epsilon, 1 + eps_high)
     per_token = -torch.min(ratio * adv, clipped_ratio * adv)  # [B, T]
+    if token_weights is not None:
+        per_token = per_token * torch.where(keep, token_weights.to(per_token.dtype), 0.0).detach()
     kl = None
     if beta > 0:
         if ref_logprobs is None:
@@ -291,3 +332,57 @@ def policy_loss(
         if kl is not None:
             metrics["kl"] = masked_mean(kl, mask)
     return loss, metrics
+
+
+@torch.no_grad()
+def sampler_correction_weights(
+    old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, loss_mask: torch.Tensor,
+    mode: str = "truncate", level: str = "token", cap: float = 2.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Importance weights that correct for sampling from q (the engine) instead of pi_old.
+
+    old_logprobs: [B, T] the trainer's log-probs of the sampled tokens under the distribution
+    the sampler used (same temperature, top-k, top-p); sampler_logprobs: [B, T] q's;
+    loss_mask: [B, T]. With d_t = old_t - q_t on masked tokens:
+      token:    log w_t = d_t
+      sequence: log w_i = sum_t m_t d_t / |o_i| for every token of completion i (a mean, never the sum)
+      truncate: weight = min(w, cap)                 (TIS)
+      mask:     weight = 1 if 1/cap <= w <= cap else 0   (MIS)
+    A token whose q or pi_old log-prob is not finite gets weight 0 (at sequence level, its
+    whole completion) and is counted. Returns (weights [B, T], 0 off the mask; sums for
+    metrics: num_tokens, num_nonfinite, num_corrected (truncated or masked), w_sum, w_min,
+    w_max over the tokens that count, kl_sum: sum of k3 estimates of KL(q || pi_old) per token,
+    exp(d) - d - 1, from tokens drawn from q).
+    # d = [0.0, ln 3, ln 0.25], cap 2, token level: w = [1, 3, 0.25]
+    # truncate -> [1, 2, 0.25] (one corrected); mask -> [1, 0, 0] (two corrected)
+    """
+    if mode not in SAMPLER_CORRECTIONS or SAMPLER_CORRECTIONS[mode] is None:
+        raise ValueError(f"mode={mode!r} is invalid; allowed: {', '.join(m for m in SAMPLER_CORRECTIONS if m != 'none')}")
+    if level not in SAMPLER_CORRECTION_LEVELS:
+        raise ValueError(f"level={level!r} is invalid; allowed: {', '.join(SAMPLER_CORRECTION_LEVELS)}")
+    keep = loss_mask.bool()
+    old, q = old_logprobs.float(), sampler_logprobs.float().to(old_logprobs.device)
+    finite = torch.isfinite(old) & torch.isfinite(q) & keep  # [B, T]
+    nonfinite = keep & ~finite
+    d = torch.where(finite, old - q, 0.0)  # [B, T]
+    if level == "sequence":
+        valid = finite.float()
+        d_seq = d.sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp(min=1.0)  # [B, 1]
+        log_w = d_seq.expand_as(d)
+        finite = keep & ~nonfinite.any(1, keepdim=True)  # one bad token voids its completion's weight
+    else:
+        log_w = d
+    w = torch.exp(log_w)
+    loss_weights, corrected = SAMPLER_CORRECTIONS[mode](w, cap)
+    weights = torch.where(finite, loss_weights, 0.0)  # [B, T]
+    counted = w[finite]
+    corrected = (corrected & finite).sum()
+    tokens_d = d[keep & torch.isfinite(old) & torch.isfinite(q)]
+    sums = {
+        "num_tokens": finite.sum().float(), "num_nonfinite": nonfinite.sum().float(),
+        "num_corrected": corrected.float(), "w_sum": counted.sum(),
+        "w_min": counted.min() if counted.numel() else torch.tensor(float("nan")),
+        "w_max": counted.max() if counted.numel() else torch.tensor(float("nan")),
+        "kl_sum": (torch.exp(tokens_d) - tokens_d - 1).sum(), "kl_tokens": torch.tensor(float(tokens_d.numel())),
+    }
+    return weights, sums

@@ -4,24 +4,27 @@
 
 Every field carries its documentation (unit and meaning) in `metadata["help"]`; `grpo
 train --help-config` prints them. Values are checked against their annotation when the
-config is built, and the cross-field rules in `Config.validate` run before any model is
-loaded, so a mistake costs a second, not a model load. Errors are `ValueError`s that name
-the dotted field and the allowed values.
+config is built (grpo.config_io), and the cross-field rules in `Config.validate` run before
+any model is loaded, so a mistake costs a second, not a model load. Errors are
+`ValueError`s that name the dotted field and the allowed values. The allowed values of a
+Literal field are the keys of the table the code dispatches on (algorithm, rollout, dtypes).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from grpo.algorithm import ADVANTAGE_SCALES, KL_ESTIMATORS, LOSS_TYPES
+from grpo.algorithm import (
+    ADVANTAGE_SCALES,
+    IMPORTANCE_SAMPLING_LEVELS,
+    KL_ESTIMATORS,
+    LOSS_TYPES,
+    SAMPLER_CORRECTION_LEVELS,
+    SAMPLER_CORRECTIONS,
+)
 from grpo.distributed import launched_world_size
 from grpo.dtypes import DTYPE_NAMES
 from grpo.rollout import ENGINE_NAMES, check_engine
@@ -29,6 +32,8 @@ from grpo.rollout import ENGINE_NAMES, check_engine
 # The allowed values of the Literal fields below: the keys of the tables the code dispatches on.
 KL_ESTIMATOR_NAMES = tuple(KL_ESTIMATORS)
 ADVANTAGE_SCALE_NAMES = tuple(ADVANTAGE_SCALES)
+IMPORTANCE_SAMPLING_LEVEL_NAMES = tuple(IMPORTANCE_SAMPLING_LEVELS)
+SAMPLER_CORRECTION_NAMES = ("auto", *SAMPLER_CORRECTIONS)
 
 
 def doc(default: Any, help: str, **kw: Any) -> Any:
@@ -140,6 +145,34 @@ class AlgorithmConfig:
     )
     advantage_eps: float = doc(1e-4, "Added to the std before dividing.")
     num_iterations: int = doc(1, "Policy updates per generated batch (mu in the paper).")
+    importance_sampling_level: Literal[IMPORTANCE_SAMPLING_LEVEL_NAMES] = doc(
+        "token", "Ratio of the clipped surrogate: token (PPO, GRPO) or sequence (GSPO: one ratio per "
+        "completion, exp of its mean token log-ratio, clipped with sequence_epsilon / _high).")
+    sequence_epsilon: float = doc(
+        3e-4, "Lower clip range at importance_sampling_level=sequence (GSPO's 3e-4: a mean log-ratio "
+        "moves ~100x less than a token's, so 0.2 would never clip).")
+    sequence_epsilon_high: float = doc(4e-4, "Upper clip range at importance_sampling_level=sequence (GSPO's 4e-4).")
+    sampler_correction: Literal[SAMPLER_CORRECTION_NAMES] = doc(
+        "auto", "Correct for the sampler's distribution q differing from the trainer's pi_old with "
+        "importance weights w = pi_old/q: truncate (TIS, weight min(w, cap)), mask (MIS, weight 0 "
+        "outside [1/cap, cap]), none; auto = truncate for rollout.engine vllm, none otherwise (those "
+        "sample with the trainer's own weights).")
+    sampler_correction_level: Literal[SAMPLER_CORRECTION_LEVELS] = doc(
+        "token", "w per token, or per completion (exp of the mean token log-ratio).")
+    sampler_correction_cap: float = doc(2.0, "The cap C of sampler_correction (> 1).")
+    dynamic_sampling: bool = doc(
+        False, "DAPO's dynamic sampling: drop groups whose total-reward std is at most "
+        "dynamic_sampling_tolerance (no advantage, no signal) and draw more prompts until "
+        "train.prompts_per_step groups with signal are collected or max_generation_rounds is reached.")
+    dynamic_sampling_tolerance: float = doc(
+        0.0, "Largest group reward std that counts as no signal (0: only exactly equal rewards; for "
+        "continuous rewards a small positive number).")
+    max_generation_rounds: int = doc(
+        3, "With dynamic_sampling: at most this many rounds of train.prompts_per_step prompts per step; "
+        "then the step trains on the groups with signal it has (metrics dynamic/*).")
+    mask_truncated_completions: bool = doc(
+        False, "Completions that hit rollout.max_new_tokens are not trained on (DAPO's overlong "
+        "filtering); they still count in their group's advantages.")
 
 
 @dataclass
@@ -240,6 +273,15 @@ class Config:
             _check(a.epsilon_high >= 0, "algorithm.epsilon_high", a.epsilon_high, "null or a number >= 0")
         _check(a.advantage_eps >= 0, "algorithm.advantage_eps", a.advantage_eps, "a number >= 0")
         _check(a.num_iterations >= 1, "algorithm.num_iterations", a.num_iterations, "an integer >= 1")
+        _check(a.sequence_epsilon >= 0, "algorithm.sequence_epsilon", a.sequence_epsilon, "a number >= 0")
+        _check(a.sequence_epsilon_high >= 0, "algorithm.sequence_epsilon_high", a.sequence_epsilon_high,
+               "a number >= 0")
+        _check(a.dynamic_sampling_tolerance >= 0, "algorithm.dynamic_sampling_tolerance",
+               a.dynamic_sampling_tolerance, "a number >= 0")
+        _check(a.max_generation_rounds >= 1, "algorithm.max_generation_rounds", a.max_generation_rounds,
+               "an integer >= 1")
+        _check(a.sampler_correction_cap > 1, "algorithm.sampler_correction_cap", a.sampler_correction_cap,
+               "a number > 1")
         _check(t.num_steps >= 1, "train.num_steps", t.num_steps, "an integer >= 1")
         _check(t.prompts_per_step >= 1, "train.prompts_per_step", t.prompts_per_step, "an integer >= 1")
         _check(t.micro_batch_size >= 1, "train.micro_batch_size", t.micro_batch_size, "an integer >= 1")
@@ -302,143 +344,17 @@ def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise ValueError(f"config field `{name}` = {value!r} is invalid: expected {allowed}")
 
 
-# --------------------------------------------------------------------------- building
+# Building the tree from YAML and overrides, and writing it back, lives in grpo.config_io.
+from grpo.config_io import (  # noqa: E402
+    apply_overrides,
+    describe,
+    from_dict,
+    load_config,
+    read_yaml,
+    save_config,
+    to_dict,
+)
 
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass `cls` from a plain dict, checking names and types recursively."""
-    if not isinstance(data, dict):
-        raise ValueError(f"config section `{prefix.rstrip('.') or '<root>'}` must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        import difflib
-
-        where = f"section `{prefix.rstrip('.')}`" if prefix else "the config"
-        close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
-        hint = f"did you mean `{prefix}{close[0]}`? " if close else ""
-        raise ValueError(
-            f"unknown config field `{prefix}{unknown[0]}` in {where}; {hint}allowed: {', '.join(sorted(names))}"
-        )
-    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, name: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value if value is not None else {}, name + ".")
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"config field `{name}` = {value!r} is invalid; allowed: {', '.join(map(str, args))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, name)
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"config field `{name}` = {value!r} is invalid; expected a list")
-        return [_coerce(args[0], v, f"{name}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"config field `{name}` = {value!r} is invalid; expected a mapping")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        # PyYAML reads `5e-6` (no dot) as a string; accept any float literal.
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ValueError(
-            f"config field `{name}` = {value!r} is invalid; expected {tp.__name__}"
-        )
-    return value
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` strings to a nested dict; values are parsed as YAML scalars."""
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like `section.field=value`")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
-            raise ValueError(f"override {item!r}: value is not valid YAML ({e})") from None
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: `{part}` is not a section")
-            node = child
-        node[parts[-1]] = value
-    return data
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read YAML (optional), apply dotted overrides, build and validate the Config."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = read_yaml(path)
-    data = apply_overrides(data, list(overrides or []))
-    return from_dict(Config, data).validate()
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"config file {str(p)!r} is a directory; expected a YAML file")
-    if not p.is_file():
-        raise ValueError(f"config file {str(p)!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ValueError(f"config file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ValueError(f"config file {str(p)!r} is not valid YAML at{where}: {getattr(e, 'problem', e)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {str(p)!r} must hold a mapping at the top level")
-    return data
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config; atomic (temp file + rename), so a kill never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
-
-
-def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted name, default, help) for every field, for `--help-config`."""
-    rows = []
-    for f in dataclasses.fields(cls):
-        tp = typing.get_type_hints(cls)[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if dataclasses.is_dataclass(tp):
-            rows += describe(tp, prefix + f.name + ".")
-        else:
-            shown = to_dict(default) if dataclasses.is_dataclass(default) else default
-            if isinstance(shown, list) and shown and dataclasses.is_dataclass(shown[0]):
-                shown = [to_dict(x) for x in shown]
-            rows.append((prefix + f.name, repr(shown), f.metadata.get("help", "")))
-    return rows
+__all__ = ["AlgorithmConfig", "CheckpointConfig", "Config", "EvalConfig", "LogConfig", "LoraConfig", "ModelConfig",
+           "ReferenceConfig", "RewardSpec", "RolloutConfig", "TaskConfig", "TrainConfig", "apply_overrides",
+           "describe", "doc", "from_dict", "load_config", "read_yaml", "save_config", "to_dict"]

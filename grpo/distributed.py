@@ -98,13 +98,18 @@ class World:
         return self.sum(float(bool(flag))) > 0
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Every rank's `tensor` (same shape on all ranks) concatenated along dim 0, in rank order."""
+        """Every rank's `tensor` concatenated along dim 0, in rank order (the other dims equal on
+        every rank; dim 0 may differ, as it does when dynamic sampling keeps different counts)."""
         if self.size == 1:
             return tensor
         local = tensor.to(self._device())
-        parts = [torch.empty_like(local) for _ in range(self.size)]
-        dist.all_gather(parts, local)
-        return torch.cat(parts).to(tensor.device)
+        sizes = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(self.size)]
+        dist.all_gather(sizes, torch.tensor([local.shape[0]], device=local.device))
+        longest = int(max(sizes).item())
+        padded = torch.cat([local, local.new_zeros(longest - local.shape[0], *local.shape[1:])])
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[: int(n.item())] for part, n in zip(parts, sizes, strict=True)]).to(tensor.device)
 
     def gather_objects(self, obj: Any) -> list[Any]:
         if self.size == 1:

@@ -20,6 +20,7 @@ Models with gradient checkpointing keep no cache in training; they take the plai
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from transformers import DynamicCache
@@ -178,3 +179,23 @@ def batch_logprobs(
         lp, _ = completion_logprobs(model, batch, mb, prompts, temperature, top_k=top_k, top_p=top_p)
         out[mb.rows, : lp.shape[1]] = torch.where(mb.completion_mask.bool(), lp, 0.0).float().cpu()
     return out
+
+
+class ReferenceModel(Protocol):
+    """Where the KL term's reference log-probs come from (this process, or `grpo serve-ref`)."""
+
+    def logprobs(self, batch: Trajectory) -> torch.Tensor:  # [N, C]
+        ...
+
+
+@dataclass
+class LocalReference:
+    """Reference log-probs from a model in this process (a frozen copy, or the LoRA base)."""
+
+    model: Any
+    micro_batch_size: int
+    device: torch.device
+    temperature: float
+
+    def logprobs(self, batch: Trajectory) -> torch.Tensor:  # [N, C]
+        return batch_logprobs(self.model, batch, self.micro_batch_size, self.device, self.temperature)

@@ -8,12 +8,16 @@ global normalizer that aggregation divides by.
 The math is `algorithm.policy_loss`; which count the aggregation normalizes by (sequences or
 loss-masked tokens) is declared next to it in `algorithm.AGGREGATIONS`, so neither the
 trainer nor the update knows a loss type by name.
+
+`SamplerCorrection`, also built once, turns the engine's sampler log-probs and the trainer's
+log-probs of the same tokens into the importance weights that policy_loss multiplies the
+surrogate by (algorithm.sampler_correction_weights).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,31 +35,84 @@ class PolicyLoss:
     epsilon_high: float | None
     kl_estimator: str
     max_completion_length: int
+    importance_sampling_level: str = "token"
 
     @classmethod
     def from_config(cls, a: AlgorithmConfig, max_completion_length: int) -> PolicyLoss:
         if a.loss_type not in algorithm.AGGREGATIONS:
             raise ValueError(f"config field `algorithm.loss_type` = {a.loss_type!r} is invalid; allowed: "
                              f"{', '.join(algorithm.LOSS_TYPES)}")
-        return cls(a.loss_type, a.beta, a.epsilon, a.epsilon_high, a.kl_estimator, max_completion_length)
+        # a sequence ratio is a mean of token log-ratios: it moves far less, so GSPO clips it tighter
+        sequence = a.importance_sampling_level == "sequence"
+        epsilon, epsilon_high = ((a.sequence_epsilon, a.sequence_epsilon_high) if sequence
+                                 else (a.epsilon, a.epsilon_high))
+        return cls(a.loss_type, a.beta, epsilon, epsilon_high, a.kl_estimator, max_completion_length,
+                   a.importance_sampling_level)
 
     @property
     def needs_reference(self) -> bool:
         return self.beta > 0
 
     def local_items(self, loss_mask: torch.Tensor) -> float:
-        """This rank's share of the normalizer: its sequences, or its loss-masked tokens."""
+        """This rank's share of the normalizer: its sequences with a token to train on (a
+        masked-out truncated completion is not one), or its loss-masked tokens."""
         if algorithm.AGGREGATIONS[self.loss_type].counts == "tokens":
             return float(loss_mask.sum().item())
-        return float(loss_mask.shape[0])
+        return float((loss_mask.sum(1) > 0).sum().item())
 
     def __call__(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                 loss_mask: torch.Tensor, ref_logprobs: torch.Tensor | None,
-                 num_items: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                 loss_mask: torch.Tensor, ref_logprobs: torch.Tensor | None, num_items: float,
+                 token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One micro-batch's share of the loss ([b, C'] tensors, advantages [b]) and its metrics."""
         return algorithm.policy_loss(
             logprobs, old_logprobs, advantages, loss_mask, ref_logprobs=ref_logprobs, beta=self.beta,
             epsilon=self.epsilon, epsilon_high=self.epsilon_high, loss_type=self.loss_type,
             max_completion_length=self.max_completion_length, kl_estimator=self.kl_estimator,
-            num_items=max(num_items, 1.0),
+            num_items=max(num_items, 1.0), importance_sampling_level=self.importance_sampling_level,
+            token_weights=token_weights,
         )
+
+
+@dataclass(frozen=True)
+class SamplerCorrection:
+    """Importance weights pi_old / q for the tokens an engine sampled (mode none: no weights).
+
+    `auto` resolves here, once: truncate for the vllm engine (its own copy of the weights, its
+    own kernels and dtype), none for the engines that sample with the trainer's own module.
+    """
+
+    mode: str  # none | truncate | mask
+    level: str  # token | sequence
+    cap: float
+
+    @classmethod
+    def from_config(cls, a: AlgorithmConfig, engine: str) -> SamplerCorrection:
+        mode = a.sampler_correction
+        if mode == "auto":
+            mode = "truncate" if engine == "vllm" else "none"
+        return cls(mode, a.sampler_correction_level, a.sampler_correction_cap)
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "none"
+
+    def weights(self, old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, loss_mask: torch.Tensor,
+                world: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss weights [N, C] and the metrics over every rank's tokens: is_weight/mean, /min, /max
+        (of pi_old / q), is_weight/truncated or /masked (fraction corrected), is_weight/nonfinite
+        (tokens without a finite log-prob, weight 0) and sampler_kl (KL(q || pi_old) per token)."""
+        weights, sums = algorithm.sampler_correction_weights(
+            old_logprobs, sampler_logprobs.cpu(), loss_mask.cpu(), self.mode, self.level, self.cap)
+        total = {k: world.sum(float(sums[k])) for k in ("num_tokens", "num_nonfinite", "num_corrected", "w_sum",
+                                                          "kl_sum", "kl_tokens")}
+        extremes = world.gather(torch.stack([sums["w_min"], -sums["w_max"]]).float()[None])  # [ranks, 2]
+        n = max(total["num_tokens"], 1.0)
+        corrected = "truncated" if self.mode == "truncate" else "masked"
+        return weights, {
+            "is_weight/mean": total["w_sum"] / n,
+            "is_weight/min": extremes[:, 0].nan_to_num(float("inf")).min().item(),
+            "is_weight/max": -extremes[:, 1].nan_to_num(float("inf")).min().item(),
+            f"is_weight/{corrected}": total["num_corrected"] / n,
+            "is_weight/nonfinite": int(total["num_nonfinite"]),
+            "sampler_kl": total["kl_sum"] / max(total["kl_tokens"], 1.0),
+        }

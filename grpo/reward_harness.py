@@ -52,6 +52,21 @@ class RewardScores:
     per_function: dict[str, torch.Tensor]  # name -> [N] float32, NaN where the call failed
     errors: dict[str, int]  # name -> failed calls in this batch
 
+    def select(self, rows: list[int]) -> RewardScores:
+        """The scores of some rows (the errors stay the batch's: they happened)."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return RewardScores(self.total[index], {k: v[index] for k, v in self.per_function.items()}, dict(self.errors))
+
+    @staticmethod
+    def cat(parts: list[RewardScores]) -> RewardScores:
+        """Rows of several batches in order; errors summed."""
+        errors: dict[str, int] = {}
+        for part in parts:
+            for k, v in part.errors.items():
+                errors[k] = errors.get(k, 0) + v
+        return RewardScores(torch.cat([p.total for p in parts]),
+                            {k: torch.cat([p.per_function[k] for p in parts]) for k in parts[0].per_function}, errors)
+
 
 class _Failure(str):
     """Why a call failed (a str subclass so it is told apart from a float value)."""

@@ -4,8 +4,10 @@ One step, as numbered in `train_step` below:
   1. take the next prompts from the data stream (resumable by position)
   2. generate G completions per prompt: a Trajectory (rollout engine)
   3. score them with the reward functions (contained: a failing function never ends the run)
-  4. group-relative advantages (algorithm.group_advantages)
-  5. old log-probs (only when num_iterations > 1) and reference log-probs (only when beta > 0)
+  4. group-relative advantages (algorithm.group_advantages); truncated completions leave the
+     loss mask when algorithm.mask_truncated_completions
+  5. old log-probs (only when num_iterations > 1), reference log-probs (only when beta > 0),
+     and the sampler correction's weights pi_old / q (only when it is on: grpo.loss)
   6. num_iterations updates: gradients over micro-batches of the loss built once from the
      config (grpo.update.accumulate_gradients, grpo.loss), then clip, finite check, AdamW
      step and LR schedule (grpo.update.optimizer_step); a non-finite update is skipped and counted
@@ -24,7 +26,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,13 +49,14 @@ from grpo.evaluate import evaluate, merge_results
 from grpo.health import StepWatch
 from grpo.interrupt import Interrupted, StopSignals
 from grpo.logging import NullLogger, RunLogger
-from grpo.logprobs import batch_logprobs
-from grpo.loss import PolicyLoss
+from grpo.logprobs import LocalReference, ReferenceModel, batch_logprobs
+from grpo.loss import PolicyLoss, SamplerCorrection
 from grpo.reward_harness import RewardScores, WeightedReward
-from grpo.rollout import RolloutEngine, SamplingParams, build_engine
+from grpo.rollout import RolloutEngine, SamplingParams, build_engine, engine_name
 from grpo.serve.client import RemoteReference
+from grpo.step_metrics import rollout_metrics, sample_records
 from grpo.tasks import Task, build_task
-from grpo.tasks.base import Example, render_prompt
+from grpo.tasks.base import DataStream, Example, render_prompt
 from grpo.trajectory import FINISH_LENGTH, Trajectory
 from grpo.update import UpdateSettings, accumulate_gradients, mean_over_iterations, optimizer_step
 
@@ -63,47 +66,6 @@ if TYPE_CHECKING:
 
 class TrainingStopped(RuntimeError):
     """The run cannot go on (e.g. the loss stayed non-finite); a checkpoint was written."""
-
-
-class DataStream:
-    """Training examples in a seeded order, reshuffled each epoch; resumable from a count."""
-
-    def __init__(self, examples: list[Example], seed: int, position: int = 0):
-        if not examples:
-            raise ValueError("the task has no training examples")
-        self.examples, self.seed, self.position = examples, seed, position
-        self._order: tuple[int, list[int]] = (-1, [])  # (epoch, its permutation), built once per epoch
-
-    def take(self, n: int) -> list[Example]:
-        out = []
-        for _ in range(n):
-            epoch, index = divmod(self.position, len(self.examples))
-            if self._order[0] != epoch:
-                generator = torch.Generator().manual_seed(self.seed + epoch)
-                self._order = (epoch, torch.randperm(len(self.examples), generator=generator).tolist())
-            out.append(self.examples[self._order[1][index]])
-            self.position += 1
-        return out
-
-
-class ReferenceModel(Protocol):
-    """Where the KL term's reference log-probs come from (this process, or `grpo serve-ref`)."""
-
-    def logprobs(self, batch: Trajectory) -> torch.Tensor:  # [N, C]
-        ...
-
-
-@dataclass
-class LocalReference:
-    """Reference log-probs from a model in this process (a frozen copy, or the LoRA base)."""
-
-    model: Any
-    micro_batch_size: int
-    device: torch.device
-    temperature: float
-
-    def logprobs(self, batch: Trajectory) -> torch.Tensor:  # [N, C]
-        return batch_logprobs(self.model, batch, self.micro_batch_size, self.device, self.temperature)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_updates: int):
@@ -145,6 +107,7 @@ class Trainer:
     reward_fns: list[WeightedReward]
     task: Task
     loss: PolicyLoss
+    correction: SamplerCorrection
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
@@ -188,7 +151,8 @@ class Trainer:
         if ckpt is not None:
             state = load_training_state(ckpt, model, optimizer, scheduler, world)
             engine.sync_weights(model, state.num_updates)  # the checkpoint's weights, not model.path's
-        return cls(cfg, model, tokenizer, reference, engine, reward_fns, task, loss, optimizer, scheduler,
+        correction = SamplerCorrection.from_config(cfg.algorithm, engine_name(cfg.rollout, world.size))
+        return cls(cfg, model, tokenizer, reference, engine, reward_fns, task, loss, correction, optimizer, scheduler,
                    device, state, DataStream(task.train, cfg.seed, state.examples_seen), world)
 
     # ----------------------------------------------------------------- one step
@@ -203,48 +167,117 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             now = time.perf_counter()
-            timings[f"time/{name}"] = now - clock
+            timings[f"time/{name}"] = timings.get(f"time/{name}", 0.0) + now - clock  # summed over rounds
             clock = now
 
-        # 1. prompts: every rank reads the same stream and keeps its share
-        examples = self.world.shard(self.data.take(cfg.train.prompts_per_step))
-        prompts = [render_prompt(self.tokenizer, ex) for ex in examples]
         self.world.gather_weights(self.model)  # fsdp: whole weights until the optimizer step
-        # 2. generate G completions per prompt
-        trajectory = self.engine.generate(prompts, self.sampling_params())
-        lap("generation")
-        # 3. rewards, per completion (completion i belongs to prompt i // G)
-        grouped_examples = [ex for ex in examples for _ in range(G)]
-        scores = rewards.score(self.reward_fns, trajectory.completions, grouped_examples, cfg.reward_timeout)
-        lap("rewards")
-        # 4. advantages
+        # 1.-3. prompts, G completions each, rewards (several rounds with dynamic sampling)
+        examples, trajectory, scores, collected = self.collect(lap)
+        # 4. advantages (over whole groups, truncated completions included)
         a = cfg.algorithm
         advantages = algorithm.group_advantages(scores.total, G, a.scale_rewards, a.advantage_eps)  # [N]
-        # 5. old and reference log-probs, no grad
-        old_logprobs = (batch_logprobs(self.model, trajectory, cfg.train.micro_batch_size, self.device,
-                                       cfg.rollout.temperature) if a.num_iterations > 1 else None)
-        ref_logprobs = self.reference.logprobs(trajectory) if self.reference is not None else None
+        trained, masked = trajectory, {}
+        if a.mask_truncated_completions:
+            trained = trajectory.without_truncated()
+            masked = {"truncated_masked": int(self.world.sum(trajectory.finish_reasons.count(FINISH_LENGTH)))}
+        # 5. old and reference log-probs, sampler correction weights, no grad
+        mbs, temp = cfg.train.micro_batch_size, cfg.rollout.temperature
+        old_logprobs = (batch_logprobs(self.model, trained, mbs, self.device, temp)
+                        if a.num_iterations > 1 else None)
+        ref_logprobs = self.reference.logprobs(trained) if self.reference is not None else None
+        token_weights, correction_metrics = self.sampler_weights(trained, old_logprobs)
         lap("logprobs")
         # 6. policy updates
         updates_before = self.state.num_updates
-        update_metrics = self.update(trajectory, advantages, old_logprobs, ref_logprobs)
+        update_metrics = self.update(trained, advantages, old_logprobs, ref_logprobs, token_weights)
         # 7. the next rollout samples from the new weights
         if self.state.num_updates != updates_before:
             self.engine.sync_weights(self.model, self.state.num_updates)
         lap("update")
         # 8. metrics
         timings["time/step"] = sum(timings.values())
-        metrics = {**self.rollout_metrics(trajectory, scores, advantages), **update_metrics, **timings,
+        metrics = {**rollout_metrics(trajectory, scores, advantages, G, self.world), **collected, **masked,
+                   **correction_metrics, **update_metrics, **timings,
                    "learning_rate": self.scheduler.get_last_lr()[0],
                    "memory/peak_gb": peak_memory_gb(self.device)}
-        samples = self.samples(examples, trajectory, scores, advantages)
+        samples = sample_records(examples, trajectory, scores, advantages, G, cfg.log.num_samples)
         return metrics, samples
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams.from_config(self.cfg.rollout)
 
+    def collect(self, lap) -> tuple[list[Example], Trajectory, RewardScores, dict[str, float]]:
+        """Steps 1-3: this rank's prompts, G completions each, their rewards.
+
+        With algorithm.dynamic_sampling: rounds of train.prompts_per_step prompts, keeping the
+        groups whose reward std exceeds the tolerance, until this rank holds its share or
+        max_generation_rounds is reached. Every rank takes every round's prompts from the
+        stream (a full rank skips generating them) and the rounds end together (world.any), so
+        ranks stay in step and a resumed run draws the same prompts. A rank that found no
+        group with signal trains on its last round as it is (advantages 0: only the KL term).
+        """
+        cfg, a, G, world = self.cfg, self.cfg.algorithm, self.cfg.rollout.group_size, self.world
+        share = cfg.train.prompts_per_step // world.size
+        kept: list[tuple[list[Example], Trajectory, RewardScores]] = []
+        num_kept = num_dropped = rounds = 0
+        errors: dict[str, int] = {}
+        while True:
+            rounds += 1
+            # 1. prompts: every rank reads the same stream and keeps its share
+            examples = world.shard(self.data.take(cfg.train.prompts_per_step))
+            if num_kept < share:
+                # 2. generate G completions per prompt
+                trajectory = self.engine.generate([render_prompt(self.tokenizer, ex) for ex in examples],
+                                                  self.sampling_params())
+                lap("generation")
+                # 3. rewards, per completion (completion i belongs to prompt i // G)
+                grouped = [ex for ex in examples for _ in range(G)]
+                scores = rewards.score(self.reward_fns, trajectory.completions, grouped, cfg.reward_timeout)
+                lap("rewards")
+                if not a.dynamic_sampling:
+                    return examples, trajectory, scores, {}
+                for name, n in scores.errors.items():
+                    errors[name] = errors.get(name, 0) + n
+                signal = algorithm.groups_with_signal(scores.total, G, a.dynamic_sampling_tolerance)  # [share]
+                num_dropped += int((~signal).sum())
+                groups = signal.nonzero().flatten().tolist()[: share - num_kept]
+                if groups:
+                    rows = [g * G + i for g in groups for i in range(G)]
+                    kept.append(([examples[g] for g in groups], trajectory.select(rows), scores.select(rows)))
+                    num_kept += len(groups)
+            if not world.any(num_kept < share) or rounds >= a.max_generation_rounds:
+                break
+        if not kept:
+            kept = [(examples, trajectory, scores)]
+        scores = RewardScores.cat([part[2] for part in kept])
+        scores.errors = errors  # every round's failures, the dropped groups' included
+        drawn = rounds * cfg.train.prompts_per_step
+        return ([ex for part in kept for ex in part[0]], Trajectory.cat([part[1] for part in kept],
+                                                                        self.tokenizer.pad_token_id), scores,
+                {"dynamic/rounds": rounds, "dynamic/prompts_drawn": drawn,
+                 "dynamic/groups_dropped": world.sum(num_dropped) / drawn,
+                 "dynamic/groups_with_signal": int(world.sum(num_kept))})
+
+    def sampler_weights(self, trajectory: Trajectory,
+                        old_logprobs: torch.Tensor | None) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """The sampler correction's loss weights [N, C] and metrics (None, {} when it is off).
+
+        pi_old is taken under the distribution the engine sampled from (temperature, top-k,
+        top-p, renormalized), so with the same weights and kernels every weight is 1; the
+        old-policy pass is reused when it already is that distribution.
+        """
+        if not self.correction.active:
+            return None, {}
+        r = self.cfg.rollout
+        truncated = r.top_k > 0 or r.top_p < 1
+        behaviour = old_logprobs
+        if behaviour is None or truncated:
+            behaviour = batch_logprobs(self.model, trajectory, self.cfg.train.micro_batch_size, self.device,
+                                       r.temperature, top_k=r.top_k, top_p=r.top_p)
+        return self.correction.weights(behaviour, trajectory.sampler_logprobs, trajectory.loss_mask, self.world)
+
     def update(self, trajectory: Trajectory, advantages: torch.Tensor, old_logprobs: torch.Tensor | None,
-               ref_logprobs: torch.Tensor | None) -> dict[str, float]:
+               ref_logprobs: torch.Tensor | None, token_weights: torch.Tensor | None = None) -> dict[str, float]:
         """num_iterations optimizer updates on one trajectory. Every metric (loss, grad_norm, clip
         fractions, ratio, KL) is the plain mean over the iterations; entropy is the first
         iteration's, the policy that sampled."""
@@ -255,7 +288,8 @@ class Trainer:
         self.model.train()
         for iteration in range(cfg.algorithm.num_iterations):
             metrics = accumulate_gradients(self.model, params, trajectory, advantages, old_logprobs, ref_logprobs,
-                                           self.loss, self.world, settings, with_entropy=iteration == 0)
+                                           self.loss, self.world, settings, with_entropy=iteration == 0,
+                                           token_weights=token_weights)
             metrics["grad_norm"], applied = optimizer_step(self.optimizer, self.scheduler, params,
                                                            cfg.train.max_grad_norm, metrics["loss"])
             if applied:
@@ -266,50 +300,6 @@ class Trainer:
                 self.state.num_skipped_updates += 1
             per_iteration.append(metrics)
         return {**mean_over_iterations(per_iteration), "skipped_updates": self.state.num_skipped_updates}
-
-    def rollout_metrics(self, trajectory: Trajectory, scores: RewardScores,
-                        advantages: torch.Tensor) -> dict[str, float]:
-        """Over the whole batch: every rank's rows, gathered in rank order. Lengths and token
-        counts are of sampled tokens (loss_mask), not of tokens inserted between them."""
-        G, gather = self.cfg.rollout.group_size, self.world.gather
-        lengths = gather(trajectory.loss_mask.sum(1).float())  # [N]
-        truncated = gather(torch.tensor([r == FINISH_LENGTH for r in trajectory.finish_reasons],
-                                        dtype=torch.float32))
-        total, advantages = gather(scores.total), gather(advantages)
-        out = {
-            "reward/mean": total.mean().item(),
-            "reward/std": total.std().item() if total.numel() > 1 else 0.0,
-            "frac_reward_zero_std": (total.view(-1, G).std(1) == 0).float().mean().item(),
-            "advantage/abs_mean": advantages.abs().mean().item(),
-            "completion_length/mean": lengths.mean().item(),
-            "completion_length/min": lengths.min().item(),
-            "completion_length/max": lengths.max().item(),
-            "truncation_rate": truncated.mean().item(),
-            "tokens_generated": int(lengths.sum().item()),
-        }
-        for name, values in scores.per_function.items():
-            values = gather(values)
-            ok = values[~torch.isnan(values)]
-            out[f"reward/{name}/mean"] = ok.mean().item() if ok.numel() else float("nan")
-            out[f"reward/{name}/errors"] = int(self.world.sum(scores.errors.get(name, 0)))
-            if name in ("accuracy", "format"):
-                out[name] = out[f"reward/{name}/mean"]
-        return out
-
-    def samples(self, examples: list[Example], trajectory: Trajectory, scores: RewardScores,
-                advantages: torch.Tensor) -> list[dict[str, Any]]:
-        G, n = self.cfg.rollout.group_size, self.cfg.log.num_samples
-        out = []
-        for i in range(min(n, len(trajectory.completions))):
-            ex = examples[i // G]
-            out.append({
-                "example_id": ex.id, "question": ex.question, "answer": ex.answer,
-                "completion": trajectory.completions[i], "finish_reason": trajectory.finish_reasons[i],
-                "reward": scores.total[i].item(), "advantage": advantages[i].item(),
-                "rewards": {k: (None if math.isnan(v[i].item()) else v[i].item())
-                            for k, v in scores.per_function.items()},
-            })
-        return out
 
     # ----------------------------------------------------------------- the run
 

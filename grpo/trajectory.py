@@ -7,7 +7,7 @@ tokens that followed it, exactly as sampled (never re-tokenized).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -101,3 +101,41 @@ class Trajectory(TokenSequences):
                 picked[f.name] = [value[i] for i in index.tolist()]
         return type(self)(**picked)
 
+
+    def without_truncated(self) -> Trajectory:
+        """This trajectory with the rows that hit the token budget out of the loss mask (DAPO's
+        overlong filtering); every other field, tensors included, is shared."""
+        truncated = torch.tensor([r == FINISH_LENGTH for r in self.finish_reasons])
+        return replace(self, loss_mask=self.loss_mask * ~truncated.to(self.loss_mask.device)[:, None])
+
+    @classmethod
+    def cat(cls, parts: list[Trajectory], pad_id: int) -> Trajectory:
+        """Rows of several trajectories in order, prompts left-padded and completions
+        right-padded to the widest (pad_id in the ids, 0 in masks, log-probs and rewards)."""
+        if len(parts) == 1:
+            return parts[0]
+        P = max(t.prompt_ids.shape[1] for t in parts)
+        C = max(t.completion_ids.shape[1] for t in parts)
+
+        def left(x: torch.Tensor, value: float) -> torch.Tensor:
+            return torch.nn.functional.pad(x, (P - x.shape[1], 0), value=value)
+
+        def right(x: torch.Tensor, value: float) -> torch.Tensor:
+            return torch.nn.functional.pad(x, (0, C - x.shape[1]), value=value)
+
+        def rewards(t: Trajectory) -> torch.Tensor:
+            return t.token_rewards if t.token_rewards is not None else torch.zeros(t.completion_ids.shape)
+
+        any_rewards = any(t.token_rewards is not None for t in parts)
+        return cls(
+            prompt_ids=torch.cat([left(t.prompt_ids, pad_id) for t in parts]),
+            prompt_mask=torch.cat([left(t.prompt_mask, 0) for t in parts]),
+            completion_ids=torch.cat([right(t.completion_ids, pad_id) for t in parts]),
+            completion_mask=torch.cat([right(t.completion_mask, 0) for t in parts]),
+            loss_mask=torch.cat([right(t.loss_mask, 0) for t in parts]),
+            sampler_logprobs=torch.cat([right(t.sampler_logprobs, 0.0) for t in parts]),
+            policy_version=torch.cat([t.policy_version for t in parts]),
+            completions=[c for t in parts for c in t.completions],
+            finish_reasons=[r for t in parts for r in t.finish_reasons],
+            token_rewards=torch.cat([right(rewards(t), 0.0) for t in parts]) if any_rewards else None,
+        )

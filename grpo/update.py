@@ -36,13 +36,13 @@ class UpdateSettings:
 def accumulate_gradients(
     model: torch.nn.Module, params: list[torch.nn.Parameter], trajectory: Trajectory, advantages: torch.Tensor,
     old_logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None, loss: PolicyLoss, world: World,
-    settings: UpdateSettings, with_entropy: bool = False,
+    settings: UpdateSettings, with_entropy: bool = False, token_weights: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Backward of the whole trajectory's loss into the .grad of `params` (the optimizer's:
     under fsdp the shards), summed over ranks.
 
     advantages [N]; old_logprobs, ref_logprobs [N, C] or None (None old: the current policy,
-    detached, i.e. ratio 1). Returns, over all ranks: `loss` (the batch loss) and the loss
+    detached, i.e. ratio 1); token_weights [N, C] or None: the sampler correction's weights. Returns, over all ranks: `loss` (the batch loss) and the loss
     metrics as means over loss-masked tokens (each micro-batch weighted by its share of
     them), plus `entropy` when asked.
     """
@@ -62,7 +62,8 @@ def accumulate_gradients(
         C = logprobs.shape[1]
         old = logprobs.detach() if old_logprobs is None else old_logprobs[mb.rows, :C].to(device)
         ref = None if ref_logprobs is None else ref_logprobs[mb.rows, :C].to(device)
-        value, metrics = loss(logprobs, old, advantages[mb.rows].to(device), mb.loss_mask, ref, num_items)
+        weights = None if token_weights is None else token_weights[mb.rows, :C].to(device)
+        value, metrics = loss(logprobs, old, advantages[mb.rows].to(device), mb.loss_mask, ref, num_items, weights)
         value.backward()
         total_loss += value.item()
         share = mb.loss_mask.sum().item() / num_tokens  # token-weighted means of the micro-batch metrics

@@ -54,3 +54,9 @@ def signalling(*, at_calls=(), signum=2, pause=0.2):
         return len(completion) / 10.0
 
     return reward
+
+
+def odd_answers_only(completion, example):
+    """A length reward for questions with an odd answer, a constant for even ones: the even
+    groups carry no signal (dynamic sampling drops them)."""
+    return len(completion) / 10.0 if int(example.answer) % 2 else 1.0

@@ -261,3 +261,87 @@ def test_policy_loss_rejects_unknown_loss_type():
         policy_loss(lp, lp, torch.zeros(1), torch.ones(1, 1), loss_type="ppo")
     with pytest.raises(ValueError, match="max_completion_length"):
         policy_loss(lp, lp, torch.zeros(1), torch.ones(1, 1), loss_type="dr_grpo")
+
+
+# --------------------------------------------------------------------------- GSPO, sampler correction
+
+
+def test_sequence_level_ratio_by_hand():
+    # seq 1: logp - old = [0.1, 0.3] -> mean 0.2 -> s = e^0.2 = 1.221403, A = +1, within 1.28: loss -1.221403
+    #        d/d logp_t = -s / 2 = -0.610701 per token
+    # seq 2: logp - old = [-0.1] (one token, then padding) -> s = e^-0.1 = 0.904837, A = -1, above 0.8:
+    #        loss +0.904837, d/d logp = s = 0.904837
+    # grpo: mean over the two sequences -> (-1.221403 + 0.904837) / 2 = -0.158283; gradients halved
+    old = torch.tensor([[-1.0, -2.0], [-1.0, 0.0]])
+    lp = (old + torch.tensor([[0.1, 0.3], [-0.1, 5.0]])).requires_grad_(True)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    loss, m = policy_loss(lp, old, torch.tensor([1.0, -1.0]), mask, epsilon=0.2, epsilon_high=0.28,
+                          importance_sampling_level="sequence")
+    assert loss.item() == pytest.approx(-0.158283, abs=1e-6)
+    loss.backward()
+    torch.testing.assert_close(lp.grad, torch.tensor([[-0.305351, -0.305351], [0.452419, 0.0]]), atol=1e-6, rtol=0)
+    assert m["ratio_mean"].item() == pytest.approx((2 * 1.221403 + 0.904837) / 3, abs=1e-6)
+    # GSPO's own epsilons clip both: seq 1 above 1 + 4e-4, seq 2 below 1 - 3e-4 -> no gradient
+    lp.grad = None
+    loss, m = policy_loss(lp, old, torch.tensor([1.0, -1.0]), mask, epsilon=3e-4, epsilon_high=4e-4,
+                          importance_sampling_level="sequence")
+    loss.backward()
+    assert lp.grad.abs().max().item() == 0.0 and m["clip/region"].item() == 1.0
+
+
+def test_sequence_level_gradient_equals_autograd_of_the_written_formula():
+    torch.manual_seed(0)
+    lp = (torch.randn(3, 5) * 0.1 - 2).requires_grad_(True)
+    old, adv = lp.detach() + torch.randn(3, 5) * 0.05, torch.tensor([0.5, -1.0, 2.0])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])
+    loss, _ = policy_loss(lp, old, adv, mask, epsilon=0.03, epsilon_high=0.04, importance_sampling_level="sequence")
+    (grad,) = torch.autograd.grad(loss, lp)
+    # GSPO, written out: s_i = exp(mean_t (lp - old)), J = mean_i min(s_i A_i, clip(s_i) A_i)
+    x = lp.detach().clone().requires_grad_(True)
+    s = torch.exp(((x - old) * mask).sum(1) / mask.sum(1))
+    written = -torch.min(s * adv, s.clamp(1 - 0.03, 1 + 0.04) * adv).mean()
+    (want,) = torch.autograd.grad(written, x)
+    assert loss.item() == pytest.approx(written.item(), rel=1e-6)
+    torch.testing.assert_close(grad, want)
+
+
+def test_token_weights_scale_the_surrogate_only():
+    # ratio 1, A = +1, weights [0.5, 2]: surrogate [-0.5, -2]; bnpo over 2 tokens -> -1.25
+    lp = torch.full((1, 2), -1.0)
+    loss, _ = policy_loss(lp, lp, torch.ones(1), torch.ones(1, 2), loss_type="bnpo",
+                          token_weights=torch.tensor([[0.5, 2.0]]))
+    assert loss.item() == pytest.approx(-1.25)
+    # with beta: the KL term is added unweighted. ref - logp = [ln 2, 0]: k3 = [2 - ln 2 - 1, 0] = [0.306853, 0]
+    ref = lp + torch.tensor([[math.log(2.0), 0.0]])
+    loss, _ = policy_loss(lp, lp, torch.ones(1), torch.ones(1, 2), loss_type="bnpo", beta=1.0, ref_logprobs=ref,
+                          token_weights=torch.tensor([[0.5, 2.0]]))
+    assert loss.item() == pytest.approx((-0.5 - 2.0 + 0.306853) / 2, abs=1e-6)
+
+
+def test_sampler_correction_weights_by_hand():
+    # d = old - q = [0, ln 3, ln 0.25] -> w = [1, 3, 0.25], cap 2
+    q = torch.tensor([[-1.0, -2.0, -0.5]])
+    old = q + torch.tensor([[0.0, math.log(3.0), math.log(0.25)]])
+    mask = torch.ones(1, 3)
+    w, s = algorithm.sampler_correction_weights(old, q, mask, "truncate", "token", 2.0)
+    torch.testing.assert_close(w, torch.tensor([[1.0, 2.0, 0.25]]))  # TIS: 3 -> 2
+    assert s["num_corrected"].item() == 1 and s["w_max"].item() == pytest.approx(3.0)
+    w, s = algorithm.sampler_correction_weights(old, q, mask, "mask", "token", 2.0)
+    torch.testing.assert_close(w, torch.tensor([[1.0, 0.0, 0.0]]))  # MIS: 3 > 2 and 0.25 < 1/2 leave
+    assert s["num_corrected"].item() == 2
+    # k3 of KL(q || pi_old) per token: exp(d) - d - 1 = [0, 3 - ln 3 - 1, 0.25 - ln 0.25 - 1]
+    assert s["kl_sum"].item() / 3 == pytest.approx((0 + 0.901388 + 0.636294) / 3, abs=1e-5)
+    # sequence level: the mean of d, ln(0.75) / 3 -> w = 0.75 ** (1/3) = 0.908560 on every token
+    w, _ = algorithm.sampler_correction_weights(old, q, mask, "truncate", "sequence", 2.0)
+    torch.testing.assert_close(w, torch.full((1, 3), 0.908560))
+
+
+def test_sampler_correction_masks_tokens_without_a_log_prob():
+    q = torch.tensor([[-1.0, float("nan"), -0.5], [-1.0, -1.0, -1.0]])
+    old = torch.tensor([[-1.0, -1.0, -0.5], [-1.0, -1.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])  # row 1's last token is padding: its values do not count
+    w, s = algorithm.sampler_correction_weights(old, q, mask, "truncate", "token", 2.0)
+    assert w.tolist() == [[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]] and s["num_nonfinite"].item() == 1
+    w, s = algorithm.sampler_correction_weights(old, q, mask, "truncate", "sequence", 2.0)
+    assert w.tolist() == [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]  # one bad token voids its completion
+    assert torch.isfinite(w).all() and s["num_tokens"].item() == 2

@@ -137,3 +137,18 @@ def test_prompts_not_divisible_by_world_size_is_a_clear_error(tmp_path, tiny_mod
 def test_fsdp_with_lora_is_a_clear_error(tmp_path, tiny_model_dir):
     args = train_args(tmp_path, tiny_model_dir, tmp_path / "run", 1, "train.parallel=fsdp", "model.lora.enabled=true")
     assert "use train.parallel=ddp" in torchrun(2, *args, ok=False).stderr
+
+
+def test_two_process_dynamic_sampling_keeps_the_ranks_in_step(tmp_path, tiny_model_dir):
+    """Each rank fills its share of groups with signal in rounds that end together; the ranks'
+    kept rows differ in number (uneven gathers) and the run equals its resumed self."""
+    odd = f"{HERE / 'rewards_for_tests.py'}:odd_answers_only"
+    extra = (f"rewards=[{{name: '{odd}'}}]", "algorithm.dynamic_sampling=true", "algorithm.max_generation_rounds=2",
+             "eval.num_examples=0")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, whole, 3, *extra))
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, split, 2, *extra))
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, split, 3, "resume=true", *extra))
+    rows = metrics(whole)
+    assert metrics(split) == rows and all("dynamic/rounds" in r for r in rows)
+    assert all(r["dynamic/prompts_drawn"] == 4 * r["dynamic/rounds"] for r in rows)

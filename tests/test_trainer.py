@@ -18,14 +18,6 @@ HERE = Path(__file__).parent
 LENGTH_REWARD = f"{HERE / 'rewards_for_tests.py'}:length_reward"
 
 
-@pytest.fixture
-def data_file(tmp_path):
-    path = tmp_path / "sums.jsonl"
-    rows = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(6) for b in range(5)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def tiny_config(tmp_path, tiny_model_dir, data_file, *overrides):
     return load_config(None, [
         f"model.path={tiny_model_dir}", "task.source=file", f"task.path={data_file}", "task.num_eval=4",
@@ -184,7 +176,7 @@ def test_failing_reward_is_contained_and_counted(tmp_path, tiny_model_dir, data_
 
 
 def test_the_data_stream_shuffles_once_per_epoch(monkeypatch):
-    from grpo.trainer import DataStream
+    from grpo.tasks.base import DataStream
 
     calls = []
     randperm = torch.randperm

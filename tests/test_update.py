@@ -90,16 +90,15 @@ def test_a_masked_token_gets_exactly_zero_gradient():
     assert PolicyLoss.from_config(AlgorithmConfig(loss_type="grpo"), 3).local_items(loss_mask) == 2
 
 
-def test_rollout_metrics_count_sampled_tokens_only(setup, tmp_path, tiny_model_dir):
+def test_rollout_metrics_count_sampled_tokens_only(setup):
     from types import SimpleNamespace
 
-    from grpo.trainer import Trainer
+    from grpo.step_metrics import rollout_metrics
 
     _, trajectory, _ = setup
     n = len(trajectory)
-    trainer = SimpleNamespace(cfg=SimpleNamespace(rollout=SimpleNamespace(group_size=4)), world=World())
     scores = SimpleNamespace(total=torch.arange(n, dtype=torch.float32), per_function={}, errors={})
-    m = Trainer.rollout_metrics(trainer, trajectory, scores, torch.zeros(n))
+    m = rollout_metrics(trajectory, scores, torch.zeros(n), 4, World())
     assert m["tokens_generated"] == int(trajectory.loss_mask.sum()) < int(trajectory.completion_mask.sum())
     assert m["completion_length/max"] == trajectory.loss_mask.sum(1).max().item()
 

@@ -146,3 +146,21 @@ def test_auto_engine_is_vllm_where_installed_eager_on_cpu(policy):
     engine = build_engine(RolloutConfig(max_prompt_tokens=64, max_new_tokens=16), model, tokenizer)  # auto
     assert type(engine).__name__ == "VLLMEngine"
     assert engine.llm.llm_engine.model_config.enforce_eager
+
+
+def test_the_trainer_corrects_vllm_samples_by_default_with_weights_near_one(model_dir, tmp_path, data_file):
+    # fp32 vLLM against the fp32 trainer: different kernels, the same weights, so w ~ 1
+    from test_trainer import tiny_config
+
+    from grpo.trainer import Trainer
+
+    cfg = tiny_config(tmp_path, model_dir, data_file, "rollout.engine=vllm", "rollout.vllm={enforce_eager: true}",
+                      "rollout.max_prompt_tokens=256", "rollout.max_new_tokens=12", "train.num_steps=2",
+                      "eval.num_examples=0")
+    trainer = Trainer.build(cfg)
+    assert trainer.correction.mode == "truncate"  # auto: on for vLLM
+    for _ in range(2):  # the second step samples from weights pushed after the first update
+        metrics, _ = trainer.train_step()
+        print({k: v for k, v in metrics.items() if k.startswith(("is_weight", "sampler_kl"))})
+        assert metrics["is_weight/mean"] == pytest.approx(1.0, abs=1e-3)
+        assert metrics["is_weight/nonfinite"] == 0 and abs(metrics["sampler_kl"]) < 1e-6

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant. First think about the problem step by step inside "
     "<think> </think> tags, then give only the final answer inside <answer> </answer> tags, "
@@ -121,3 +123,24 @@ def attach_prompts(
         ex.prompt = [dict(m) for m in head + turns] + [{"role": "user", "content": ex.question}]
     for shot in shots:
         shot.prompt = [dict(m) for m in head] + [{"role": "user", "content": shot.question}]
+
+
+class DataStream:
+    """Training examples in a seeded order, reshuffled each epoch; resumable from a count."""
+
+    def __init__(self, examples: list[Example], seed: int, position: int = 0):
+        if not examples:
+            raise ValueError("the task has no training examples")
+        self.examples, self.seed, self.position = examples, seed, position
+        self._order: tuple[int, list[int]] = (-1, [])  # (epoch, its permutation), built once per epoch
+
+    def take(self, n: int) -> list[Example]:
+        out = []
+        for _ in range(n):
+            epoch, index = divmod(self.position, len(self.examples))
+            if self._order[0] != epoch:
+                generator = torch.Generator().manual_seed(self.seed + epoch)
+                self._order = (epoch, torch.randperm(len(self.examples), generator=generator).tolist())
+            out.append(self.examples[self._order[1][index]])
+            self.position += 1
+        return out
