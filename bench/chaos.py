@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/chaos.py --kills 10          # the full version (tests/test_chaos.py, slow)
     .venv/bin/python bench/chaos.py --kills 3 --sigint  # the short version run with the test suite
+    ... --override algorithm.dynamic_sampling=true      # any extra config for every run
 
 1. A tiny random Llama (tests/tiny.py) trains for --steps steps, uninterrupted: the reference.
 2. The same run (same seed, checkpoint.every=1, resume=true) is started again and again and
@@ -147,7 +148,7 @@ def differences(run: Path, reference: Path) -> list[str]:
 
 
 class Chaos:
-    def __init__(self, work: Path, steps: int, seed: int):
+    def __init__(self, work: Path, steps: int, seed: int, overrides: tuple[str, ...] = ()):
         self.work, self.rng = work, random.Random(seed)
         # replaced by what the reference run measured on this machine
         self.step_seconds, self.startup_seconds = 0.4, 3.0
@@ -170,7 +171,7 @@ class Chaos:
             "{name: format}]", "rollout.group_size=4", "rollout.max_new_tokens=6", "train.prompts_per_step=2",
             "train.micro_batch_size=4", f"train.num_steps={steps}", "train.learning_rate=1e-3",
             "eval.num_examples=2", "eval.every=3", "checkpoint.every=1", "checkpoint.keep_last=2",
-            "log.progress=false", "log.tensorboard=false", "seed=7", "resume=true",
+            "log.progress=false", "log.tensorboard=false", "seed=7", "resume=true", *overrides,
         ]
 
     def start(self, target, *args):
@@ -265,12 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigint", action="store_true", help="also check a SIGINT stop and its resume")
     parser.add_argument("--workdir", type=Path, default=None, help="keep everything here (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary to this file")
+    parser.add_argument("--override", action="append", default=[],
+                        help="an extra config override for every run (repeatable), e.g. algorithm.dynamic_sampling=true")
     ns = parser.parse_args(argv)
     steps = ns.steps or 2 * ns.kills + 4
     with tempfile.TemporaryDirectory(prefix="grpo-chaos-") as tmp:
         work = ns.workdir or Path(tmp)
         began = time.monotonic()
-        chaos = Chaos(work, steps, ns.seed)
+        chaos = Chaos(work, steps, ns.seed, tuple(ns.override))
         reference, run = work / "reference", work / "chaos"
         t0 = time.monotonic()
         chaos.wait(chaos.train(reference), 600)

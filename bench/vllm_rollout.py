@@ -14,8 +14,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from grpo import models
 from grpo.config import Config
 from grpo.rollout import SamplingParams, SharedPrefixEngine, VLLMEngine
@@ -34,7 +32,7 @@ def main() -> None:
     prompts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
     vllm = VLLMEngine(model, tok, enforce_eager=args.eager)
     print(f"vllm start ({'eager' if args.eager else 'compiled'}): {vllm.start_seconds:.1f} s")
-    vllm.sync_weights(model)
+    vllm.sync_weights(model, 0)
     engines = {"vllm": vllm, "shared_prefix": SharedPrefixEngine(model, tok)}
     params = SamplingParams(8, 1.0, 1.0, 0, 128)
     for rep in range(args.repeats):
@@ -43,11 +41,8 @@ def main() -> None:
             n = engine.generate(prompts, params).num_generated_tokens
             seconds = time.perf_counter() - start
             print(f"run {rep} {name:>13}: {n} tokens in {seconds:.2f} s = {n / seconds:.1f} tokens/s")
-    for _ in range(args.repeats):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.0)  # bumps every version counter: forces a full push
-        vllm.sync_weights(model)
+    for version in range(1, args.repeats + 1):
+        vllm.sync_weights(model, version)  # a full push, as after every training step
         print(f"sync_weights: {vllm.sync_seconds:.2f} s")
 
 

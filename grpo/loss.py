@@ -96,22 +96,29 @@ class SamplerCorrection:
     def active(self) -> bool:
         return self.mode != "none"
 
-    def weights(self, old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, loss_mask: torch.Tensor,
-                world: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss weights [N, C] and the metrics over every rank's tokens: is_weight/mean, /min, /max
+    def weights(self, old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor,
+                loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss weights [b, C] of some whole rows (a micro-batch or all of them) and their sums
+        for `metrics` (algorithm.sampler_correction_weights)."""
+        device = old_logprobs.device
+        return algorithm.sampler_correction_weights(old_logprobs, sampler_logprobs.to(device), loss_mask.to(device),
+                                                    self.mode, self.level, self.cap)
+
+    def metrics(self, parts: list[dict[str, torch.Tensor]], world: Any) -> dict[str, float]:
+        """The weights' metrics over every micro-batch of every rank: is_weight/mean, /min, /max
         (of pi_old / q), is_weight/truncated or /masked (fraction corrected), is_weight/nonfinite
         (tokens without a finite log-prob, weight 0) and sampler_kl (KL(q || pi_old) per token)."""
-        weights, sums = algorithm.sampler_correction_weights(
-            old_logprobs, sampler_logprobs.cpu(), loss_mask.cpu(), self.mode, self.level, self.cap)
-        total = {k: world.sum(float(sums[k])) for k in ("num_tokens", "num_nonfinite", "num_corrected", "w_sum",
-                                                          "kl_sum", "kl_tokens")}
-        extremes = world.gather(torch.stack([sums["w_min"], -sums["w_max"]]).float()[None])  # [ranks, 2]
+        total = {k: world.sum(sum(float(p[k]) for p in parts))
+                 for k in ("num_tokens", "num_nonfinite", "num_corrected", "w_sum", "kl_sum", "kl_tokens")}
+        local = torch.tensor([[min((float(p["w_min"]) for p in parts), default=float("nan")),
+                               -max((float(p["w_max"]) for p in parts), default=float("nan"))]])
+        extremes = world.gather(local.nan_to_num(float("inf")))  # [ranks, 2]; NaN = no token there
         n = max(total["num_tokens"], 1.0)
         corrected = "truncated" if self.mode == "truncate" else "masked"
-        return weights, {
+        return {
             "is_weight/mean": total["w_sum"] / n,
-            "is_weight/min": extremes[:, 0].nan_to_num(float("inf")).min().item(),
-            "is_weight/max": -extremes[:, 1].nan_to_num(float("inf")).min().item(),
+            "is_weight/min": extremes[:, 0].min().item(),
+            "is_weight/max": -extremes[:, 1].min().item(),
             f"is_weight/{corrected}": total["num_corrected"] / n,
             "is_weight/nonfinite": int(total["num_nonfinite"]),
             "sampler_kl": total["kl_sum"] / max(total["kl_tokens"], 1.0),

@@ -6,10 +6,10 @@ One step, as numbered in `train_step` below:
   3. score them with the reward functions (contained: a failing function never ends the run)
   4. group-relative advantages (algorithm.group_advantages); truncated completions leave the
      loss mask when algorithm.mask_truncated_completions
-  5. old log-probs (only when num_iterations > 1), reference log-probs (only when beta > 0),
-     and the sampler correction's weights pi_old / q (only when it is on: grpo.loss)
+  5. old log-probs (only when num_iterations > 1) and reference log-probs (only when beta > 0)
   6. num_iterations updates: gradients over micro-batches of the loss built once from the
-     config (grpo.update.accumulate_gradients, grpo.loss), then clip, finite check, AdamW
+     config (grpo.update.accumulate_gradients, grpo.loss; the first update also weighs the
+     sampler's tokens by pi_old / q when the correction is on), then clip, finite check, AdamW
      step and LR schedule (grpo.update.optimizer_step); a non-finite update is skipped and counted
   7. the engine samples from the new weights from now on (engine.sync_weights)
   8. metrics and sample completions to the run directory
@@ -58,7 +58,13 @@ from grpo.step_metrics import rollout_metrics, sample_records
 from grpo.tasks import Task, build_task
 from grpo.tasks.base import DataStream, Example, render_prompt
 from grpo.trajectory import FINISH_LENGTH, Trajectory
-from grpo.update import UpdateSettings, accumulate_gradients, mean_over_iterations, optimizer_step
+from grpo.update import (
+    SamplerWeights,
+    UpdateSettings,
+    accumulate_gradients,
+    mean_over_iterations,
+    optimizer_step,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -185,11 +191,10 @@ class Trainer:
         old_logprobs = (batch_logprobs(self.model, trained, mbs, self.device, temp)
                         if a.num_iterations > 1 else None)
         ref_logprobs = self.reference.logprobs(trained) if self.reference is not None else None
-        token_weights, correction_metrics = self.sampler_weights(trained, old_logprobs)
         lap("logprobs")
-        # 6. policy updates
+        # 6. policy updates (the first one also weighs the sampler's tokens when the correction is on)
         updates_before = self.state.num_updates
-        update_metrics = self.update(trained, advantages, old_logprobs, ref_logprobs, token_weights)
+        update_metrics = self.update(trained, advantages, old_logprobs, ref_logprobs)
         # 7. the next rollout samples from the new weights
         if self.state.num_updates != updates_before:
             self.engine.sync_weights(self.model, self.state.num_updates)
@@ -197,7 +202,7 @@ class Trainer:
         # 8. metrics
         timings["time/step"] = sum(timings.values())
         metrics = {**rollout_metrics(trajectory, scores, advantages, G, self.world), **collected, **masked,
-                   **correction_metrics, **update_metrics, **timings,
+                   **update_metrics, **timings,
                    "learning_rate": self.scheduler.get_last_lr()[0],
                    "memory/peak_gb": peak_memory_gb(self.device)}
         samples = sample_records(examples, trajectory, scores, advantages, G, cfg.log.num_samples)
@@ -258,26 +263,8 @@ class Trainer:
                  "dynamic/groups_dropped": world.sum(num_dropped) / drawn,
                  "dynamic/groups_with_signal": int(world.sum(num_kept))})
 
-    def sampler_weights(self, trajectory: Trajectory,
-                        old_logprobs: torch.Tensor | None) -> tuple[torch.Tensor | None, dict[str, float]]:
-        """The sampler correction's loss weights [N, C] and metrics (None, {} when it is off).
-
-        pi_old is taken under the distribution the engine sampled from (temperature, top-k,
-        top-p, renormalized), so with the same weights and kernels every weight is 1; the
-        old-policy pass is reused when it already is that distribution.
-        """
-        if not self.correction.active:
-            return None, {}
-        r = self.cfg.rollout
-        truncated = r.top_k > 0 or r.top_p < 1
-        behaviour = old_logprobs
-        if behaviour is None or truncated:
-            behaviour = batch_logprobs(self.model, trajectory, self.cfg.train.micro_batch_size, self.device,
-                                       r.temperature, top_k=r.top_k, top_p=r.top_p)
-        return self.correction.weights(behaviour, trajectory.sampler_logprobs, trajectory.loss_mask, self.world)
-
     def update(self, trajectory: Trajectory, advantages: torch.Tensor, old_logprobs: torch.Tensor | None,
-               ref_logprobs: torch.Tensor | None, token_weights: torch.Tensor | None = None) -> dict[str, float]:
+               ref_logprobs: torch.Tensor | None) -> dict[str, float]:
         """num_iterations optimizer updates on one trajectory. Every metric (loss, grad_norm, clip
         fractions, ratio, KL) is the plain mean over the iterations; entropy is the first
         iteration's, the policy that sampled."""
@@ -285,11 +272,14 @@ class Trainer:
         settings = UpdateSettings(cfg.train.micro_batch_size, cfg.rollout.temperature, self.device)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]  # fsdp: the shards
         per_iteration = []
+        # pi_old for the correction is the policy of the first update, under the sampler's distribution
+        r = cfg.rollout
+        sampler = SamplerWeights(self.correction, r.top_k, r.top_p) if self.correction.active else None
         self.model.train()
         for iteration in range(cfg.algorithm.num_iterations):
             metrics = accumulate_gradients(self.model, params, trajectory, advantages, old_logprobs, ref_logprobs,
                                            self.loss, self.world, settings, with_entropy=iteration == 0,
-                                           token_weights=token_weights)
+                                           sampler=sampler)
             metrics["grad_norm"], applied = optimizer_step(self.optimizer, self.scheduler, params,
                                                            cfg.train.max_grad_norm, metrics["loss"])
             if applied:

@@ -9,20 +9,26 @@ gradient pushed through in a second stage (`PromptCache.backward`), and the Worl
 that make the last backward (and only it) reduce gradients across ranks. The normalizers
 are global (every micro-batch of every rank), so the gradients add up to the gradient of
 the whole batch in one process. `optimizer_step` clips, refuses a non-finite update, steps
-and advances the schedule. Neither knows a loss type by name (grpo.loss) or touches an engine.
+and advances the schedule. `SamplerWeights` holds the sampler correction's weights of a step. Neither knows a loss type by name (grpo.loss) or touches an engine.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from grpo import algorithm
 from grpo.distributed import World
-from grpo.logprobs import completion_logprobs, length_sorted_rows, make_micro_batch, prompt_cache
-from grpo.loss import PolicyLoss
+from grpo.logprobs import (
+    MicroBatch,
+    completion_logits,
+    length_sorted_rows,
+    make_micro_batch,
+    prompt_cache,
+)
+from grpo.loss import PolicyLoss, SamplerCorrection
 from grpo.trajectory import Trajectory
 
 
@@ -33,18 +39,53 @@ class UpdateSettings:
     device: torch.device
 
 
+@dataclass
+class SamplerWeights:
+    """The sampler correction's weights pi_old / q [N, C] for one step's trajectory.
+
+    The step's first update fills them from its own forward, whose policy is pi_old (no extra
+    forward: the log-probs under the sampler's truncated distribution come from the same
+    logits); the later updates of the step reuse them. Filled micro-batch by micro-batch;
+    every micro-batch holds whole rows, as the sequence level needs.
+    """
+
+    correction: SamplerCorrection
+    top_k: int = 0
+    top_p: float = 1.0
+    values: torch.Tensor | None = None  # [N, C] on the CPU once filled
+    sums: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    complete: bool = False
+
+    def for_micro_batch(self, trajectory: Trajectory, mb: MicroBatch, logits: torch.Tensor,
+                        logprobs: torch.Tensor, temperature: float) -> torch.Tensor:
+        C = logprobs.shape[1]
+        if self.complete:
+            return self.values[mb.rows, :C].to(logprobs.device)
+        truncated = self.top_k > 0 or self.top_p < 1
+        behaviour = (algorithm.token_logprobs(logits.detach(), mb.completion_ids, temperature, self.top_k, self.top_p)
+                     if truncated else logprobs.detach())  # [b, C]
+        weights, sums = self.correction.weights(behaviour, trajectory.sampler_logprobs[mb.rows, :C], mb.loss_mask)
+        if self.values is None:
+            self.values = torch.zeros(trajectory.completion_ids.shape)
+        self.values[mb.rows, :C] = weights.cpu()
+        self.sums.append(sums)
+        return weights
+
+
 def accumulate_gradients(
     model: torch.nn.Module, params: list[torch.nn.Parameter], trajectory: Trajectory, advantages: torch.Tensor,
     old_logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None, loss: PolicyLoss, world: World,
-    settings: UpdateSettings, with_entropy: bool = False, token_weights: torch.Tensor | None = None,
+    settings: UpdateSettings, with_entropy: bool = False, sampler: SamplerWeights | None = None,
 ) -> dict[str, float]:
     """Backward of the whole trajectory's loss into the .grad of `params` (the optimizer's:
     under fsdp the shards), summed over ranks.
 
     advantages [N]; old_logprobs, ref_logprobs [N, C] or None (None old: the current policy,
-    detached, i.e. ratio 1); token_weights [N, C] or None: the sampler correction's weights. Returns, over all ranks: `loss` (the batch loss) and the loss
-    metrics as means over loss-masked tokens (each micro-batch weighted by its share of
-    them), plus `entropy` when asked.
+    detached, i.e. ratio 1); sampler: the sampler correction's weights of this step (filled
+    on its first update), or None. Returns, over all ranks: `loss` (the batch loss) and the
+    loss metrics as means over loss-masked tokens (each micro-batch weighted by its share of
+    them), plus `entropy` when asked and the correction's metrics on the update that filled
+    its weights.
     """
     device = settings.device
     # Global normalizers: the micro-batch losses of every rank add up to the whole batch's.
@@ -58,11 +99,15 @@ def accumulate_gradients(
     for i, rows in enumerate(chunks):
         world.gradient_sync(model, prompts is None and i == len(chunks) - 1)  # the last backward
         mb = make_micro_batch(trajectory, rows, device)
-        logprobs, entropy = completion_logprobs(model, trajectory, mb, prompts, settings.temperature, with_entropy)
+        logits = completion_logits(model, trajectory, mb, prompts)  # [b, C', V]
+        logprobs = algorithm.token_logprobs(logits, mb.completion_ids, settings.temperature)
+        entropy = algorithm.token_entropy(logits.detach(), settings.temperature) if with_entropy else None
         C = logprobs.shape[1]
         old = logprobs.detach() if old_logprobs is None else old_logprobs[mb.rows, :C].to(device)
         ref = None if ref_logprobs is None else ref_logprobs[mb.rows, :C].to(device)
-        weights = None if token_weights is None else token_weights[mb.rows, :C].to(device)
+        weights = (None if sampler is None else
+                   sampler.for_micro_batch(trajectory, mb, logits, logprobs, settings.temperature))
+        del logits
         value, metrics = loss(logprobs, old, advantages[mb.rows].to(device), mb.loss_mask, ref, num_items, weights)
         value.backward()
         total_loss += value.item()
@@ -76,7 +121,11 @@ def accumulate_gradients(
         prompts.backward()  # the prompts' share of the gradient, summed over micro-batches
     world.reduce_gradients(params)  # ddp: sum over ranks; fsdp did it in the last backward
     world.release_weights(model)
-    return {"loss": world.sum(total_loss), **{k: world.sum(v) for k, v in sorted(sums.items())}}
+    out = {"loss": world.sum(total_loss), **{k: world.sum(v) for k, v in sorted(sums.items())}}
+    if sampler is not None and not sampler.complete:
+        sampler.complete = True
+        out.update(sampler.correction.metrics(sampler.sums, world))
+    return out
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, scheduler, params: list[torch.nn.Parameter],

@@ -32,6 +32,14 @@ def test_kills_and_a_sigint_lose_nothing(tmp_path):
     assert summary["sigint"]["checkpoint"] == summary["sigint"]["last_logged_step"] >= 2
 
 
+def test_kills_lose_nothing_with_dynamic_sampling(tmp_path):
+    # rounds of generation per step draw more prompts: the stream position must resume exactly
+    odd = Path(__file__).resolve().parent / "rewards_for_tests.py"
+    summary = chaos(tmp_path, "--kills", "2", "--override", "algorithm.dynamic_sampling=true",
+                    "--override", f"rewards=[{{name: '{odd}:odd_answers_only'}}]", timeout=240)
+    assert summary["kills"] == 2 and summary["all_resumed"] and not summary["final_problems"]
+
+
 @pytest.mark.slow
 def test_ten_kills_lose_nothing(tmp_path):
     summary = chaos(tmp_path, "--kills", "10", "--sigint", timeout=900)
