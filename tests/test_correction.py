@@ -33,7 +33,8 @@ def test_the_transformers_engine_with_top_k_and_top_p_gets_weights_of_one(tmp_pa
 
 
 def test_auto_is_off_for_engines_that_sample_with_the_trainers_weights(tmp_path, tiny_model_dir, data_file):
-    trainer = Trainer.build(tiny_config(tmp_path, tiny_model_dir, data_file, "eval.num_examples=0"))
+    trainer = Trainer.build(tiny_config(tmp_path, tiny_model_dir, data_file, "eval.num_examples=0",
+                                        "rollout.engine=shared_prefix"))
     assert not trainer.correction.active
     metrics, _ = trainer.train_step()
     assert not any(k.startswith("is_weight/") for k in metrics)
@@ -57,7 +58,7 @@ def test_a_missing_sampler_log_prob_is_masked_and_counted():
 def test_truncated_completions_are_not_trained_on(tmp_path, tiny_model_dir, data_file):
     # the random tiny model never stops within 6 tokens: every completion is truncated
     cfg = tiny_config(tmp_path, tiny_model_dir, data_file, "algorithm.mask_truncated_completions=true",
-                      "train.num_steps=1", "eval.num_examples=0")
+                      "train.num_steps=1", "eval.num_examples=0", "rollout.engine=shared_prefix")
     trainer = Trainer.build(cfg)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     metrics, _ = trainer.train_step()
@@ -80,7 +81,8 @@ def test_without_truncated_keeps_the_rest_and_the_normalizer_counts_what_is_left
 
 def test_sequence_level_ratio_trains_with_gspo_epsilons(tmp_path, tiny_model_dir, data_file):
     cfg = tiny_config(tmp_path, tiny_model_dir, data_file, "algorithm.importance_sampling_level=sequence",
-                      "algorithm.num_iterations=2", "train.num_steps=1", "eval.num_examples=0")
+                      "algorithm.num_iterations=2", "train.num_steps=1", "eval.num_examples=0",
+                      "rollout.engine=shared_prefix")
     trainer = Trainer.build(cfg)
     assert (trainer.loss.epsilon, trainer.loss.epsilon_high) == (3e-4, 4e-4)
     metrics, _ = trainer.train_step()
