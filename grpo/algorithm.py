@@ -230,9 +230,12 @@ class Aggregation:
     reduce: Callable[..., torch.Tensor]
     counts: str
 
-    def local_count(self, mask: torch.Tensor) -> torch.Tensor:
-        """num_items of this micro-batch alone (the default when no global count is given)."""
-        return mask.sum().clamp(min=1.0) if self.counts == "tokens" else mask.new_tensor(float(mask.shape[0]))
+    def count(self, mask: torch.Tensor) -> torch.Tensor:
+        """What num_items counts in these rows: their loss-masked tokens, or their sequences with
+        a token to train on (a row the mask empties, e.g. an overlong one, is not one). 0-d."""
+        if self.counts == "tokens":
+            return mask.sum()
+        return (mask.sum(1) > 0).sum().to(mask.dtype)
 
 
 # loss_type -> its aggregation: the one table that trainer, loss and config read.
@@ -276,7 +279,7 @@ def policy_loss(
     surrogate, as TRL does; the KL term only when beta > 0.) At sequence level every token of
     a completion carries the same ratio and its gradient reaches every token through the mean.
     Aggregation (AGGREGATIONS), with m the mask and |o_i| the number of masked tokens of sequence i:
-      grpo:    sum_i (sum_t m*l / |o_i|) / num_items   num_items = #sequences (default B)
+      grpo:    sum_i (sum_t m*l / |o_i|) / num_items   num_items = #sequences (default local)
       bnpo:    sum_it m*l / num_items                  num_items = #tokens (default local)
       dr_grpo: sum_it m*l / (num_items * max_completion_length)   num_items = #sequences
       dapo:    sum_it m*l / num_items                  num_items = #tokens in the global batch
@@ -317,21 +320,29 @@ def policy_loss(
         per_token = per_token + beta * kl
 
     masked = torch.where(keep, per_token, torch.zeros_like(per_token))  # [B, T]
-    n = num_items if num_items is not None else aggregation.local_count(mask)
+    n = num_items if num_items is not None else aggregation.count(mask).clamp(min=1.0)
     loss = aggregation.reduce(masked, mask, n, max_completion_length)
 
-    with torch.no_grad():
-        low = (ratio < 1 - epsilon) & (adv < 0)
-        high = (ratio > 1 + eps_high) & (adv > 0)
-        metrics = {
-            "clip/low": masked_mean(low.float(), mask),
-            "clip/high": masked_mean(high.float(), mask),
-            "clip/region": masked_mean((low | high).float(), mask),
-            "ratio_mean": masked_mean(ratio, mask),
-        }
-        if kl is not None:
-            metrics["kl"] = masked_mean(kl, mask)
-    return loss, metrics
+    return loss, surrogate_metrics(ratio, adv, mask, epsilon, eps_high, kl)
+
+
+@torch.no_grad()
+def surrogate_metrics(ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, epsilon: float,
+                      epsilon_high: float, kl: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """policy_loss's metrics, token means over the mask: clip/low (ratio below 1 - epsilon where
+    A < 0), clip/high (above 1 + epsilon_high where A > 0), clip/region (either), ratio_mean,
+    and kl when given. ratio, mask, kl: [B, T]; adv: [B, 1]."""
+    low = (ratio < 1 - epsilon) & (adv < 0)
+    high = (ratio > 1 + epsilon_high) & (adv > 0)
+    metrics = {
+        "clip/low": masked_mean(low.float(), mask),
+        "clip/high": masked_mean(high.float(), mask),
+        "clip/region": masked_mean((low | high).float(), mask),
+        "ratio_mean": masked_mean(ratio, mask),
+    }
+    if kl is not None:
+        metrics["kl"] = masked_mean(kl, mask)
+    return metrics
 
 
 @torch.no_grad()

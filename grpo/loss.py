@@ -54,11 +54,9 @@ class PolicyLoss:
         return self.beta > 0
 
     def local_items(self, loss_mask: torch.Tensor) -> float:
-        """This rank's share of the normalizer: its sequences with a token to train on (a
-        masked-out truncated completion is not one), or its loss-masked tokens."""
-        if algorithm.AGGREGATIONS[self.loss_type].counts == "tokens":
-            return float(loss_mask.sum().item())
-        return float((loss_mask.sum(1) > 0).sum().item())
+        """This rank's share of the normalizer: its sequences with a token to train on, or its
+        loss-masked tokens (algorithm.Aggregation.count)."""
+        return float(algorithm.AGGREGATIONS[self.loss_type].count(loss_mask.float()))
 
     def __call__(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                  loss_mask: torch.Tensor, ref_logprobs: torch.Tensor | None, num_items: float,
@@ -100,8 +98,7 @@ class SamplerCorrection:
                 loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss weights [b, C] of some whole rows (a micro-batch or all of them) and their sums
         for `metrics` (algorithm.sampler_correction_weights)."""
-        device = old_logprobs.device
-        return algorithm.sampler_correction_weights(old_logprobs, sampler_logprobs.to(device), loss_mask.to(device),
+        return algorithm.sampler_correction_weights(old_logprobs, sampler_logprobs, loss_mask.to(old_logprobs.device),
                                                     self.mode, self.level, self.cap)
 
     def metrics(self, parts: list[dict[str, torch.Tensor]], world: Any) -> dict[str, float]:

@@ -59,4 +59,3 @@ def sample_records(examples: list[Example], trajectory: Trajectory, scores: Rewa
                         for k, v in scores.per_function.items()},
         })
     return out
-

@@ -186,7 +186,7 @@ class Trainer:
         if a.mask_truncated_completions:
             trained = trajectory.without_truncated()
             masked = {"truncated_masked": int(self.world.sum(trajectory.finish_reasons.count(FINISH_LENGTH)))}
-        # 5. old and reference log-probs, sampler correction weights, no grad
+        # 5. old and reference log-probs, no grad
         mbs, temp = cfg.train.micro_batch_size, cfg.rollout.temperature
         old_logprobs = (batch_logprobs(self.model, trained, mbs, self.device, temp)
                         if a.num_iterations > 1 else None)

@@ -101,7 +101,6 @@ class Trajectory(TokenSequences):
                 picked[f.name] = [value[i] for i in index.tolist()]
         return type(self)(**picked)
 
-
     def without_truncated(self) -> Trajectory:
         """This trajectory with the rows that hit the token budget out of the loss mask (DAPO's
         overlong filtering); every other field, tensors included, is shared."""

@@ -9,7 +9,8 @@ gradient pushed through in a second stage (`PromptCache.backward`), and the Worl
 that make the last backward (and only it) reduce gradients across ranks. The normalizers
 are global (every micro-batch of every rank), so the gradients add up to the gradient of
 the whole batch in one process. `optimizer_step` clips, refuses a non-finite update, steps
-and advances the schedule. `SamplerWeights` holds the sampler correction's weights of a step. Neither knows a loss type by name (grpo.loss) or touches an engine.
+and advances the schedule. `SamplerWeights` holds the sampler correction's weights of a
+step. Neither knows a loss type by name (grpo.loss) or touches an engine.
 """
 
 from __future__ import annotations
