@@ -36,7 +36,8 @@ def measure(variant: str) -> dict:
     from grpo import models
     from grpo.config import load_config
     from grpo.rollout import SamplingParams, build_engine
-    from grpo.tasks.base import Example, render_prompt
+    from grpo.tasks.base import Example
+    from grpo.tasks.prompts import PromptFormat
 
     later = VARIANTS[VARIANTS.index(variant) + 1 :]
     if "+prealloc" in later:  # the decode cache grows by concatenation, as transformers' DynamicCache
@@ -50,7 +51,7 @@ def measure(variant: str) -> dict:
         model.set_attn_implementation("sdpa")  # transformers' own: repeat_kv under a padding mask
     engine = build_engine(cfg.rollout, model, tokenizer)
     rows = [json.loads(line) for line in (HERE / "prompts.jsonl").read_text().splitlines()[:2]]
-    prompts = [render_prompt(tokenizer, Example(r["id"], r["prompt"], r["answer"], {})) for r in rows]
+    prompts = [PromptFormat().render(tokenizer, Example(r["id"], r["prompt"], r["answer"], {})) for r in rows]
     params = SamplingParams(group_size=8, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=96)
     engine.generate(prompts, params)  # warm-up
     best = float("inf")

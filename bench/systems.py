@@ -24,7 +24,8 @@ sys.path.insert(0, str(HERE))
 from compare_trl import WORK  # noqa: E402
 
 from grpo import rewards  # noqa: E402
-from grpo.tasks.base import Example, render_prompt  # noqa: E402
+from grpo.tasks.base import Example  # noqa: E402
+from grpo.tasks.prompts import PromptFormat  # noqa: E402
 
 
 def make_prompts(n: int = 200) -> None:
@@ -44,7 +45,7 @@ def load_prompts() -> list[Example]:
 
 
 def prompt_token_counts(tokenizer, examples: list[Example]) -> list[int]:
-    return [len(tokenizer(render_prompt(tokenizer, ex), add_special_tokens=False)["input_ids"]) for ex in examples]
+    return [len(tokenizer(PromptFormat().render(tokenizer, ex), add_special_tokens=False)["input_ids"]) for ex in examples]
 
 
 def peak_rss_gib() -> float:

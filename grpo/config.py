@@ -28,6 +28,7 @@ from grpo.algorithm import (
 from grpo.distributed import launched_world_size
 from grpo.dtypes import DTYPE_NAMES
 from grpo.rollout import ENGINE_NAMES, check_engine
+from grpo.tasks.prompts import TEMPLATE_HELP, template_error
 
 # The allowed values of the Literal fields below: the keys of the tables the code dispatches on.
 KL_ESTIMATOR_NAMES = tuple(KL_ESTIMATORS)
@@ -99,6 +100,16 @@ class TaskConfig:
     few_shot: int = doc(
         0, "Worked examples prepended as prior chat turns (helps small models learn the format)."
     )
+    template: str = doc(
+        "chat",
+        "How messages become the prompt text: chat (the tokenizer's chat template), r1_zero (DeepSeek-R1-Zero's "
+        "plain-text template, for base models; its system text is used when system_prompt is null) or a "
+        "plain-text template with {question} once and {system} before it, e.g. '{system}\\nQ: {question}\\nA:'.",
+    )
+    assistant_prefix: str = doc(
+        "", "Text that starts the model's answer, e.g. '<think>' (chat) or ' <think>' (after 'Assistant:'): "
+        "prompt tokens, never trained; rewards, evaluation and samples see prefix + completion.",
+    )
 
 
 @dataclass
@@ -128,6 +139,10 @@ class RolloutConfig:
     max_new_tokens: int = doc(128, "Maximum completion length in tokens.")
     max_prompt_tokens: int | None = doc(
         None, "Reject prompts longer than this many tokens; null = model context minus max_new_tokens."
+    )
+    stop: list[str] = doc(
+        [], "Stop strings, e.g. ['</answer>']: a completion ends at the token that completes one (finish "
+        "reason `stop`), the string kept in the text, in every engine; [] = stop only at EOS.",
     )
 
 
@@ -310,6 +325,9 @@ class Config:
         _check(tc.num_train >= 1, "task.num_train", tc.num_train, "an integer >= 1")
         _check(tc.num_eval >= 0, "task.num_eval", tc.num_eval, "an integer >= 0")
         _check(tc.few_shot >= 0, "task.few_shot", tc.few_shot, "an integer >= 0")
+        _check(template_error(tc.template) is None, "task.template", tc.template,
+               f"{TEMPLATE_HELP}; {template_error(tc.template)}")
+        _check(all(isinstance(s, str) and s for s in r.stop), "rollout.stop", r.stop, "a list of non-empty strings")
         if tc.source == "file":
             _check(tc.path is not None, "task.path", tc.path, "a data file path when task.source=file")
         _check(0 <= self.model.lora.dropout < 1, "model.lora.dropout", self.model.lora.dropout, "a number in [0, 1)")

@@ -39,7 +39,8 @@ from typing import Any
 import torch
 
 from grpo.config import Config
-from grpo.tasks.base import Example, render_prompt
+from grpo.tasks.base import Example
+from grpo.tasks.prompts import PromptFormat
 
 GiB = 2**30
 # Refuse only when the estimate exceeds what is free by this factor: the estimate is rough,
@@ -71,11 +72,11 @@ class NotEnoughDisk(OSError):
 # --------------------------------------------------------------------------- context
 
 
-def prompt_lengths(examples: list[Example], tokenizer: Any) -> list[int]:
+def prompt_lengths(examples: list[Example], tokenizer: Any, prompt_format: PromptFormat) -> list[int]:
     """Tokens in each example's rendered prompt, counted as the rollout engine counts them."""
     if not examples:
         return []
-    texts = [render_prompt(tokenizer, ex) for ex in examples]
+    texts = [prompt_format.render(tokenizer, ex) for ex in examples]
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
@@ -93,9 +94,10 @@ def prompt_limit(cfg: Config, model: Any, max_new_tokens: int) -> tuple[int | No
 
 def check_prompts(task: Any, tokenizer: Any, model: Any, cfg: Config) -> int:
     """Every training and held-out prompt fits; returns the longest prompt in tokens."""
-    train = prompt_lengths(task.train, tokenizer)
+    prompt_format = PromptFormat.from_config(cfg.task)
+    train = prompt_lengths(task.train, tokenizer, prompt_format)
     eval_examples = task.eval[: cfg.eval.num_examples]
-    held_out = prompt_lengths(eval_examples, tokenizer)
+    held_out = prompt_lengths(eval_examples, tokenizer, prompt_format)
     eval_new = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
     for split, examples, lengths, new in (("training", task.train, train, cfg.rollout.max_new_tokens),
                                           ("held-out", eval_examples, held_out, eval_new)):

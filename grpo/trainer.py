@@ -56,7 +56,8 @@ from grpo.rollout import RolloutEngine, SamplingParams, build_engine, engine_nam
 from grpo.serve.client import RemoteReference
 from grpo.step_metrics import rollout_metrics, sample_records
 from grpo.tasks import Task, build_task
-from grpo.tasks.base import DataStream, Example, render_prompt
+from grpo.tasks.base import DataStream, Example
+from grpo.tasks.prompts import PromptFormat
 from grpo.trajectory import FINISH_LENGTH, Trajectory
 from grpo.update import (
     SamplerWeights,
@@ -208,6 +209,10 @@ class Trainer:
         samples = sample_records(examples, trajectory, scores, advantages, G, cfg.log.num_samples)
         return metrics, samples
 
+    @property
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat.from_config(self.cfg.task)
+
     def sampling_params(self) -> SamplingParams:
         return SamplingParams.from_config(self.cfg.rollout)
 
@@ -232,8 +237,7 @@ class Trainer:
             examples = world.shard(self.data.take(cfg.train.prompts_per_step))
             if num_kept < share:
                 # 2. generate G completions per prompt
-                trajectory = self.engine.generate([render_prompt(self.tokenizer, ex) for ex in examples],
-                                                  self.sampling_params())
+                trajectory = self.prompt_format.sample(self.engine, self.tokenizer, examples, self.sampling_params())
                 lap("generation")
                 # 3. rewards, per completion (completion i belongs to prompt i // G)
                 grouped = [ex for ex in examples for _ in range(G)]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-FINISH_EOS, FINISH_LENGTH = "eos", "length"
+FINISH_EOS, FINISH_LENGTH, FINISH_STOP = "eos", "length", "stop"
 
 
 @dataclass
@@ -54,8 +54,10 @@ class Trajectory(TokenSequences):
                       from the engine's own logits. Defined where loss_mask is 1 (0 elsewhere);
                       NaN where an engine cannot provide it, never a silent 0.
     policy_version:   [N] long, the number of optimizer updates the sampling weights had seen
-    completions:      decoded completions (special tokens skipped), N strings
-    finish_reasons:   why each row stopped: "eos" (an EOS token) or "length" (the token budget)
+    completions:      decoded completions (special tokens skipped; cut right after a stop
+                      string; with task.assistant_prefix, that prefix + the completion), N strings
+    finish_reasons:   why each row stopped: "eos" (an EOS token), "stop" (a stop string,
+                      rollout.stop) or "length" (the token budget)
     token_rewards:    [N, C] float32 or None: rewards given to single tokens (a step's score
                       at the token where the step ends; 0 elsewhere) by process rewards,
                       summed into per-token advantages; None when every reward is per row.

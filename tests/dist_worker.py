@@ -16,7 +16,6 @@ import torch
 from grpo import algorithm, rewards
 from grpo.config import load_config
 from grpo.rollout.base import SamplingParams
-from grpo.tasks.base import render_prompt
 from grpo.trainer import Trainer
 
 
@@ -43,15 +42,14 @@ def main(out: str, overrides: list[str]) -> None:
     world, G = trainer.world, cfg.rollout.group_size
     grads = record_gradients(trainer)
     examples = trainer.data.take(cfg.train.prompts_per_step)  # the whole step, on every rank
-    prompts = [render_prompt(trainer.tokenizer, ex) for ex in examples]
     params = SamplingParams.from_config(cfg.rollout, seed=1234)
     world.gather_weights(trainer.model)
-    batch = trainer.engine.generate(prompts, params)
+    batch = trainer.prompt_format.sample(trainer.engine, trainer.tokenizer, examples, params)
     grouped = [ex for ex in examples for _ in range(G)]
     scores = rewards.score(trainer.reward_fns, batch.completions, grouped, cfg.reward_timeout)
     a = cfg.algorithm
     advantages = algorithm.group_advantages(scores.total, G, a.scale_rewards, a.advantage_eps)
-    share = len(prompts) // world.size * G  # this rank's rows: whole groups
+    share = len(examples) // world.size * G  # this rank's rows: whole groups
     mine = slice(world.rank * share, (world.rank + 1) * share)
     metrics = trainer.update(batch.select(mine), advantages[mine], None, None)
     with world.full_weights(trainer.model):

@@ -25,6 +25,8 @@ class CannedEngine:
 
 
 class Tok:
+    chat_template = "last message"
+
     def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
         return messages[-1]["content"]
 

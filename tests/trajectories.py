@@ -40,3 +40,42 @@ def sampler_logprob_error(engine, model, prompts, temperature, top_k, top_p, see
     assert torch.isfinite(ours[sampled]).all() and (ours[sampled] <= 0).all()
     assert (ours[~sampled] == 0).all()
     return (ours[sampled] - recomputed[sampled]).abs().max().item()
+
+
+def split_stop(tokenizer, ids):
+    """A stop string that starts inside one token and ends inside the next: the last character
+    of token 4's text and the first of token 5's (so no single token id could match it)."""
+    a, b = tokenizer.decode(ids[4:5]), tokenizer.decode(ids[5:6])
+    assert a and b
+    return a[-1] + b[0]
+
+
+def first_cut(tokenizer, ids, stops):
+    """By brute force: the fewest tokens whose text holds a stop, and that text cut after the stop."""
+    for k in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:k], skip_special_tokens=True)
+        hits = [text.index(s) + len(s) for s in stops if s in text]
+        if hits:
+            return k, text[: min(hits)]
+    return None
+
+
+def assert_cut_at_stops(tokenizer, plain, stopped, stops, pad_id):
+    """`stopped` (sampled with `stops`) is `plain` (the same greedy run without them) cut right
+    after the first stop of each row: ids through the token completing it, text through the stop."""
+    from grpo.trajectory import FINISH_STOP
+
+    for i in range(len(plain)):
+        ids = plain.completion_ids[i][plain.completion_mask[i].bool()].tolist()
+        got = stopped.completion_ids[i][stopped.completion_mask[i].bool()].tolist()
+        cut = first_cut(tokenizer, ids, stops)
+        if cut is None:  # no stop in this row: the output is unchanged
+            assert (got, stopped.completions[i]) == (ids, plain.completions[i])
+            assert stopped.finish_reasons[i] == plain.finish_reasons[i]
+            continue
+        keep, text = cut
+        assert stopped.finish_reasons[i] == FINISH_STOP
+        assert got == ids[:keep]  # the ids exactly as sampled, through the token completing the stop
+        assert stopped.completions[i] == text and plain.completions[i].startswith(text)
+        assert stopped.loss_mask[i].sum() == keep
+        assert (stopped.completion_ids[i][keep:] == pad_id).all()

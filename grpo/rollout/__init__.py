@@ -74,6 +74,6 @@ def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any, world_size: int
     if name == "vllm":
         # vLLM sizes its cache per sequence: the prompt limit plus the completion budget
         max_model_len = None if cfg.max_prompt_tokens is None else cfg.max_prompt_tokens + cfg.max_new_tokens
-        options = {"max_model_len": max_model_len, **cfg.vllm}
+        options = {"max_model_len": max_model_len, "stop_strings": bool(cfg.stop), **cfg.vllm}
         return engine_class(name)(model, tokenizer, max_prompt_tokens=cfg.max_prompt_tokens, **options)
     return engine_class(name)(model, tokenizer, max_prompt_tokens=cfg.max_prompt_tokens)

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from grpo.trajectory import FINISH_EOS, FINISH_LENGTH, Trajectory
+from grpo.trajectory import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Trajectory
 
 if TYPE_CHECKING:
     from grpo.config import RolloutConfig
 
-__all__ = ["FINISH_EOS", "FINISH_LENGTH", "RolloutEngine", "SamplingParams", "Trajectory", "completion_mask",
+__all__ = ["FINISH_EOS", "FINISH_LENGTH", "FINISH_STOP", "RolloutEngine", "SamplingParams", "Trajectory", "completion_mask",
            "single_process_only"]
 
 
@@ -26,7 +26,8 @@ class SamplingParams:
     """How to sample. temperature 0 means greedy (evaluation); top_k 0 and top_p 1 are off.
 
     seed: when set, sampling is reproducible for the same prompts and params (the global
-    RNG is left untouched); when None, the global torch RNG is used.
+    RNG is left untouched); when None, the global torch RNG is used. stop: stop strings
+    (grpo.rollout.stops), () = stop only at EOS.
     """
 
     group_size: int
@@ -35,6 +36,7 @@ class SamplingParams:
     top_k: int
     max_new_tokens: int
     seed: int | None = None
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.group_size < 1:
@@ -47,10 +49,12 @@ class SamplingParams:
             raise ValueError(f"top_k = {self.top_k} is invalid: expected an integer >= 0")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens = {self.max_new_tokens} is invalid: expected an integer >= 1")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop = {self.stop!r} is invalid: expected non-empty strings")
 
     @classmethod
     def from_config(cls, cfg: RolloutConfig, seed: int | None = None) -> SamplingParams:
-        return cls(cfg.group_size, cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens, seed)
+        return cls(cfg.group_size, cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens, seed, tuple(cfg.stop))
 
     @property
     def greedy(self) -> bool:

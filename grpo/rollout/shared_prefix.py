@@ -4,8 +4,9 @@
 already stopped (as padding) until the longest row ends. On the bundled model the prompt is
 ~85% of the tokens, so here:
   1. each distinct prompt is prefilled once ([B, P]), its KV cache then repeated G times;
-  2. each decode step runs only the rows still generating; a row that emits EOS leaves
-     the batch (its cache rows are dropped), so padding is never decoded;
+  2. each decode step runs only the rows still generating; a row that emits EOS (or
+     completes a stop string) leaves the batch (its cache rows are dropped), so padding is
+     never decoded;
   3. the decode cache has room for every new token from the start (`PreallocatedLayer`):
      a step writes its keys/values in place instead of concatenating the whole cache
      (measured: the concatenation was ~20% of a decode step on the bundled model).
@@ -22,6 +23,7 @@ from transformers.cache_utils import DynamicLayer
 
 from grpo.algorithm import sampling_logits
 from grpo.rollout.base import SamplingParams
+from grpo.rollout.stops import StopStrings
 from grpo.rollout.transformers_engine import TransformersEngine
 
 
@@ -129,6 +131,7 @@ class SharedPrefixEngine(TransformersEngine):
         next_position = last_position.repeat_interleave(G, 0) + 1  # [N, 1]
         N = logits.shape[0]
         eos = torch.tensor(self.eos_ids, device=device)
+        stops = StopStrings(self.tokenizer, params.stop) if params.stop else None
         tokens = torch.full((N, params.max_new_tokens), self.pad_id, dtype=torch.long, device=device)
         logprobs = torch.zeros((N, params.max_new_tokens), dtype=torch.float32, device=device)
         active = torch.arange(N, device=device)  # rows of `tokens` still generating
@@ -138,6 +141,9 @@ class SharedPrefixEngine(TransformersEngine):
             tokens[active, t], logprobs[active, t] = token, logprob
             steps = t + 1
             going = ~torch.isin(token, eos)  # [n]
+            if stops is not None:  # a row whose text now ends in a stop string is done too
+                tails = tokens[active, max(0, t + 1 - stops.window) : t + 1].tolist()
+                going &= ~torch.tensor(stops.hits(tails), device=device)
             if t == params.max_new_tokens - 1 or not going.any():
                 break
             if not going.all():  # finished rows leave the batch and the cache

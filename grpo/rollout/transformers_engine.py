@@ -14,9 +14,18 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from grpo.packed_linear import packed_linears
-from grpo.rollout.base import FINISH_EOS, FINISH_LENGTH, SamplingParams, Trajectory, completion_mask
+from grpo.rollout.base import (
+    FINISH_EOS,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    SamplingParams,
+    Trajectory,
+    completion_mask,
+)
+from grpo.rollout.stops import StopStrings
 
 
 class TransformersEngine:
@@ -61,13 +70,8 @@ class TransformersEngine:
             completion_ids, logprobs = self._sample(unique_ids, unique_mask, params)  # [N, C] each
         prompt_ids = unique_ids.repeat_interleave(G, 0)  # [N, P]
         prompt_mask = unique_mask.repeat_interleave(G, 0)  # [N, P]
-        eos = torch.tensor(self.eos_ids, device=device)
-        mask = completion_mask(completion_ids, eos)  # [N, C]
+        mask, rows, texts, reasons = self._ends(completion_ids, params)
         completion_ids = completion_ids.masked_fill(mask == 0, self.pad_id)
-        has_eos = (torch.isin(completion_ids, eos) & (mask == 1)).any(1).tolist()
-        assert all(has_eos) or completion_ids.shape[1] == params.max_new_tokens
-        lengths = mask.sum(1).tolist()
-        rows = [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths, strict=True)]
         return Trajectory(
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
@@ -77,9 +81,31 @@ class TransformersEngine:
             # greedy puts all mass on the token it picks: log 1 = 0
             sampler_logprobs=torch.where(mask.bool(), logprobs.float(), 0.0),
             policy_version=torch.full((len(rows),), self.version, dtype=torch.long),
-            completions=self.tokenizer.batch_decode(rows, skip_special_tokens=True),
-            finish_reasons=[FINISH_EOS if e else FINISH_LENGTH for e in has_eos],
+            completions=texts,
+            finish_reasons=reasons,
         )
+
+    def _ends(self, completion_ids: torch.Tensor,
+              params: SamplingParams) -> tuple[torch.Tensor, list[list[int]], list[str], list[str]]:
+        """Where each sampled row [N, C] ends: at its first EOS, at the token completing its
+        first stop string, or at the token budget. -> (mask [N, C], token rows, texts, reasons)."""
+        eos = torch.tensor(self.eos_ids, device=completion_ids.device)
+        mask = completion_mask(completion_ids, eos)  # [N, C]
+        has_eos = (torch.isin(completion_ids, eos) & (mask == 1)).any(1).tolist()
+        rows = [ids[:n] for ids, n in zip(completion_ids.tolist(), mask.sum(1).tolist(), strict=True)]
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        reasons = [FINISH_EOS if e else FINISH_LENGTH for e in has_eos]
+        if params.stop:
+            stops = StopStrings(self.tokenizer, params.stop)
+            for i, row in enumerate(rows):
+                cut = stops.cut(row) if stops.held(texts[i]) else None
+                if cut is not None:
+                    rows[i], texts[i], reasons[i] = row[: cut[0]], cut[1], FINISH_STOP
+            lengths = torch.tensor([len(r) for r in rows], device=mask.device)
+            mask = (torch.arange(mask.shape[1], device=mask.device)[None] < lengths[:, None]).long()
+        # a row the engine ended early ended on an EOS or a stop string
+        assert all(r != FINISH_LENGTH or len(row) == params.max_new_tokens for r, row in zip(reasons, rows, strict=True))
+        return mask, rows, texts, reasons
 
     def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                 params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,9 +117,11 @@ class TransformersEngine:
         reference engine pays C * N * V floats for them (the faster engines pay nothing).
         """
         G = params.group_size
+        stopping = [TailStop(StopStrings(self.tokenizer, params.stop), prompt_ids.shape[1])] if params.stop else []
         out = self.model.generate(
             input_ids=prompt_ids.repeat_interleave(G, 0),
             attention_mask=prompt_mask.repeat_interleave(G, 0),
+            stopping_criteria=StoppingCriteriaList(stopping),
             **self._generate_kwargs(params),
         )  # sequences [N, P + C]; position ids come from the attention mask inside generate
         tokens = out.sequences[:, prompt_ids.shape[1] :]  # [N, C]
@@ -135,6 +163,18 @@ class TransformersEngine:
         for i, n in enumerate(lengths):
             if n > limit:
                 raise ValueError(f"prompt {i} has {n} tokens, more than {name} = {limit}")
+
+
+class TailStop(StoppingCriteria):
+    """generate's per-row stop test for stop strings: the text of each row's last tokens
+    (the same test the shared_prefix loop runs), so every engine stops rows alike."""
+
+    def __init__(self, stops: StopStrings, prompt_width: int):
+        self.stops, self.prompt_width = stops, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        start = max(self.prompt_width, input_ids.shape[1] - self.stops.window)
+        return torch.tensor(self.stops.hits(input_ids[:, start:].tolist()), device=input_ids.device)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

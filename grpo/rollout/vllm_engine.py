@@ -14,9 +14,11 @@ the engine must be told when the policy changes:
      `logprobs_mode="processed_logprobs"`, i.e. after temperature, top-k and top-p,
      renormalized (vLLM 0.32's CPU sampler supports this mode: `forward_cpu` returns the
      log-softmax of the filtered logits).
-Prompts go in as token ids and completions come back as token ids (vLLM detokenizes
-nothing); the trajectory is built by TransformersEngine's code, so masks, padding and
-finish reasons are the same as with the other engines.
+Prompts go in as token ids and completions come back as token ids; vLLM detokenizes
+nothing unless the run has stop strings (rollout.stop), which vLLM finds in its own
+incremental detokenization (it then loads the directory's tokenizer too). The trajectory is
+built by TransformersEngine's code, so masks, padding, stop cuts and finish reasons are the
+same as with the other engines.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class VLLMEngine(TransformersEngine):
     """Engine over a vllm.LLM built from the policy's HF directory.
 
     max_model_len: prompt plus completion tokens vLLM must hold per sequence; None = the
-    model's context. Other keyword arguments go to vllm.LLM (enforce_eager,
+    model's context. stop_strings: the run samples with stop strings (vLLM then needs its
+    tokenizer to detokenize). Other keyword arguments go to vllm.LLM (enforce_eager,
     gpu_memory_utilization, kv_cache_memory_bytes, seed, ...), over these defaults:
     the policy's dtype, seed 0, on GPU gpu_memory_utilization 0.3 (the trainer shares
     the GPU), on CPU a 1 GiB KV cache and enforce_eager (no torch.compile).
@@ -65,7 +68,8 @@ class VLLMEngine(TransformersEngine):
     decodes_with_policy = False  # vLLM decodes with its own copy of the weights
 
     def __init__(self, model: Any, tokenizer: Any, max_prompt_tokens: int | None = None,
-                 max_model_len: int | None = None, model_path: str | None = None, **engine_options: Any):
+                 max_model_len: int | None = None, model_path: str | None = None, stop_strings: bool = False,
+                 **engine_options: Any):
         super().__init__(model, tokenizer, max_prompt_tokens)
         vllm = import_vllm()
         _check_single_process()
@@ -82,7 +86,7 @@ class VLLMEngine(TransformersEngine):
             dtype=str(dtype).removeprefix("torch."),
             seed=0,
             max_model_len=max_model_len,
-            skip_tokenizer_init=True,  # ids in, ids out: grpo's tokenizer does the text
+            skip_tokenizer_init=not stop_strings,  # ids in, ids out: grpo's tokenizer does the text
             generation_config="vllm",  # the model's generation_config never changes sampling
             logprobs_mode="processed_logprobs",  # sampler log-probs after temperature, top-k, top-p
         )
@@ -101,6 +105,7 @@ class VLLMEngine(TransformersEngine):
         self.start_seconds = time.perf_counter() - start
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.sync_seconds = 0.0
+        self.stop_strings = stop_strings
 
     # ------------------------------------------------------------------ weights
 
@@ -125,6 +130,9 @@ class VLLMEngine(TransformersEngine):
                 params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
         """G completions per prompt row: [B, P] -> ids [B*G, C] (pad after the EOS) and the
         sampler's log-probability of each token [B*G, C]."""
+        if params.stop and not self.stop_strings:
+            raise ValueError("this vllm engine was built without stop strings (rollout.stop was empty); "
+                             "build it with stop_strings=True to sample with stop strings")
         longest = int(prompt_mask.sum(1).max()) + params.max_new_tokens
         if longest > self.max_model_len:
             raise ValueError(f"a prompt plus rollout.max_new_tokens is {longest} tokens, more than the "
@@ -142,7 +150,9 @@ class VLLMEngine(TransformersEngine):
             repetition_penalty=1.0,
             presence_penalty=0.0,
             frequency_penalty=0.0,
-            detokenize=False,
+            stop=list(params.stop) or None,
+            include_stop_str_in_output=True,
+            detokenize=bool(params.stop),  # only stop strings need vLLM's text
             logprobs=None if params.greedy else 0,  # 0: the sampled token's own log-prob only
         )
         rows = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids.cpu(), prompt_mask.cpu(), strict=True)]
@@ -153,8 +163,8 @@ class VLLMEngine(TransformersEngine):
             assert len(out.outputs) == params.group_size
             for sample in sorted(out.outputs, key=lambda s: s.index):
                 ids = list(sample.token_ids)
-                stopped = bool(ids) and ids[-1] in self.eos_ids
-                # vLLM's own reason must agree with the tokens: 'stop' = ended on an EOS id
+                stopped = (bool(ids) and ids[-1] in self.eos_ids) or isinstance(sample.stop_reason, str)
+                # vLLM's own reason must agree with the tokens: 'stop' = ended on an EOS id or a stop string
                 if sample.finish_reason not in ("stop", "length") or (sample.finish_reason == "stop") != stopped:
                     raise RuntimeError(f"vLLM finished a completion with reason {sample.finish_reason!r} "
                                        f"after {len(ids)} tokens (last {ids[-1:]})")

@@ -5,15 +5,21 @@
 Two sources: procedural reasoning-gym generators (`procedural.py`) and local data files
 (`files.py`, read by `readers.py`). Both split the same way (base.take_distinct: no question
 in two of train / eval / few-shot) and prompt the same way (base.attach_prompts: system
-prompt, `few_shot` worked examples as prior chat turns, then the question).
+prompt, `few_shot` worked examples as prior chat turns, then the question); `prompts.py`
+turns those messages into the text the model continues (chat or plain-text template).
 """
 
 from __future__ import annotations
 
-from grpo.config import TaskConfig
-from grpo.tasks.base import DEFAULT_SYSTEM_PROMPT, Example, Task, render_prompt
+from typing import TYPE_CHECKING
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "Example", "Task", "build_task", "render_prompt"]
+from grpo.tasks.base import DEFAULT_SYSTEM_PROMPT, Example, Task
+from grpo.tasks.prompts import PromptFormat
+
+if TYPE_CHECKING:  # grpo.config imports grpo.tasks.prompts for its allowed templates
+    from grpo.config import TaskConfig
+
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "Example", "PromptFormat", "Task", "build_task"]
 
 
 def build_task(cfg: TaskConfig) -> Task:

@@ -42,11 +42,6 @@ class Example:
         )
 
 
-def render_prompt(tokenizer: Any, example: Example) -> str:
-    """The prompt text the model sees: the tokenizer's chat template + generation prompt."""
-    return tokenizer.apply_chat_template(example.prompt, tokenize=False, add_generation_prompt=True)
-
-
 @dataclass
 class Task:
     """What `build_task` returns: a name for logs, training and held-out examples.
@@ -101,20 +96,19 @@ def generic_think(answer: str) -> str:
 
 def attach_prompts(
     examples: list[Example],
-    system_prompt: str | None,
+    system_prompt: str,
     shots: list[Example],
     think: Callable[[Example], str],
 ) -> None:
     """Fill each example's chat prompt: system, then the worked examples, then its question.
 
-    system_prompt None means DEFAULT_SYSTEM_PROMPT; "" means no system turn at all (for
-    chat templates without a system role). Each worked example is a user turn with its
+    system_prompt "" means no system turn at all (for chat templates without a system role;
+    prompts.default_system_prompt resolves a null task.system_prompt). Each worked example is a user turn with its
     question and an assistant turn in the exact <think>/<answer> layout: a 135M model
     copies the format from one such turn far more reliably than from the instruction alone.
     The few-shot examples themselves get the prompt without shots.
     """
-    system = DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
-    head = [{"role": "system", "content": system}] if system else []
+    head = [{"role": "system", "content": system_prompt}] if system_prompt else []
     turns: list[dict[str, str]] = []
     for shot in shots:
         turns.append({"role": "user", "content": shot.question})

@@ -30,6 +30,7 @@ from grpo.tasks.base import (
     question_key,
     take_distinct,
 )
+from grpo.tasks.prompts import default_system_prompt
 from grpo.tasks.readers import Table, read_table
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's "<<48/2=24>>" calculator annotations
@@ -63,7 +64,7 @@ def build_file_task(cfg: TaskConfig) -> Task:
             f"{len(eval_)} held-out (task.num_eval = {cfg.num_eval}) plus {cfg.few_shot} worked "
             f"examples (task.few_shot) plus at least one training row; lower those or add rows"
         )
-    attach_prompts(eval_ + train, cfg.system_prompt, shots, file_think)
+    attach_prompts(eval_ + train, default_system_prompt(cfg), shots, file_think)
     return Task(name=name, train=train, eval=eval_, few_shot=shots)
 
 

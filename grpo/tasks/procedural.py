@@ -30,6 +30,7 @@ from grpo.tasks.base import (
     question_key,
     take_distinct,
 )
+from grpo.tasks.prompts import default_system_prompt
 
 # Tries with a doubled stream before concluding the generator has too few distinct questions.
 _MAX_DOUBLINGS = 4
@@ -81,7 +82,7 @@ def build_procedural_task(cfg: TaskConfig) -> Task:
             "draws: it has too few distinct questions; lower task.num_eval / task.few_shot / "
             "task.num_train or widen task.params"
         )
-    attach_prompts(eval_ + train, cfg.system_prompt, shots, worked_think)
+    attach_prompts(eval_ + train, default_system_prompt(cfg), shots, worked_think)
     return Task(name=cfg.name, train=train, eval=eval_, few_shot=shots)
 
 

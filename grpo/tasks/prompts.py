@@ -1,0 +1,124 @@
+"""How an example's messages become the text the model continues (task.template) and what
+starts the model's answer (task.assistant_prefix).
+
+`chat` renders the messages with the tokenizer's chat template, as instruct models expect.
+A plain-text template is for base models (DeepSeek-R1-Zero trains one with no chat template
+at all): a string with `{system}` and `{question}` placeholders, e.g. the `r1_zero` preset
+
+    {system} User: {question} Assistant:
+
+The part from the end of `{system}` on is one *turn*: a worked example (task.few_shot) is its
+turn with the example's question followed by its worked answer (after a space, unless the
+turn ends in whitespace), one line per example, before the question's own turn.
+
+The assistant prefix (e.g. `<think>`) is appended verbatim to the rendered prompt: its tokens
+are prompt tokens (never sampled, never trained). What the rewards, evaluation, samples and
+report see is prefix + completion (`PromptFormat.sample`), so a layout check such as the
+`format` reward still sees the whole `<think> ... </think> <answer> ... </answer>`.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from grpo.tasks.base import DEFAULT_SYSTEM_PROMPT, Example
+
+if TYPE_CHECKING:
+    from grpo.config import TaskConfig
+    from grpo.trajectory import Trajectory
+
+CHAT = "chat"
+R1_ZERO_SYSTEM = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The Assistant first thinks about the reasoning process in the mind and then provides the user with "
+    "the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> "
+    "</answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
+    "</answer>."
+)
+# name -> (template text, the system text used when task.system_prompt is null)
+TEMPLATES: dict[str, tuple[str, str]] = {
+    "r1_zero": ("{system} User: {question} Assistant:", R1_ZERO_SYSTEM),
+}
+TEMPLATE_HELP = (f"'{CHAT}' (the tokenizer's chat template), a preset ({', '.join(TEMPLATES)}) or a plain-text "
+                 "template holding {question} once and optionally {system} before it (literal braces doubled)")
+
+
+def template_error(template: str) -> str | None:
+    """Why `template` is not a valid task.template value, or None when it is."""
+    if template == CHAT or template in TEMPLATES:
+        return None
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        return f"it does not parse as a template ({e})"
+    if fields.count("question") != 1:
+        return "it must hold {question} exactly once"
+    unknown = sorted(set(fields) - {"system", "question"})
+    if unknown:
+        return f"it names unknown placeholders {unknown}"
+    if fields.count("system") > 1 or ("system" in fields and fields.index("system") > fields.index("question")):
+        return "{system} may appear once, before {question}"
+    return None
+
+
+def default_system_prompt(cfg: TaskConfig) -> str:
+    """task.system_prompt, or when it is null the template's own (the default asks for <think>/<answer>)."""
+    if cfg.system_prompt is not None:
+        return cfg.system_prompt
+    return TEMPLATES[cfg.template][1] if cfg.template in TEMPLATES else DEFAULT_SYSTEM_PROMPT
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """template: None = the tokenizer's chat template, else plain text with {system}/{question};
+    assistant_prefix: text that starts the model's answer (part of the prompt)."""
+
+    template: str | None = None
+    assistant_prefix: str = ""
+
+    @classmethod
+    def from_config(cls, cfg: TaskConfig) -> PromptFormat:
+        text = TEMPLATES[cfg.template][0] if cfg.template in TEMPLATES else cfg.template
+        return cls(None if cfg.template == CHAT else text, cfg.assistant_prefix)
+
+    def check(self, tokenizer: Any) -> None:
+        """A chat-template format needs a tokenizer that has one (base models often do not)."""
+        if self.template is None and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                "config field `task.template` = 'chat' needs a chat template, and this model's tokenizer has "
+                f"none (a base model?): set task.template to a plain-text template, e.g. {next(iter(TEMPLATES))}")
+
+    def render(self, tokenizer: Any, example: Example) -> str:
+        """The prompt text the model continues: template (chat or plain), then the assistant prefix."""
+        self.check(tokenizer)
+        if self.template is None:
+            text = tokenizer.apply_chat_template(example.prompt, tokenize=False, add_generation_prompt=True)
+        else:
+            text = self._render_plain(example.prompt)
+        return text + self.assistant_prefix
+
+    def sample(self, engine: Any, tokenizer: Any, examples: list[Example], params: Any) -> Trajectory:
+        """engine.generate on the rendered prompts; completions become prefix + completion text."""
+        trajectory = engine.generate([self.render(tokenizer, ex) for ex in examples], params)
+        if self.assistant_prefix:
+            trajectory.completions = [self.assistant_prefix + c for c in trajectory.completions]
+        return trajectory
+
+    def _render_plain(self, messages: list[dict[str, str]]) -> str:
+        """system, then one line per worked example (its turn + answer), then the question's turn."""
+        assert self.template is not None
+        head, marker, turn = self.template.partition("{system}")
+        if not marker:  # no {system}: the whole template is the turn and no system text is shown
+            head, turn = "", self.template
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+        body = messages[1:] if messages and messages[0]["role"] == "system" else messages
+        lines = []
+        for user, assistant in zip(body[:-1:2], body[1:-1:2], strict=True):  # worked examples
+            shot = turn.format(question=user["content"]).lstrip()
+            lines.append(shot + ("" if shot[-1:].isspace() else " ") + assistant["content"])
+        question = turn.format(question=body[-1]["content"])
+        if lines:  # the turn's leading whitespace once, then every turn on its own line
+            question = turn[: len(turn) - len(turn.lstrip())] + "\n".join(lines) + "\n" + question.lstrip()
+        return head.format() + (system if marker else "") + question
