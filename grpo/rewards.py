@@ -26,18 +26,15 @@ Where we depart from the papers and from peers (TRL, open-r1):
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import importlib.util
 import inspect
 import math
 import re
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from grpo.answers import is_correct
+from grpo.imports import import_object
 from grpo.reward_harness import RewardScores, WeightedReward, score
 from grpo.tasks.base import Example
 
@@ -125,21 +122,8 @@ def check_option(ok: bool, reward: str, option: str, value: Any, expected: str) 
 
 
 def _user_function(spec: str, options: dict[str, Any]) -> RewardFn:
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr:
-        raise ValueError(f"reward {spec!r}: expected `module.path:function` or `path/to/file.py:function`")
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        module = _import_file(spec, Path(target))
-    else:
-        try:
-            module = importlib.import_module(target)
-        except Exception as e:
-            raise ValueError(f"reward {spec!r}: cannot import module {target!r}: {type(e).__name__}: {e}") from e
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"reward {spec!r}: {target!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+    obj = import_object(spec, "reward")
+    attr = spec.rpartition(":")[2]
     if options:  # the attribute is a factory
         try:
             obj = obj(**options)
@@ -158,27 +142,6 @@ def _user_function(spec: str, options: dict[str, Any]) -> RewardFn:
             f"reward {spec!r}: {attr}{signature} cannot be called as fn(completion, example): {e}"
         ) from None
     return obj
-
-
-def _import_file(spec: str, path: Path) -> Any:
-    """Import a .py file once (cached in sys.modules under a name derived from its path)."""
-    path = path.expanduser().resolve()
-    if not path.is_file():
-        raise ValueError(f"reward {spec!r}: file {str(path)!r} does not exist")
-    name = f"_grpo_user_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
-    if name in sys.modules:
-        return sys.modules[name]
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise ValueError(f"reward {spec!r}: cannot import {str(path)!r} as a Python file")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as e:
-        del sys.modules[name]
-        raise ValueError(f"reward {spec!r}: importing {str(path)!r} failed: {type(e).__name__}: {e}") from e
-    return module
 
 
 # --------------------------------------------------------------------------- format
