@@ -79,6 +79,8 @@ def make_python_tool(**options) -> Callable[[str], str]:
     if unknown:
         raise ValueError(f"tool `python` has no option `{unknown[0]}`; options: {', '.join(names)}")
     limits = PythonLimits(**options)
+    if python_isolation() == "none":  # refuse when loaded, not as an error in every episode
+        raise ValueError(f"tool `python` needs POSIX resource limits (Linux, macOS); unavailable on {sys.platform}")
     if limits.isolation == "bubblewrap" and python_isolation() != "bubblewrap":
         raise ValueError("tool `python` option `isolation` = 'bubblewrap' but bubblewrap does not work here "
                          "(install it, e.g. `apt-get install bubblewrap`, or use isolation: auto)")
