@@ -34,9 +34,9 @@ from typing import Any
 from grpo import rewards
 from grpo.answers import parse_answer
 from grpo.config import Config
+from grpo.rollout.episodes import build_sampler
 from grpo.tasks import build_task
 from grpo.tasks.base import Example, worked_answer
-from grpo.tasks.prompts import PromptFormat
 
 EXPECTED, EQUIVALENT, WRONG, BROKEN, MODEL = (
     "expected format", "equivalent forms", "wrong answers", "broken formats", "model samples")
@@ -153,7 +153,7 @@ def model_candidates(cfg: Config, examples: list[Example], group_size: int,
     r = cfg.rollout
     params = SamplingParams(group_size=group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                             max_new_tokens=min(max_new_tokens, r.max_new_tokens), seed=cfg.seed, stop=tuple(r.stop))
-    batch = PromptFormat.from_config(cfg.task).sample(engine, tokenizer, examples, params)
+    batch = build_sampler(cfg, engine, tokenizer).sample(examples, params)
     return [Candidate(MODEL, f"sample {k % group_size + 1} ({batch.finish_reasons[k]})", k // group_size, text)
             for k, text in enumerate(batch.completions)]
 

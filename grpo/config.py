@@ -28,7 +28,7 @@ from grpo.algorithm import (
 from grpo.distributed import launched_world_size
 from grpo.dtypes import DTYPE_NAMES
 from grpo.rollout import ENGINE_NAMES, check_engine
-from grpo.tasks.prompts import TEMPLATE_HELP, template_error
+from grpo.tasks.prompts import TEMPLATE_HELP, TOOL_FORMATS, template_error
 
 # The allowed values of the Literal fields below: the keys of the tables the code dispatches on.
 KL_ESTIMATOR_NAMES = tuple(KL_ESTIMATORS)
@@ -144,6 +144,39 @@ class RolloutConfig:
         [], "Stop strings, e.g. ['</answer>']: a completion ends at the token that completes one (finish "
         "reason `stop`), the string kept in the text, in every engine; [] = stop only at EOS.",
     )
+    tools: list[str] = doc(
+        [], "Tools the policy may call in multi-turn episodes: built-ins (calculator, python) or functions "
+        "with type hints and a docstring by import path (`my_pkg.tools:search`, `tools.py:lookup`); [] = none.",
+    )
+    tool_options: dict[str, dict[str, Any]] = doc(
+        {}, "Options per tool name, e.g. {python: {timeout: 10, memory_mb: 512}} (built-in python limits).")
+    tool_format: Literal[TOOL_FORMATS] = doc(
+        "hermes", "How tool results enter the episode: hermes (a `tool` turn of the chat template, then a new "
+        "assistant turn) or inline (<tool_response>...</tool_response> inside the assistant's turn, as in "
+        "tool-integrated reasoning; plain-text templates always use it).",
+    )
+    tool_timeout: float = doc(10.0, "Seconds one tool call may take before it is answered with an error.")
+    environment: str | None = doc(
+        None, "A multi-turn environment class by import path (`my_pkg.envs:Game`) with reset(example) -> "
+        "messages and step(text) -> (messages, done); null = the tool environment when `tools` is set.",
+    )
+    environment_options: dict[str, Any] = doc({}, "Keyword arguments for the environment class.")
+    max_turns: int = doc(4, "Model turns per multi-turn episode (tools / environment).")
+    max_episode_tokens: int | None = doc(
+        None, "Tokens after the prompt in a whole episode, sampled and inserted; null = max_new_tokens * "
+        "max_turns. max_new_tokens stays the budget of one turn.",
+    )
+
+    @property
+    def multi_turn(self) -> bool:
+        return bool(self.tools) or self.environment is not None
+
+    @property
+    def episode_tokens(self) -> int:
+        """The most tokens after a prompt: one completion, or a whole episode."""
+        if not self.multi_turn:
+            return self.max_new_tokens
+        return self.max_episode_tokens or self.max_new_tokens * self.max_turns
 
 
 @dataclass
@@ -328,6 +361,7 @@ class Config:
         _check(template_error(tc.template) is None, "task.template", tc.template,
                f"{TEMPLATE_HELP}; {template_error(tc.template)}")
         _check(all(isinstance(s, str) and s for s in r.stop), "rollout.stop", r.stop, "a list of non-empty strings")
+        self._validate_episodes()
         if tc.source == "file":
             _check(tc.path is not None, "task.path", tc.path, "a data file path when task.source=file")
         _check(0 <= self.model.lora.dropout < 1, "model.lora.dropout", self.model.lora.dropout, "a number in [0, 1)")
@@ -343,6 +377,22 @@ class Config:
         _check(ref.backoff >= 0, "reference.backoff", ref.backoff, "a number of seconds >= 0")
         self._validate_processes()
         return self
+
+    def _validate_episodes(self) -> None:
+        r = self.rollout
+        if r.tools:
+            from grpo.tools import TOOL_NAMES  # only runs that have tools pay for importing them
+        for spec in r.tools:
+            _check(spec in TOOL_NAMES or ":" in spec, "rollout.tools", r.tools,
+                   f"built-in tools ({', '.join(TOOL_NAMES)}) or `module:function` / `file.py:function`")
+        _check(set(r.tool_options) <= set(r.tools), "rollout.tool_options", r.tool_options,
+               "options keyed by names listed in rollout.tools")
+        _check(not (r.tools and r.environment), "rollout.environment", r.environment,
+               "null when rollout.tools is set (the tools are the built-in environment)")
+        _check(r.max_turns >= 1, "rollout.max_turns", r.max_turns, "an integer >= 1")
+        _check(r.max_episode_tokens is None or r.max_episode_tokens >= 1, "rollout.max_episode_tokens",
+               r.max_episode_tokens, "null or an integer >= 1")
+        _check(r.tool_timeout > 0, "rollout.tool_timeout", r.tool_timeout, "a number of seconds > 0")
 
     def _validate_processes(self) -> None:
         """The rules that depend on the number of processes torchrun announced (WORLD_SIZE)."""

@@ -13,8 +13,8 @@ import torch
 from grpo import rewards
 from grpo.config import Config, RewardSpec
 from grpo.rollout import SamplingParams
+from grpo.rollout.episodes import build_sampler
 from grpo.tasks.base import Example
-from grpo.tasks.prompts import PromptFormat
 
 
 def grader_specs(cfg: Config) -> list[RewardSpec]:
@@ -34,13 +34,13 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
     graders = rewards.build(grader_specs(cfg))
     greedy = SamplingParams(group_size=1, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=max_new,
                             stop=tuple(cfg.rollout.stop))
-    prompt_format = PromptFormat.from_config(cfg.task)
+    sampler = build_sampler(cfg, engine, tokenizer)
     acc, fmt, lengths, truncated = [], [], [], 0
     passed: list[float] = []
     sampled_correct: list[float] = []
     for start in range(0, len(examples), e.batch_size):
         chunk = examples[start : start + e.batch_size]
-        batch = prompt_format.sample(engine, tokenizer, chunk, greedy)
+        batch = sampler.sample(chunk, greedy)
         scores = rewards.score(graders, batch.completions, chunk, cfg.reward_timeout)
         acc += torch.nan_to_num(scores.per_function["accuracy"]).tolist()
         fmt += torch.nan_to_num(scores.per_function["format"]).tolist()
@@ -49,7 +49,7 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
         if e.pass_k > 1:
             sampled = SamplingParams(group_size=e.pass_k, temperature=e.temperature, top_p=cfg.rollout.top_p,
                                      top_k=cfg.rollout.top_k, max_new_tokens=max_new, stop=greedy.stop)
-            batch = prompt_format.sample(engine, tokenizer, chunk, sampled)
+            batch = sampler.sample(chunk, sampled)
             repeated = [ex for ex in chunk for _ in range(e.pass_k)]
             scores = rewards.score(graders[:1], batch.completions, repeated, cfg.reward_timeout)
             correct = torch.nan_to_num(scores.per_function["accuracy"]).view(len(chunk), e.pass_k)

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import errno
 import shutil
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +74,11 @@ class NotEnoughDisk(OSError):
 # --------------------------------------------------------------------------- context
 
 
-def prompt_lengths(examples: list[Example], tokenizer: Any, prompt_format: PromptFormat) -> list[int]:
+def prompt_lengths(examples: list[Example], tokenizer: Any, render: Callable[[Example], str]) -> list[int]:
     """Tokens in each example's rendered prompt, counted as the rollout engine counts them."""
     if not examples:
         return []
-    texts = [prompt_format.render(tokenizer, ex) for ex in examples]
+    texts = [render(ex) for ex in examples]
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
@@ -92,14 +94,17 @@ def prompt_limit(cfg: Config, model: Any, max_new_tokens: int) -> tuple[int | No
     )
 
 
-def check_prompts(task: Any, tokenizer: Any, model: Any, cfg: Config) -> int:
-    """Every training and held-out prompt fits; returns the longest prompt in tokens."""
-    prompt_format = PromptFormat.from_config(cfg.task)
-    train = prompt_lengths(task.train, tokenizer, prompt_format)
+def check_prompts(task: Any, tokenizer: Any, model: Any, cfg: Config,
+                  render: Callable[[Example], str] | None = None) -> int:
+    """Every training and held-out prompt fits; returns the longest prompt in tokens.
+    render: the sampler's prompt text (tools shown included); None = the task's PromptFormat."""
+    render = render or partial(PromptFormat.from_config(cfg.task).render, tokenizer)
+    train = prompt_lengths(task.train, tokenizer, render)
     eval_examples = task.eval[: cfg.eval.num_examples]
-    held_out = prompt_lengths(eval_examples, tokenizer, prompt_format)
-    eval_new = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
-    for split, examples, lengths, new in (("training", task.train, train, cfg.rollout.max_new_tokens),
+    held_out = prompt_lengths(eval_examples, tokenizer, render)
+    r = cfg.rollout
+    eval_new = r.episode_tokens if r.multi_turn else cfg.eval.max_new_tokens or r.max_new_tokens
+    for split, examples, lengths, new in (("training", task.train, train, r.episode_tokens),
                                           ("held-out", eval_examples, held_out, eval_new)):
         limit, name = prompt_limit(cfg, model, new)
         if limit is None:
@@ -154,14 +159,14 @@ def estimate_memory(model: torch.nn.Module, cfg: Config, max_prompt: int) -> dic
     head_dim = getattr(mc, "head_dim", None) or hidden // heads
     vocab = getattr(mc, "vocab_size", None) or 0
     r, t = cfg.rollout, cfg.train
-    seq = max_prompt + r.max_new_tokens
+    seq = max_prompt + r.episode_tokens
     n_gen, m = t.prompts_per_step * r.group_size, t.micro_batch_size
     per_layer = 6 * hidden + 4 * inter  # values kept per token and layer for backward
     if cfg.model.gradient_checkpointing:  # layer inputs, plus one layer recomputed at a time
         activations = m * seq * (layers * hidden + per_layer) * b
     else:
         activations = m * seq * layers * per_layer * b
-    update = activations + 3 * m * r.max_new_tokens * vocab * 4
+    update = activations + 3 * m * r.episode_tokens * vocab * 4
     generation = n_gen * seq * layers * 2 * kv_heads * head_dim * b
     if update >= generation:
         out[f"one micro-batch update ({m} completions of up to {seq} tokens)"] = update
@@ -235,9 +240,10 @@ def check_disk(path: str | Path, need: int, what: str) -> None:
 
 
 def preflight(cfg: Config, model: torch.nn.Module, tokenizer: Any, task: Any,
-              optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+              optimizer: torch.optim.Optimizer, device: torch.device,
+              render: Callable[[Example], str] | None = None) -> None:
     """Every check above, as `Trainer.build` runs them before the first step."""
-    max_prompt = check_prompts(task, tokenizer, model, cfg)
+    max_prompt = check_prompts(task, tokenizer, model, cfg, render)
     if not cfg.train.check_resources:
         return
     check_memory(model, cfg, max_prompt, device)

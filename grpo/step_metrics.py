@@ -14,7 +14,7 @@ import torch
 from grpo.distributed import World
 from grpo.reward_harness import RewardScores
 from grpo.tasks.base import Example
-from grpo.trajectory import FINISH_LENGTH, Trajectory
+from grpo.trajectory import FINISH_LENGTH, FINISH_TURNS, Trajectory
 
 
 def rollout_metrics(trajectory: Trajectory, scores: RewardScores, advantages: torch.Tensor, group_size: int,
@@ -42,7 +42,38 @@ def rollout_metrics(trajectory: Trajectory, scores: RewardScores, advantages: to
         out[f"reward/{name}/errors"] = int(world.sum(scores.errors.get(name, 0)))
         if name in ("accuracy", "format"):
             out[name] = out[f"reward/{name}/mean"]
+    if trajectory.episodes is not None:
+        out.update(episode_metrics(trajectory, world))
     return out
+
+
+def episode_metrics(trajectory: Trajectory, world: World) -> dict[str, float]:
+    """Multi-turn episodes over every rank's rows: turns, tokens sampled and inserted, why
+    episodes stopped, and each tool's calls and errors (`invalid`: calls naming no tool)."""
+    assert trajectory.episodes is not None
+    gather = world.gather
+    turns = gather(torch.tensor([sum(m["role"] == "assistant" for m in e) for e in trajectory.episodes],
+                                dtype=torch.float32))
+    reasons = trajectory.finish_reasons
+    stopped = gather(torch.tensor([[r == FINISH_TURNS, r == FINISH_LENGTH] for r in reasons], dtype=torch.float32))
+    counts: dict[str, int] = {}
+    for message in (m for e in trajectory.episodes for m in e if m["role"] in ("tool", "environment")):
+        name = f"tools/{message['name']}" if message["role"] == "tool" else "environment"
+        if message["role"] == "tool":
+            counts[f"{name}/calls"] = counts.get(f"{name}/calls", 0) + 1
+        counts[f"{name}/errors"] = counts.get(f"{name}/errors", 0) + (message.get("error") is not None)
+    merged: dict[str, float] = {}
+    for part in world.gather_objects(counts):
+        for key, n in part.items():
+            merged[key] = merged.get(key, 0) + n
+    return {
+        "episode/turns": turns.mean().item(),
+        "episode/tokens_sampled": int(world.sum(trajectory.num_generated_tokens)),
+        "episode/tokens_inserted": int(world.sum(int((trajectory.completion_mask - trajectory.loss_mask).sum()))),
+        "episode/stopped_by_turns": stopped[:, 0].mean().item(),
+        "episode/stopped_by_tokens": stopped[:, 1].mean().item(),
+        **dict(sorted(merged.items())),
+    }
 
 
 def sample_records(examples: list[Example], trajectory: Trajectory, scores: RewardScores, advantages: torch.Tensor,
@@ -54,6 +85,7 @@ def sample_records(examples: list[Example], trajectory: Trajectory, scores: Rewa
         out.append({
             "example_id": ex.id, "question": ex.question, "answer": ex.answer,
             "completion": trajectory.completions[i], "finish_reason": trajectory.finish_reasons[i],
+            **({"episode": trajectory.episodes[i]} if trajectory.episodes is not None else {}),
             "reward": scores.total[i].item(), "advantage": advantages[i].item(),
             "rewards": {k: (None if math.isnan(v[i].item()) else v[i].item())
                         for k, v in scores.per_function.items()},

@@ -53,11 +53,11 @@ from grpo.logprobs import LocalReference, ReferenceModel, batch_logprobs
 from grpo.loss import PolicyLoss, SamplerCorrection
 from grpo.reward_harness import RewardScores, WeightedReward
 from grpo.rollout import RolloutEngine, SamplingParams, build_engine, engine_name
+from grpo.rollout.episodes import EpisodeSampler, SingleTurnSampler, build_sampler
 from grpo.serve.client import RemoteReference
 from grpo.step_metrics import rollout_metrics, sample_records
 from grpo.tasks import Task, build_task
 from grpo.tasks.base import DataStream, Example
-from grpo.tasks.prompts import PromptFormat
 from grpo.trajectory import FINISH_LENGTH, Trajectory
 from grpo.update import (
     SamplerWeights,
@@ -111,6 +111,7 @@ class Trainer:
     tokenizer: PreTrainedTokenizerBase
     reference: ReferenceModel | None  # None when beta = 0
     engine: RolloutEngine
+    sampler: SingleTurnSampler | EpisodeSampler  # single-turn, or episodes with tools / an environment
     reward_fns: list[WeightedReward]
     task: Task
     loss: PolicyLoss
@@ -139,7 +140,7 @@ class Trainer:
         device = next(model.parameters()).device
         if device.type == "cpu":
             keep_freed_memory()  # no page faults for each step's tensors (grpo/allocator.py)
-        loss = PolicyLoss.from_config(cfg.algorithm, cfg.rollout.max_new_tokens)
+        loss = PolicyLoss.from_config(cfg.algorithm, cfg.rollout.episode_tokens)
         # With beta = 0 the reference model is never loaded (memory and time).
         reference = None
         if loss.needs_reference and cfg.reference.url:  # served by `grpo serve-ref`, elsewhere
@@ -153,14 +154,15 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, betas=tuple(cfg.train.adam_betas),
                                       weight_decay=cfg.train.weight_decay, fused=device.type in ("cpu", "cuda"))
         scheduler = make_scheduler(optimizer, cfg, cfg.train.num_steps * cfg.algorithm.num_iterations)
-        resources.preflight(cfg, model, tokenizer, task, optimizer, device)  # prompts, memory, disk
+        sampler = build_sampler(cfg, engine, tokenizer)  # tools and environments load: bad ones fail now
+        resources.preflight(cfg, model, tokenizer, task, optimizer, device, sampler.render)  # prompts, memory, disk
         state = TrainerState()
         if ckpt is not None:
             state = load_training_state(ckpt, model, optimizer, scheduler, world)
             engine.sync_weights(model, state.num_updates)  # the checkpoint's weights, not model.path's
         correction = SamplerCorrection.from_config(cfg.algorithm, engine_name(cfg.rollout, world.size))
-        return cls(cfg, model, tokenizer, reference, engine, reward_fns, task, loss, correction, optimizer, scheduler,
-                   device, state, DataStream(task.train, cfg.seed, state.examples_seen), world)
+        return cls(cfg, model, tokenizer, reference, engine, sampler, reward_fns, task, loss, correction, optimizer,
+                   scheduler, device, state, DataStream(task.train, cfg.seed, state.examples_seen), world)
 
     # ----------------------------------------------------------------- one step
 
@@ -209,10 +211,6 @@ class Trainer:
         samples = sample_records(examples, trajectory, scores, advantages, G, cfg.log.num_samples)
         return metrics, samples
 
-    @property
-    def prompt_format(self) -> PromptFormat:
-        return PromptFormat.from_config(self.cfg.task)
-
     def sampling_params(self) -> SamplingParams:
         return SamplingParams.from_config(self.cfg.rollout)
 
@@ -237,7 +235,7 @@ class Trainer:
             examples = world.shard(self.data.take(cfg.train.prompts_per_step))
             if num_kept < share:
                 # 2. generate G completions per prompt
-                trajectory = self.prompt_format.sample(self.engine, self.tokenizer, examples, self.sampling_params())
+                trajectory = self.sampler.sample(examples, self.sampling_params())
                 lap("generation")
                 # 3. rewards, per completion (completion i belongs to prompt i // G)
                 grouped = [ex for ex in examples for _ in range(G)]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 FINISH_EOS, FINISH_LENGTH, FINISH_STOP = "eos", "length", "stop"
+FINISH_TURNS = "max_turns"  # an episode used rollout.max_turns model turns without ending
 
 
 @dataclass
@@ -57,10 +58,14 @@ class Trajectory(TokenSequences):
     completions:      decoded completions (special tokens skipped; cut right after a stop
                       string; with task.assistant_prefix, that prefix + the completion), N strings
     finish_reasons:   why each row stopped: "eos" (an EOS token), "stop" (a stop string,
-                      rollout.stop) or "length" (the token budget)
+                      rollout.stop), "length" (the token budget: per turn or per episode) or
+                      "max_turns" (an episode still going after rollout.max_turns turns)
     token_rewards:    [N, C] float32 or None: rewards given to single tokens (a step's score
                       at the token where the step ends; 0 elsewhere) by process rewards,
                       summed into per-token advantages; None when every reward is per row.
+    episodes:         multi-turn rollouts only (else None): each row's messages after the
+                      prompt, {"role", "content"} (assistant turns as sampled; tool and
+                      environment replies with "name" and "error" where they have them)
     `torch.cat([prompt_ids, completion_ids], 1)` with the concatenated masks is the model
     input for log-prob forwards.
     """
@@ -71,6 +76,7 @@ class Trajectory(TokenSequences):
     completions: list[str]
     finish_reasons: list[str]
     token_rewards: torch.Tensor | None = None
+    episodes: list[list[dict]] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,6 +84,7 @@ class Trajectory(TokenSequences):
         assert self.completion_mask.shape == self.loss_mask.shape == self.sampler_logprobs.shape == shape
         assert shape[0] == n == len(self.completions) == len(self.finish_reasons) == self.policy_version.shape[0]
         assert not (self.loss_mask.bool() & ~self.completion_mask.bool()).any(), "loss_mask outside completion_mask"
+        assert self.episodes is None or len(self.episodes) == n
         if self.token_rewards is not None and self.token_rewards.shape != shape:
             raise ValueError(f"token_rewards has shape {tuple(self.token_rewards.shape)}; the completions "
                              f"have {tuple(shape)}")
@@ -138,5 +145,6 @@ class Trajectory(TokenSequences):
             policy_version=torch.cat([t.policy_version for t in parts]),
             completions=[c for t in parts for c in t.completions],
             finish_reasons=[r for t in parts for r in t.finish_reasons],
+            episodes=[e for t in parts for e in t.episodes] if all(t.episodes is not None for t in parts) else None,
             token_rewards=torch.cat([right(rewards(t), 0.0) for t in parts]) if any_rewards else None,
         )

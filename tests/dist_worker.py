@@ -44,7 +44,7 @@ def main(out: str, overrides: list[str]) -> None:
     examples = trainer.data.take(cfg.train.prompts_per_step)  # the whole step, on every rank
     params = SamplingParams.from_config(cfg.rollout, seed=1234)
     world.gather_weights(trainer.model)
-    batch = trainer.prompt_format.sample(trainer.engine, trainer.tokenizer, examples, params)
+    batch = trainer.sampler.sample(examples, params)
     grouped = [ex for ex in examples for _ in range(G)]
     scores = rewards.score(trainer.reward_fns, batch.completions, grouped, cfg.reward_timeout)
     a = cfg.algorithm

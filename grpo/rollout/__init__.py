@@ -71,9 +71,13 @@ def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any, world_size: int
     """The engine named by rollout.engine, generating with `model` (the policy itself)."""
     check_engine(cfg, world_size)
     name = engine_name(cfg, world_size)
+    # later turns of an episode continue from the prompt plus everything after it so far
+    prompt_limit = cfg.max_prompt_tokens
+    if prompt_limit is not None and cfg.multi_turn:
+        prompt_limit += cfg.episode_tokens
     if name == "vllm":
         # vLLM sizes its cache per sequence: the prompt limit plus the completion budget
-        max_model_len = None if cfg.max_prompt_tokens is None else cfg.max_prompt_tokens + cfg.max_new_tokens
-        options = {"max_model_len": max_model_len, "stop_strings": bool(cfg.stop), **cfg.vllm}
-        return engine_class(name)(model, tokenizer, max_prompt_tokens=cfg.max_prompt_tokens, **options)
-    return engine_class(name)(model, tokenizer, max_prompt_tokens=cfg.max_prompt_tokens)
+        max_model_len = None if cfg.max_prompt_tokens is None else cfg.max_prompt_tokens + cfg.episode_tokens
+        options = {"max_model_len": max_model_len, "stop_strings": bool(cfg.stop) or cfg.multi_turn, **cfg.vllm}
+        return engine_class(name)(model, tokenizer, max_prompt_tokens=prompt_limit, **options)
+    return engine_class(name)(model, tokenizer, max_prompt_tokens=prompt_limit)

@@ -56,14 +56,20 @@ class TransformersEngine:
     def generate(self, prompts: list[str], params: SamplingParams) -> Trajectory:
         if not prompts:
             raise ValueError("generate() needs at least one prompt")
+        # The prompts are rendered chat texts: the template already holds the special tokens.
+        return self.generate_tokens(self.tokenizer(prompts, add_special_tokens=False)["input_ids"], params)
+
+    def generate_tokens(self, prompts: list[list[int]], params: SamplingParams) -> Trajectory:
+        """generate() on prompts given as token ids (multi-turn episodes continue from the ids
+        sampled so far, never from re-tokenized text)."""
+        if not prompts:
+            raise ValueError("generate_tokens() needs at least one prompt")
         G = params.group_size
         device = next(self.model.parameters()).device
-        # The prompts are rendered chat texts: the template already holds the special tokens.
-        enc = self.tokenizer(
-            prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-        )
-        self._check_lengths(enc["attention_mask"].sum(1).tolist(), params.max_new_tokens)
-        unique_ids, unique_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # [B, P]
+        self._check_lengths([len(p) for p in prompts], params.max_new_tokens)
+        P = max(len(p) for p in prompts)
+        unique_ids = torch.tensor([[self.pad_id] * (P - len(p)) + p for p in prompts], device=device)  # [B, P]
+        unique_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], device=device)  # [B, P]
         reordered = packed_linears(self.model) if self.decodes_with_policy else nullcontext()
         with _eval_mode(self.model), torch.no_grad(), _seeded(params.seed, device), reordered:
             # no_grad, not inference_mode: the ids feed later forwards that need autograd

@@ -19,6 +19,7 @@ report see is prefix + completion (`PromptFormat.sample`), so a layout check suc
 
 from __future__ import annotations
 
+import json
 import string
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,33 @@ TEMPLATES: dict[str, tuple[str, str]] = {
 }
 TEMPLATE_HELP = (f"'{CHAT}' (the tokenizer's chat template), a preset ({', '.join(TEMPLATES)}) or a plain-text "
                  "template holding {question} once and optionally {system} before it (literal braces doubled)")
+
+
+# How a tool's reply enters the token stream (`PromptFormat.continuation` renders both):
+#   hermes: a `tool` turn of the chat template, then a new assistant turn;
+#   inline: `<tool_response> ... </tool_response>` inside the same assistant turn, the layout
+#           of tool-integrated reasoning papers (easier for small models, any template).
+TOOL_FORMATS = ("hermes", "inline")
+TOOLS_SECTION = (
+    "# Tools\n\nYou may call tools to help you. Their signatures, as JSON schemas, are inside <tools></tools>:\n"
+    "<tools>\n{schemas}\n</tools>\n\nTo call a tool, write <tool_call>{{\"name\": <tool name>, \"arguments\": "
+    "<JSON object of its arguments>}}</tool_call>; its result comes back inside <tool_response></tool_response>."
+)
+
+
+def with_tools_section(messages: list[dict], tools: list[dict]) -> list[dict]:
+    """The messages with TOOLS_SECTION appended to the system prompt (one added if there is none)."""
+    section = TOOLS_SECTION.format(schemas="\n".join(json.dumps(t) for t in tools))
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": messages[0]["content"] + "\n\n" + section}, *messages[1:]]
+    return [{"role": "system", "content": section}, *messages]
+
+
+def _renders_tools(tokenizer: Any, tools: list[dict]) -> bool:
+    """Does the chat template show `tools=` to the model (many ignore it silently)?"""
+    probe = [{"role": "user", "content": "?"}]
+    plain = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(probe, tools=tools, tokenize=False, add_generation_prompt=True) != plain
 
 
 def template_error(template: str) -> str | None:
@@ -92,12 +120,38 @@ class PromptFormat:
 
     def render(self, tokenizer: Any, example: Example) -> str:
         """The prompt text the model continues: template (chat or plain), then the assistant prefix."""
+        return self.render_messages(tokenizer, example.prompt)
+
+    def render_messages(self, tokenizer: Any, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """`render` for any messages; `tools` (JSON schemas) reach the model through the chat
+        template where it renders them, else through a system-prompt section (TOOLS_SECTION)."""
         self.check(tokenizer)
+        if tools and not (self.template is None and _renders_tools(tokenizer, tools)):
+            messages = with_tools_section(messages, tools)
+            tools = None
         if self.template is None:
-            text = tokenizer.apply_chat_template(example.prompt, tokenize=False, add_generation_prompt=True)
+            native = {"tools": tools} if tools else {}  # the template renders them itself
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **native)
         else:
-            text = self._render_plain(example.prompt)
+            text = self._render_plain(messages)
         return text + self.assistant_prefix
+
+    def continuation(self, tokenizer: Any, messages: list[dict], tool_format: str, after_eos: bool) -> str:
+        """The text inserted after a model turn for an environment's `messages`: inline, each
+        reply on its own lines inside the same turn (tool replies in <tool_response> tags);
+        hermes (chat templates), the template's end of turn, the replies' turns and a new
+        assistant turn, exactly as the template renders them after an assistant message.
+        after_eos: the turn ended with the model's own EOS, which the template would repeat."""
+        if tool_format == "inline" or self.template is not None:
+            return "".join(f"\n<tool_response>\n{m['content']}\n</tool_response>\n" if m["role"] == "tool"
+                           else f"\n{m['content']}\n" for m in messages)
+        mark = "\u2063grpo-turn\u2063"  # invisible separators: text no model turn contains
+        turns = [{"role": "user", "content": "?"}, {"role": "assistant", "content": mark}]
+        turns += [{k: m[k] for k in ("role", "content", "name") if k in m} for m in messages]
+        full = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        text = full[full.index(mark) + len(mark):]
+        eos = tokenizer.eos_token or ""
+        return text[len(eos):] if after_eos and eos and text.startswith(eos) else text
 
     def sample(self, engine: Any, tokenizer: Any, examples: list[Example], params: Any) -> Trajectory:
         """engine.generate on the rendered prompts; completions become prefix + completion text."""
