@@ -100,6 +100,10 @@ class TaskConfig:
     few_shot: int = doc(
         0, "Worked examples prepended as prior chat turns (helps small models learn the format)."
     )
+    few_shot_calculator: bool = doc(
+        False, "Worked examples call the calculator tool on their expression, its reply inline (for tool "
+        "recipes with rollout.tools=[calculator], rollout.tool_format=inline; reasoning-gym tasks).",
+    )
     template: str = doc(
         "chat",
         "How messages become the prompt text: chat (the tokenizer's chat template), r1_zero (DeepSeek-R1-Zero's "

@@ -139,6 +139,17 @@ def plot_specs(metrics: list[dict[str, Any]], evals: list[dict[str, Any]]) -> li
     return specs
 
 
+def _episode(messages: Any) -> list[dict] | None:
+    """A multi-turn sample's messages (role, content, tool name, error), cut like the texts."""
+    if not isinstance(messages, list):
+        return None
+    def optional(value: Any) -> str | None:
+        return None if value is None else _cut(value, 200)
+
+    return [{"role": str(m.get("role")), "content": _cut(m.get("content"), 2000), "name": optional(m.get("name")),
+             "error": optional(m.get("error"))} for m in messages[:50] if isinstance(m, dict)]
+
+
 def _cut(text: Any, limit: int = MAX_TEXT_CHARS) -> str:
     text = "" if text is None else str(text)
     return text if len(text) <= limit else text[:limit] + f"\n[... {len(text) - limit} more characters cut]"
@@ -154,6 +165,7 @@ def table_rows(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "completion": _cut(s.get("completion")), "finish_reason": s.get("finish_reason"),
             "reward": _number(s.get("reward")), "advantage": _number(s.get("advantage")),
             "rewards": {str(k): _number(v) for k, v in (s.get("rewards") or {}).items()},
+            "episode": _episode(s.get("episode")),
         })
     return keep
 

@@ -8,7 +8,7 @@ offline and from a file:// URL.
 
 Data shape (see grpo.report.build_data): {title, summary: [[label, value]], notes: [str],
 plots: [{id, title, series: [{name, x: [step], y: [value|null]}]}], reward_names: [str],
-samples: [{step, example_id, question, answer, completion, finish_reason, reward, advantage,
+samples: [{step, example_id, question, answer, completion, finish_reason, reward, advantage, episode,
 rewards: {name: value|null}}], config: str}.
 """
 
@@ -46,6 +46,8 @@ TEMPLATE = r"""<!doctype html>
   td pre { margin: 0; white-space: pre-wrap; word-break: break-word; max-height: 240px; overflow: auto;
            font: 12px/1.35 ui-monospace, SFMono-Regular, Menlo, monospace; }
   td.q div { max-height: 120px; overflow: auto; font-size: 12px; }
+  div.turn.reply { background: #eef3fb; border-left: 3px solid #6b8fd6; padding: 2px 6px; margin: 2px 0; }
+  div.turn .who { font-size: 11px; color: #44598a; font-weight: 600; }
   td.q b { font-weight: 600; }
   #config { background: #fff; border: 1px solid #e3e3e3; padding: 8px; overflow: auto; }
 </style>
@@ -192,7 +194,17 @@ function sampleRow(s) {
   gold.append(el("b", {}, "gold: "), document.createTextNode(s.answer ?? ""));
   q.append(qd, gold, el("div", {}, `id ${s.example_id ?? ""}`));
   const c = el("td");
-  c.append(el("pre", {}, s.completion ?? ""));
+  if (s.episode) {  // a multi-turn episode: the model's turns, and tool / environment replies apart
+    for (const m of s.episode) {
+      const who = m.role === "assistant" ? "" : `${m.name ?? m.role}${m.error ? " (error: " + m.error + ")" : ""}`;
+      const turn = el("div", {class: m.role === "assistant" ? "turn" : "turn reply"});
+      if (who) turn.append(el("div", {class: "who"}, who));
+      turn.append(el("pre", {}, m.content ?? ""));
+      c.append(turn);
+    }
+  } else {
+    c.append(el("pre", {}, s.completion ?? ""));
+  }
   tr.append(q, c);
   return tr;
 }

@@ -152,3 +152,27 @@ def test_two_process_dynamic_sampling_keeps_the_ranks_in_step(tmp_path, tiny_mod
     rows = metrics(whole)
     assert metrics(split) == rows and all("dynamic/rounds" in r for r in rows)
     assert all(r["dynamic/prompts_drawn"] == 4 * r["dynamic/rounds"] for r in rows)
+
+
+ENVS = HERE / "environments_for_tests.py"
+EPISODES = (f"rollout.environment='{ENVS}:Echo'", "rollout.environment_options={turns: 0}", "rollout.stop=[' ']",
+            "rollout.max_turns=2", "rollout.max_episode_tokens=16")
+
+
+def test_two_process_episode_update_equals_one_process(tmp_path, tiny_model_dir):
+    """Multi-turn episodes (an environment answering every turn): each rank trains its share of
+    the same episodes, and the update equals the one-process update."""
+    single = one_update(tmp_path, tiny_model_dir, 1, "single", *EPISODES)
+    double = one_update(tmp_path, tiny_model_dir, 2, "double", *EPISODES)
+    assert_same_update(double, single, initial_params(tiny_model_dir), lr=1e-3)
+
+
+def test_two_process_run_with_tools(tmp_path, tiny_model_dir):
+    run = tmp_path / "tools"
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, run, 2, "rollout.tools=[calculator]", *EPISODES[2:],
+                            "task.assistant_prefix='<tool_call>{\"name\": \"calculator\", \"arguments\": "
+                            "{\"expression\": \"2 + 3\"}}</tool_call>'", "rollout.tool_format=inline"))
+    rows = metrics(run)
+    # the prefilled call runs where the first turn ends at the stop string (not at its budget)
+    assert len(rows) == 2 and sum(r.get("tools/calculator/calls", 0) for r in rows) > 0
+    assert all(r.get("tools/calculator/errors", 0) == 0 and "episode/turns" in r for r in rows)

@@ -199,3 +199,27 @@ def test_config_builds_tools_and_environments_by_import_path(engine, tmp_path):
     with pytest.raises(ValueError, match="environment_options"):
         build_sampler(load_config(None, [f"rollout.environment='{ENVS}:Echo'",
                                          "rollout.environment_options={colour: red}"]), engine, engine.tokenizer)
+
+
+def test_a_training_run_with_a_tool_logs_episodes_and_the_report_shows_them(tiny_model_dir, tmp_path, monkeypatch,
+                                                                            capsys):
+    from cli_runs import metrics, quick, run_cli, tiny_args
+
+    from grpo.report import build_data
+
+    prefix = CALL.replace("12 * 7", "2 + 3")
+    args = tiny_args(tmp_path, tiny_model_dir) + [
+        "rollout.tools=[calculator]", "rollout.tool_format=inline", "rollout.max_turns=2",
+        "rollout.max_episode_tokens=16", "rollout.stop=[' ']", "rollout.max_new_tokens=6",
+        f"task.assistant_prefix='{prefix}'", "train.num_steps=2",
+        "eval.num_examples=2", "rollout.engine=shared_prefix"]
+    with quick(monkeypatch):
+        status, _, err = run_cli(capsys, "train", *args)
+    assert status == 0, err
+    rows = metrics(tmp_path / "run")
+    # a first turn that ends at the stop string (not at its token budget) runs the prefilled call
+    assert sum(r.get("tools/calculator/calls", 0) for r in rows) > 0
+    assert all(r.get("tools/calculator/errors", 0) == 0 and 1 <= r["episode/turns"] <= 2 for r in rows)
+    data = build_data(tmp_path / "run")
+    replies = [m for s in data["samples"] for m in s["episode"] if m["role"] == "tool"]
+    assert replies and all(m["content"] == "5" and m["name"] == "calculator" for m in replies)

@@ -88,7 +88,9 @@ class ToolEnvironment:
             return _reply(INVALID, f"error: there is no tool {call.name!r}; the tools are: {known}", "unknown_tool")
         if k >= self.max_calls:
             return _reply(tool.name, f"error: at most {self.max_calls} tool calls per turn", "too_many_calls")
-        result = call_tool(tool, call.arguments, self.timeout)
+        # a tool with its own wall clock (python) gets the time to enforce it and clean up
+        timeout = max(self.timeout, getattr(tool.function, "wall_seconds", 0) + 5)
+        result = call_tool(tool, call.arguments, timeout)
         return _reply(tool.name, result.text, result.error)
 
 

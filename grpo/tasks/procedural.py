@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
@@ -82,7 +83,8 @@ def build_procedural_task(cfg: TaskConfig) -> Task:
             "draws: it has too few distinct questions; lower task.num_eval / task.few_shot / "
             "task.num_train or widen task.params"
         )
-    attach_prompts(eval_ + train, default_system_prompt(cfg), shots, worked_think)
+    think = calculator_think if cfg.few_shot_calculator else worked_think
+    attach_prompts(eval_ + train, default_system_prompt(cfg), shots, think)
     return Task(name=cfg.name, train=train, eval=eval_, few_shot=shots)
 
 
@@ -109,6 +111,17 @@ def worked_think(ex: Example) -> str:
     if expression and meta.get("target") is not None:  # countdown: the answer is the expression
         return f"{expression} = {meta['target']}"
     return generic_think(ex.answer)
+
+
+def calculator_think(ex: Example) -> str:
+    """A worked example that calls the calculator on its expression, its reply inline (the
+    `inline` tool format), then states the result: a small model copies a call from one."""
+    expression = str((ex.metadata.get("reasoning_gym") or {}).get("expression") or "")
+    if not expression:
+        return worked_think(ex)
+    call = json.dumps({"name": "calculator", "arguments": {"expression": expression}})
+    return (f"I use the calculator. <tool_call>{call}</tool_call>\n<tool_response>\n{ex.answer}\n"
+            f"</tool_response>\nSo {expression} = {ex.answer}.")
 
 
 def reasoning_gym_entry(ex: Example) -> dict[str, Any]:

@@ -93,6 +93,7 @@ def make_python_tool(**options) -> Callable[[str], str]:
         """
         return run_python(code, limits)
 
+    python.wall_seconds = limits.timeout  # it kills its own program: callers wait at least this long
     return python
 
 
