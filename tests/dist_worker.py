@@ -56,7 +56,7 @@ def main(out: str, overrides: list[str]) -> None:
         state = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     if world.is_main:
         torch.save({"params": state, "grads": grads, "grad_norm": metrics["grad_norm"], "loss": metrics["loss"],
-                    "completions": batch.completions}, out)
+                    "completions": [str(c) for c in batch.completions]}, out)
     world.close()
 
 

@@ -169,7 +169,8 @@ def test_two_process_episode_update_equals_one_process(tmp_path, tiny_model_dir)
 
 def test_two_process_run_with_tools(tmp_path, tiny_model_dir):
     run = tmp_path / "tools"
-    torchrun(2, *train_args(tmp_path, tiny_model_dir, run, 2, "rollout.tools=[calculator]", *EPISODES[2:],
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, run, 2, "rollout.tools=[calculator]", *EPISODES[2:4],
+                            "rollout.max_episode_tokens=48",
                             "task.assistant_prefix='<tool_call>{\"name\": \"calculator\", \"arguments\": "
                             "{\"expression\": \"2 + 3\"}}</tool_call>'", "rollout.tool_format=inline"))
     rows = metrics(run)

@@ -210,7 +210,7 @@ def test_a_training_run_with_a_tool_logs_episodes_and_the_report_shows_them(tiny
     prefix = CALL.replace("12 * 7", "2 + 3")
     args = tiny_args(tmp_path, tiny_model_dir) + [
         "rollout.tools=[calculator]", "rollout.tool_format=inline", "rollout.max_turns=2",
-        "rollout.max_episode_tokens=16", "rollout.stop=[' ']", "rollout.max_new_tokens=6",
+        "rollout.max_episode_tokens=48", "rollout.stop=[' ']", "rollout.max_new_tokens=6",
         f"task.assistant_prefix='{prefix}'", "train.num_steps=2",
         "eval.num_examples=2", "rollout.engine=shared_prefix"]
     with quick(monkeypatch):

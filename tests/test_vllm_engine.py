@@ -37,7 +37,7 @@ def policy(model_dir):
 def engine(policy):
     model, tokenizer = policy
     # rollout.stop set: the engine detokenizes for stop strings (tokenizer loaded), only when asked to
-    cfg = RolloutConfig(engine="vllm", max_prompt_tokens=64, max_new_tokens=16, vllm={"enforce_eager": True},
+    cfg = RolloutConfig(engine="vllm", max_prompt_tokens=400, max_new_tokens=16, vllm={"enforce_eager": True},
                         stop=["</answer>"])
     return build_engine(cfg, model, tokenizer)
 
@@ -132,7 +132,11 @@ def test_tool_episodes_run_through_vllm_like_through_shared_prefix(engine, polic
     model, tokenizer = policy
     call = '<tool_call>{"name": "calculator", "arguments": {"expression": "12 * 7"}}</tool_call>'
     examples = [Example(f"q{i}", [{"role": "user", "content": q}], "84") for i, q in enumerate(QUESTIONS)]
-    env = lambda: ToolEnvironment([load_tool("calculator")], timeout=10.0)  # noqa: E731
+    def env():  # no tools section in the prompt: the prefilled call is all the tiny model needs
+        tools = ToolEnvironment([load_tool("calculator")], timeout=10.0)
+        tools.schemas = []
+        return tools
+
     greedy = SamplingParams(1, 0.0, 1.0, 0, 8, stop=(" ",))
     runs = [EpisodeSampler(e, tokenizer, PromptFormat(None, call), env, EpisodeSettings(2, 40, "inline"))
             .sample(examples, greedy) for e in (engine, SharedPrefixEngine(model, tokenizer))]

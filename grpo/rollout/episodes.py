@@ -11,7 +11,9 @@ engine's `generate_tokens`:
   3. the answer is rendered (grpo.tasks.prompts: a chat template's tool turn, or inline) and
      appended as token ids with loss_mask 0 and sampler log-prob 0;
   4. an episode ends when the environment is done, at `max_turns` model turns (finish reason
-     `max_turns`), or when the next turn or reply would pass `max_episode_tokens` (`length`).
+     `max_turns`), or when the next turn or reply would pass `max_episode_tokens` (`length`);
+     replies that came too late for the model to read stay in the episode's messages (the
+     tools did run, and are counted) but not in its tokens.
 The engine never sees an environment and the environment never sees a token.
 
 Rewards score `completions[i]`: the model's final answer message, i.e. the last turn's text
@@ -131,6 +133,7 @@ class EpisodeSampler:
         if done or not replies:
             row.reason = reason
             return
+        row.messages += replies  # the calls ran (and count) even when their replies do not fit below
         if turn == s.max_turns - 1:  # the model would get no turn to read the replies
             row.reason = FINISH_TURNS
             return
@@ -141,7 +144,6 @@ class EpisodeSampler:
             row.reason = FINISH_LENGTH
             return
         row.add(inserted_ids, False)
-        row.messages += replies
         if s.tool_format == "inline":
             row.answer += inserted
 
