@@ -89,7 +89,8 @@ class ToolEnvironment:
         if k >= self.max_calls:
             return _reply(tool.name, f"error: at most {self.max_calls} tool calls per turn", "too_many_calls")
         # a tool with its own wall clock (python) gets the time to enforce it and clean up
-        timeout = max(self.timeout, getattr(tool.function, "wall_seconds", 0) + 5)
+        own = getattr(tool.function, "wall_seconds", None)
+        timeout = self.timeout if own is None else max(self.timeout, own + 5)
         result = call_tool(tool, call.arguments, timeout)
         return _reply(tool.name, result.text, result.error)
 
