@@ -87,14 +87,15 @@ def logged_steps(run: Path) -> list[int]:
 
 def checkpoint_problems(run: Path) -> list[str]:
     """Why any checkpoint-* directory would not load; [] when all of them load completely."""
-    import torch
     from safetensors.torch import load_file
+
+    from grpo.checkpoint import read_training_state
 
     problems = []
     for ckpt in sorted(run.glob("checkpoint-*")):
         try:
             load_file(ckpt / "model.safetensors")
-            blob = torch.load(ckpt / "training_state.pt", weights_only=False)
+            blob = read_training_state(ckpt)  # as a resume reads it: weights_only
             assert {"optimizer", "scheduler", "rng"} <= set(blob), "training_state.pt lacks a part"
             state = json.loads((ckpt / "trainer_state.json").read_text())
             assert f"checkpoint-{state['step']:06d}" == ckpt.name, f"holds step {state['step']}"
