@@ -96,6 +96,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.constructor.ConstructorError as e:
             raise ValueError(f"override {item!r}: {_refused_tag(e)}") from None
+        except RecursionError:
+            raise ValueError(f"override {item!r}: value is nested too deeply to parse") from None
         except yaml.YAMLError as e:
             raise ValueError(f"override {item!r}: value is not valid YAML ({e})") from None
         node = data
@@ -128,6 +130,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {str(p)!r} does not exist")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError(f"config file {str(p)!r} is nested too deeply to parse (lists or mappings "
+                         "thousands of levels deep)") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"config file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
