@@ -107,7 +107,7 @@ def _check_jsonl(p: Path, text: str) -> list[int]:
         if not line.strip():
             continue
         where = f"data file {str(p)!r} line {n}"
-        obj = _parse_json(line, where, lambda e: f"{where}: invalid JSON ({e.msg}, column {e.colno})")
+        obj = _parse_json(line, where, lambda e, where=where: f"{where}: invalid JSON ({e.msg}, column {e.colno})")
         if not isinstance(obj, dict):
             raise ValueError(
                 f"data file {str(p)!r} line {n}: expected a JSON object per line, got {_kind(obj)}"
