@@ -6,12 +6,23 @@
 
 1. A tiny random Llama (tests/tiny.py) trains for --steps steps, uninterrupted: the reference.
 2. The same run (same seed, checkpoint.every=1, resume=true) is started again and again and
-   killed with SIGKILL --kills times, at moments of three kinds in turn: a few milliseconds
-   after a step's metrics line appears (the checkpoint write follows it at once), somewhere
-   within the next step, and at a random time after start (imports, model load, resume,
-   evaluation). After every kill, every checkpoint-* directory must load completely
-   (safetensors + training_state.pt + trainer_state.json naming its own step) and the newest
-   checkpoint must never go back.
+   killed with SIGKILL --kills times, at moments of three kinds in turn, each found by
+   watching the run directory rather than by the clock, so every kill lands on a fast or a
+   slow machine alike:
+   - checkpoint-write: once a step's metrics line appears, at the moment the checkpoint's
+     temporary directory appears, plus 0-4 ms (inside the write, or the rotation after it);
+   - mid-step: once a step's metrics line appears, after a random fraction of that step's
+     own `time/step` (as measured now, on this machine), or at once if the next step's line
+     appears first;
+   - startup, one of three phases: a random moment while loading (up to the startup time
+     the earlier children took), the moment config.yaml is rewritten (the model and the
+     checkpoint are loaded), or the moment metrics.jsonl is cut back to the checkpoint;
+     always by the time the child's first new step is logged.
+   So a kill costs at most two steps of progress (one, unless the poll misses a whole step),
+   and --steps defaults to 2 * kills + 4: the run cannot end before every kill has landed,
+   however fast or slow the machine is at the time. After every kill, every checkpoint-*
+   directory must load completely (safetensors + training_state.pt, read as a resume reads
+   it, + trainer_state.json naming its own step) and the newest checkpoint must never go back.
 3. Once the kills are spent, the run is resumed to the end. Its metrics.jsonl (time and
    memory fields aside), samples.jsonl, eval.jsonl and final weights must equal the
    reference's exactly.
@@ -109,11 +120,15 @@ def latest_step(run: Path) -> int:
     return max(steps, default=0)
 
 
-def median_step_seconds(run: Path) -> float:
-    """The median `time/step` of a finished run: how long a kill aimed "within the next step"
-    may wait (a fixed wait lets a fast machine finish the run before the kills are spent)."""
-    times = sorted(r["time/step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()))
-    return times[len(times) // 2]
+def last_step_seconds(run: Path) -> float:
+    """The `time/step` of the newest complete metrics line: how long this machine takes for a
+    step right now (a fixed wait let a fast machine finish the run before the kills were spent)."""
+    for line in reversed((run / "metrics.jsonl").read_text().splitlines()):
+        try:
+            return float(json.loads(line)["time/step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return 0.0
 
 
 def inode(path: Path) -> int | None:
@@ -151,8 +166,8 @@ def differences(run: Path, reference: Path) -> list[str]:
 class Chaos:
     def __init__(self, work: Path, steps: int, seed: int, overrides: tuple[str, ...] = ()):
         self.work, self.rng = work, random.Random(seed)
-        # replaced by what the reference run measured on this machine
-        self.step_seconds, self.startup_seconds = 0.4, 3.0
+        # how long a child takes to its first step: the reference run's estimate, then each child's own
+        self.startup_seconds = 3.0
         self.ctx = mp.get_context("forkserver")
         # imported once in the forkserver, so no child pays for them (matplotlib: the report)
         self.ctx.set_forkserver_preload(["grpo.cli", "grpo.trainer", "grpo.report", "safetensors.torch",
@@ -196,45 +211,58 @@ class Chaos:
             raise RuntimeError(f"a child exited with {proc.exitcode}, expected {expect}; see {proc.log}")
         return proc.exitcode
 
-    def wait_for_step(self, proc, run: Path, after: int, old_inode: int | None,
-                      timeout: float = 120.0) -> bool:
-        """Until this child logs a step > after (True), or it exits (False). A killed run may
-        have logged steps past its last checkpoint: they count only once the child has cut
-        metrics.jsonl back (it rewrites the file by rename, so the inode changes)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if inode(run / "metrics.jsonl") != old_inode and any(s > after for s in logged_steps(run)):
+    def wait_for(self, proc, event, delay: float | None = None, timeout: float = 300.0) -> bool:
+        """Until `event()` holds (True), `delay` seconds pass or the child exits (False)."""
+        began = time.monotonic()
+        while True:
+            if event():
                 return True
-            if not proc.is_alive():
+            waited = time.monotonic() - began
+            if not proc.is_alive() or (delay is not None and waited >= delay):
                 return False
-            time.sleep(0.002)
-        raise RuntimeError(f"no progress in {timeout:g} s; see {proc.log}")
+            if waited > timeout:
+                raise RuntimeError(f"no progress in {timeout:g} s; see {proc.log}")
+            time.sleep(0.001)
 
-    def wait_for_new_temp(self, run: Path, temps: set[Path], then: float, timeout: float = 0.2) -> None:
-        """Until a temp dir appears that was not in `temps` (a write in progress), plus `then` s."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not set(run.glob(".tmp-*")) - temps:
-            time.sleep(0.0005)
-        time.sleep(then)
+    @staticmethod
+    def stepped(run: Path, after: int, old_inode: int | None) -> bool:
+        """This child has logged a step > after. A killed run may have logged steps past its
+        last checkpoint: they count only once the child has cut metrics.jsonl back (it
+        rewrites the file by rename, so the inode changes)."""
+        return inode(run / "metrics.jsonl") != old_inode and any(s > after for s in logged_steps(run))
 
     def kill_once(self, run: Path, kind: str) -> dict:
         before, temps = latest_step(run), set(run.glob(".tmp-*"))
-        old_inode = inode(run / "metrics.jsonl")
+        old = {name: inode(run / name) for name in ("metrics.jsonl", "config.yaml")}
         proc = self.train(run)
         started = time.monotonic()
+
+        def stepped() -> bool:
+            return self.stepped(run, before, old["metrics.jsonl"])
+
+        phase = kind
         if kind == "startup":
-            time.sleep(self.rng.uniform(0.0, self.startup_seconds))
-        elif self.wait_for_step(proc, run, before, old_inode):
+            phase = self.rng.choice(["startup-loading", "startup-built", "startup-record-cut"])
+            if phase == "startup-loading":
+                self.wait_for(proc, stepped, delay=self.rng.uniform(0.0, self.startup_seconds))
+            else:
+                changed = "config.yaml" if phase == "startup-built" else "metrics.jsonl"
+                self.wait_for(proc, lambda: inode(run / changed) != old[changed] or stepped())
+        elif self.wait_for(proc, stepped):
+            self.startup_seconds = time.monotonic() - started  # the latest child's, for startup kills
             if kind == "checkpoint-write":  # it starts right after the metrics line: catch its temp dir
-                self.wait_for_new_temp(run, temps, self.rng.uniform(0.0, 0.004))
-            else:  # within the next step, however fast this machine runs them
-                time.sleep(self.rng.uniform(0.0, self.step_seconds))
+                self.wait_for(proc, lambda: bool(set(run.glob(".tmp-*")) - temps) or latest_step(run) > before)
+                time.sleep(self.rng.uniform(0.0, 0.004))
+            else:  # within the next step, timed by the step just measured here
+                last = max(logged_steps(run))
+                self.wait_for(proc, lambda: max(logged_steps(run), default=0) > last,
+                              delay=self.rng.uniform(0.0, last_step_seconds(run)))
         alive = proc.is_alive()
         proc.kill()
         proc.join()
         after = latest_step(run)
         return {
-            "kind": kind, "at_s": round(time.monotonic() - started, 3), "killed": alive,
+            "kind": phase, "at_s": round(time.monotonic() - started, 3), "killed": alive,
             "exitcode": proc.exitcode, "checkpoint_before": before, "checkpoint_after": after,
             # a temp dir this child left: killed while writing (or rotating out) a checkpoint
             "mid_write": bool(set(run.glob(".tmp-*")) - temps),
@@ -244,7 +272,7 @@ class Chaos:
 
     def sigint(self, run: Path, reference: Path) -> dict:
         proc = self.train(run)
-        self.wait_for_step(proc, run, 1, None)
+        self.wait_for(proc, lambda: self.stepped(run, 1, None))
         os.kill(proc.pid, signal.SIGINT)
         status = self.wait(proc, 120, expect=None)
         logged = max(logged_steps(run), default=0)
@@ -278,9 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         reference, run = work / "reference", work / "chaos"
         t0 = time.monotonic()
         chaos.wait(chaos.train(reference), 600)
-        chaos.step_seconds = median_step_seconds(reference)
-        # before the first step: imports (preloaded), model load, first eval
-        chaos.startup_seconds = max(0.05, time.monotonic() - t0 - steps * chaos.step_seconds)
+        # before the first step: imports (preloaded), model load, first eval (refined by every child)
+        step_times = [r["time/step"] for r in map(json.loads, (reference / "metrics.jsonl").read_text().splitlines())]
+        chaos.startup_seconds = max(0.05, time.monotonic() - t0 - sum(step_times))
         kinds = ["checkpoint-write", "mid-step", "startup"]
         kills = []
         while (sum(k["killed"] for k in kills) < ns.kills and latest_step(run) < steps
