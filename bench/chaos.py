@@ -9,20 +9,22 @@
    killed with SIGKILL --kills times, at moments of three kinds in turn, each found by
    watching the run directory rather than by the clock, so every kill lands on a fast or a
    slow machine alike:
-   - checkpoint-write: once a step's metrics line appears, at the moment the checkpoint's
-     temporary directory appears, plus 0-4 ms (inside the write, or the rotation after it);
-   - mid-step: once a step's metrics line appears, after a random fraction of that step's
-     own `time/step` (as measured now, on this machine), or at once if the next step's line
-     appears first;
-   - startup, one of three phases: a random moment while loading (up to the startup time
-     the earlier children took), the moment config.yaml is rewritten (the model and the
+   - checkpoint-write: once the first or the second new step's metrics line appears (the
+     first's checkpoint then complete, with its rotation), at the moment that step's
+     checkpoint temporary directory appears, plus 0-4 ms (inside the write or the rotation);
+   - mid-step: once a new step's checkpoint is saved, after a random fraction of that step's
+     own `time/step` (as measured now, on this machine), or at once if the next step's
+     metrics line appears first;
+   - startup, its three phases in turn: a random moment while loading (up to the startup
+     time the latest child took), the moment config.yaml is rewritten (the model and the
      checkpoint are loaded), or the moment metrics.jsonl is cut back to the checkpoint;
      always by the time the child's first new step is logged.
-   So a kill costs at most two steps of progress (one, unless the poll misses a whole step),
-   and --steps defaults to 2 * kills + 4: the run cannot end before every kill has landed,
-   however fast or slow the machine is at the time. After every kill, every checkpoint-*
-   directory must load completely (safetensors + training_state.pt, read as a resume reads
-   it, + trainer_state.json naming its own step) and the newest checkpoint must never go back.
+   So a kill costs at most two steps of progress (three for mid-step if a poll misses a
+   whole step; about one on average), and --steps defaults to 2 * kills + 4: the run cannot
+   end before every kill has landed, however fast or slow the machine is. After every kill,
+   every checkpoint-* directory must load completely (safetensors + training_state.pt, read
+   as a resume reads it, + trainer_state.json naming its own step) and the newest checkpoint
+   must never go back.
 3. Once the kills are spent, the run is resumed to the end. Its metrics.jsonl (time and
    memory fields aside), samples.jsonl, eval.jsonl and final weights must equal the
    reference's exactly.
@@ -51,6 +53,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+STARTUP_PHASES = ("startup-loading", "startup-built", "startup-record-cut")  # in turn
 TESTS = ROOT / "tests"
 
 
@@ -175,6 +178,7 @@ class Chaos:
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.num_starts = 0
+        self.num_startup_kills = 0
         model = work / "tiny"
         if not model.exists():
             self.wait(self.start(child_tiny_model, str(model)), 300, expect=None)
@@ -242,7 +246,8 @@ class Chaos:
 
         phase = kind
         if kind == "startup":
-            phase = self.rng.choice(["startup-loading", "startup-built", "startup-record-cut"])
+            phase = STARTUP_PHASES[self.num_startup_kills % len(STARTUP_PHASES)]
+            self.num_startup_kills += 1
             if phase == "startup-loading":
                 self.wait_for(proc, stepped, delay=self.rng.uniform(0.0, self.startup_seconds))
             else:
@@ -250,10 +255,15 @@ class Chaos:
                 self.wait_for(proc, lambda: inode(run / changed) != old[changed] or stepped())
         elif self.wait_for(proc, stepped):
             self.startup_seconds = time.monotonic() - started  # the latest child's, for startup kills
-            if kind == "checkpoint-write":  # it starts right after the metrics line: catch its temp dir
-                self.wait_for(proc, lambda: bool(set(run.glob(".tmp-*")) - temps) or latest_step(run) > before)
+            if kind == "checkpoint-write":  # in the write of the first or the second new checkpoint
+                target = before + self.rng.choice([1, 2])
+                self.wait_for(proc, lambda: latest_step(run) >= target - 1
+                              and max(logged_steps(run), default=0) >= target)
+                # a temp dir not there before this child: that write (or the rotation after the one before)
+                self.wait_for(proc, lambda: bool(set(run.glob(".tmp-*")) - temps) or latest_step(run) >= target)
                 time.sleep(self.rng.uniform(0.0, 0.004))
-            else:  # within the next step, timed by the step just measured here
+            else:  # within the next step once this one's checkpoint is saved, timed by this step's own time
+                self.wait_for(proc, lambda: latest_step(run) > before)
                 last = max(logged_steps(run))
                 self.wait_for(proc, lambda: max(logged_steps(run), default=0) > last,
                               delay=self.rng.uniform(0.0, last_step_seconds(run)))
