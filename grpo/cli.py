@@ -151,17 +151,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def exit_past_abandoned_calls(status: int) -> int:
-    """`status`, or the process ends here with it when reward calls abandoned after their
-    timeout still run: CPython cannot stop them, and the interpreter's shutdown, tearing
-    torch down under a thread still inside it, aborts with "terminate called without an
-    active exception" (a core dump instead of the run's exit status). Everything the run
-    wrote is already closed; stdout and stderr are flushed, then the process ends at once."""
-    harness = sys.modules.get("grpo.reward_harness")
-    running = harness.abandoned_calls_running() if harness is not None else 0
+    """`status`, or the process ends here with it when reward or tool calls abandoned after
+    their timeout still run (grpo.abandoned): CPython cannot stop them, and the interpreter's
+    shutdown, tearing torch down under a thread still inside it, aborts with "terminate
+    called without an active exception" (a core dump instead of the run's exit status).
+    Everything the run wrote is already closed; stdout and stderr are flushed, then the
+    process ends at once."""
+    abandoned = sys.modules.get("grpo.abandoned")
+    running = abandoned.running() if abandoned is not None else 0
     if not running:
         return status
-    print(f"grpo: note: {running} reward call(s) abandoned after their timeout were still running at exit "
-          "(counted in reward/<name>/errors); ended without waiting for them", file=sys.stderr)
+    print(f"grpo: note: {running} reward or tool call(s) abandoned after their timeout were still running at "
+          "exit (counted in reward/<name>/errors or tools/<name>/errors); ended without waiting for them",
+          file=sys.stderr)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -16,8 +16,8 @@ calling thread watches the clock; when a call overruns, it is abandoned and a fr
 carries on with the next completion. CPython cannot kill a thread, so a call that never
 returns leaks its (daemon) thread, which keeps running until the process exits; daemon
 threads do not hold up exit, but one still running inside torch when the interpreter shuts
-down can abort it ("terminate called without an active exception"), so `grpo.cli` ends the
-process at once when `abandoned_calls_running()` says some still run. A function with a
+down can abort it, so abandoned threads are recorded (grpo.abandoned) and `grpo.cli` ends
+the process at once when some still run. A function with a
 `.batch(completions, examples)` attribute is called once for the whole batch (one call, one
 timeout); if that call fails, every completion fails for that function.
 
@@ -40,20 +40,12 @@ from typing import Any, NamedTuple
 
 import torch
 
+from grpo.abandoned import abandon
 from grpo.tasks.base import Example
 
-__all__ = ["RewardScores", "WeightedReward", "abandoned_calls_running", "score"]
+__all__ = ["RewardScores", "WeightedReward", "score"]
 
 log = logging.getLogger(__name__)
-_abandoned: list[threading.Thread] = []  # threads of calls that overran; they run until they return
-_abandoned_lock = threading.Lock()
-
-
-def abandoned_calls_running() -> int:
-    """How many abandoned reward calls are still running (CPython cannot stop them)."""
-    with _abandoned_lock:
-        _abandoned[:] = [t for t in _abandoned if t.is_alive()]
-        return len(_abandoned)
 
 
 class WeightedReward(NamedTuple):
@@ -212,8 +204,7 @@ class _Run:
             failed = range(self.n) if self.batched else [self.index]
             for i in failed:
                 self.outcomes[i] = _Failure(f"timed out after {timeout:g} s (its thread is abandoned)")
-            with _abandoned_lock:
-                _abandoned.append(self.thread)
+            abandon(self.thread)
             if failed[-1] + 1 >= self.n:
                 self.token = object()
                 self.done.set()

@@ -164,7 +164,7 @@ def test_calls_hanging_inside_torch_end_the_program_cleanly(args, tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "terminate called" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert "reward call(s) abandoned after their timeout were still running at exit" in proc.stderr
+    assert "reward or tool call(s) abandoned after their timeout were still running at exit" in proc.stderr
     assert metrics(tmp_path / "run")[0][f"reward/{hanging}/errors"] == 8
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
 
