@@ -6,12 +6,25 @@
 
 1. A tiny random Llama (tests/tiny.py) trains for --steps steps, uninterrupted: the reference.
 2. The same run (same seed, checkpoint.every=1, resume=true) is started again and again and
-   killed with SIGKILL --kills times, at moments of three kinds in turn: a few milliseconds
-   after a step's metrics line appears (the checkpoint write follows it at once), somewhere
-   within the next step, and at a random time after start (imports, model load, resume,
-   evaluation). After every kill, every checkpoint-* directory must load completely
-   (safetensors + training_state.pt + trainer_state.json naming its own step) and the newest
-   checkpoint must never go back.
+   killed with SIGKILL --kills times, at moments of three kinds in turn, each found by
+   watching the run directory rather than by the clock, so every kill lands on a fast or a
+   slow machine alike:
+   - checkpoint-write: once the first or the second new step's metrics line appears (the
+     first's checkpoint then complete, with its rotation), at the moment that step's
+     checkpoint temporary directory appears, plus 0-4 ms (inside the write or the rotation);
+   - mid-step: once a new step's checkpoint is saved, after a random fraction of that step's
+     own `time/step` (as measured now, on this machine), or at once if the next step's
+     metrics line appears first;
+   - startup, its three phases in turn: a random moment while loading (up to the startup
+     time the latest child took), the moment config.yaml is rewritten (the model and the
+     checkpoint are loaded), or the moment metrics.jsonl is cut back to the checkpoint;
+     always by the time the child's first new step is logged.
+   So a kill costs at most two steps of progress (three for mid-step if a poll misses a
+   whole step; about one on average), and --steps defaults to 2 * kills + 4: the run cannot
+   end before every kill has landed, however fast or slow the machine is. After every kill,
+   every checkpoint-* directory must load completely (safetensors + training_state.pt, read
+   as a resume reads it, + trainer_state.json naming its own step) and the newest checkpoint
+   must never go back.
 3. Once the kills are spent, the run is resumed to the end. Its metrics.jsonl (time and
    memory fields aside), samples.jsonl, eval.jsonl and final weights must equal the
    reference's exactly.
@@ -40,6 +53,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+STARTUP_PHASES = ("startup-loading", "startup-built", "startup-record-cut")  # in turn
 TESTS = ROOT / "tests"
 
 
@@ -87,14 +101,15 @@ def logged_steps(run: Path) -> list[int]:
 
 def checkpoint_problems(run: Path) -> list[str]:
     """Why any checkpoint-* directory would not load; [] when all of them load completely."""
-    import torch
     from safetensors.torch import load_file
+
+    from grpo.checkpoint import read_training_state
 
     problems = []
     for ckpt in sorted(run.glob("checkpoint-*")):
         try:
             load_file(ckpt / "model.safetensors")
-            blob = torch.load(ckpt / "training_state.pt", weights_only=False)
+            blob = read_training_state(ckpt)  # as a resume reads it: weights_only
             assert {"optimizer", "scheduler", "rng"} <= set(blob), "training_state.pt lacks a part"
             state = json.loads((ckpt / "trainer_state.json").read_text())
             assert f"checkpoint-{state['step']:06d}" == ckpt.name, f"holds step {state['step']}"
@@ -108,11 +123,15 @@ def latest_step(run: Path) -> int:
     return max(steps, default=0)
 
 
-def median_step_seconds(run: Path) -> float:
-    """The median `time/step` of a finished run: how long a kill aimed "within the next step"
-    may wait (a fixed wait lets a fast machine finish the run before the kills are spent)."""
-    times = sorted(r["time/step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()))
-    return times[len(times) // 2]
+def last_step_seconds(run: Path) -> float:
+    """The `time/step` of the newest complete metrics line: how long this machine takes for a
+    step right now (a fixed wait let a fast machine finish the run before the kills were spent)."""
+    for line in reversed((run / "metrics.jsonl").read_text().splitlines()):
+        try:
+            return float(json.loads(line)["time/step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return 0.0
 
 
 def inode(path: Path) -> int | None:
@@ -150,8 +169,8 @@ def differences(run: Path, reference: Path) -> list[str]:
 class Chaos:
     def __init__(self, work: Path, steps: int, seed: int, overrides: tuple[str, ...] = ()):
         self.work, self.rng = work, random.Random(seed)
-        # replaced by what the reference run measured on this machine
-        self.step_seconds, self.startup_seconds = 0.4, 3.0
+        # how long a child takes to its first step: the reference run's estimate, then each child's own
+        self.startup_seconds = 3.0
         self.ctx = mp.get_context("forkserver")
         # imported once in the forkserver, so no child pays for them (matplotlib: the report)
         self.ctx.set_forkserver_preload(["grpo.cli", "grpo.trainer", "grpo.report", "safetensors.torch",
@@ -159,6 +178,7 @@ class Chaos:
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.num_starts = 0
+        self.num_startup_kills = 0
         model = work / "tiny"
         if not model.exists():
             self.wait(self.start(child_tiny_model, str(model)), 300, expect=None)
@@ -195,45 +215,64 @@ class Chaos:
             raise RuntimeError(f"a child exited with {proc.exitcode}, expected {expect}; see {proc.log}")
         return proc.exitcode
 
-    def wait_for_step(self, proc, run: Path, after: int, old_inode: int | None,
-                      timeout: float = 120.0) -> bool:
-        """Until this child logs a step > after (True), or it exits (False). A killed run may
-        have logged steps past its last checkpoint: they count only once the child has cut
-        metrics.jsonl back (it rewrites the file by rename, so the inode changes)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if inode(run / "metrics.jsonl") != old_inode and any(s > after for s in logged_steps(run)):
+    def wait_for(self, proc, event, delay: float | None = None, timeout: float = 300.0) -> bool:
+        """Until `event()` holds (True), `delay` seconds pass or the child exits (False)."""
+        began = time.monotonic()
+        while True:
+            if event():
                 return True
-            if not proc.is_alive():
+            waited = time.monotonic() - began
+            if not proc.is_alive() or (delay is not None and waited >= delay):
                 return False
-            time.sleep(0.002)
-        raise RuntimeError(f"no progress in {timeout:g} s; see {proc.log}")
+            if waited > timeout:
+                raise RuntimeError(f"no progress in {timeout:g} s; see {proc.log}")
+            time.sleep(0.001)
 
-    def wait_for_new_temp(self, run: Path, temps: set[Path], then: float, timeout: float = 0.2) -> None:
-        """Until a temp dir appears that was not in `temps` (a write in progress), plus `then` s."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not set(run.glob(".tmp-*")) - temps:
-            time.sleep(0.0005)
-        time.sleep(then)
+    @staticmethod
+    def stepped(run: Path, after: int, old_inode: int | None) -> bool:
+        """This child has logged a step > after. A killed run may have logged steps past its
+        last checkpoint: they count only once the child has cut metrics.jsonl back (it
+        rewrites the file by rename, so the inode changes)."""
+        return inode(run / "metrics.jsonl") != old_inode and any(s > after for s in logged_steps(run))
 
     def kill_once(self, run: Path, kind: str) -> dict:
         before, temps = latest_step(run), set(run.glob(".tmp-*"))
-        old_inode = inode(run / "metrics.jsonl")
+        old = {name: inode(run / name) for name in ("metrics.jsonl", "config.yaml")}
         proc = self.train(run)
         started = time.monotonic()
+
+        def stepped() -> bool:
+            return self.stepped(run, before, old["metrics.jsonl"])
+
+        phase = kind
         if kind == "startup":
-            time.sleep(self.rng.uniform(0.0, self.startup_seconds))
-        elif self.wait_for_step(proc, run, before, old_inode):
-            if kind == "checkpoint-write":  # it starts right after the metrics line: catch its temp dir
-                self.wait_for_new_temp(run, temps, self.rng.uniform(0.0, 0.004))
-            else:  # within the next step, however fast this machine runs them
-                time.sleep(self.rng.uniform(0.0, self.step_seconds))
+            phase = STARTUP_PHASES[self.num_startup_kills % len(STARTUP_PHASES)]
+            self.num_startup_kills += 1
+            if phase == "startup-loading":
+                self.wait_for(proc, stepped, delay=self.rng.uniform(0.0, self.startup_seconds))
+            else:
+                changed = "config.yaml" if phase == "startup-built" else "metrics.jsonl"
+                self.wait_for(proc, lambda: inode(run / changed) != old[changed] or stepped())
+        elif self.wait_for(proc, stepped):
+            self.startup_seconds = time.monotonic() - started  # the latest child's, for startup kills
+            if kind == "checkpoint-write":  # in the write of the first or the second new checkpoint
+                target = before + self.rng.choice([1, 2])
+                self.wait_for(proc, lambda: latest_step(run) >= target - 1
+                              and max(logged_steps(run), default=0) >= target)
+                # a temp dir not there before this child: that write (or the rotation after the one before)
+                self.wait_for(proc, lambda: bool(set(run.glob(".tmp-*")) - temps) or latest_step(run) >= target)
+                time.sleep(self.rng.uniform(0.0, 0.004))
+            else:  # within the next step once this one's checkpoint is saved, timed by this step's own time
+                self.wait_for(proc, lambda: latest_step(run) > before)
+                last = max(logged_steps(run))
+                self.wait_for(proc, lambda: max(logged_steps(run), default=0) > last,
+                              delay=self.rng.uniform(0.0, last_step_seconds(run)))
         alive = proc.is_alive()
         proc.kill()
         proc.join()
         after = latest_step(run)
         return {
-            "kind": kind, "at_s": round(time.monotonic() - started, 3), "killed": alive,
+            "kind": phase, "at_s": round(time.monotonic() - started, 3), "killed": alive,
             "exitcode": proc.exitcode, "checkpoint_before": before, "checkpoint_after": after,
             # a temp dir this child left: killed while writing (or rotating out) a checkpoint
             "mid_write": bool(set(run.glob(".tmp-*")) - temps),
@@ -243,7 +282,7 @@ class Chaos:
 
     def sigint(self, run: Path, reference: Path) -> dict:
         proc = self.train(run)
-        self.wait_for_step(proc, run, 1, None)
+        self.wait_for(proc, lambda: self.stepped(run, 1, None))
         os.kill(proc.pid, signal.SIGINT)
         status = self.wait(proc, 120, expect=None)
         logged = max(logged_steps(run), default=0)
@@ -277,9 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         reference, run = work / "reference", work / "chaos"
         t0 = time.monotonic()
         chaos.wait(chaos.train(reference), 600)
-        chaos.step_seconds = median_step_seconds(reference)
-        # before the first step: imports (preloaded), model load, first eval
-        chaos.startup_seconds = max(0.05, time.monotonic() - t0 - steps * chaos.step_seconds)
+        # before the first step: imports (preloaded), model load, first eval (refined by every child)
+        step_times = [r["time/step"] for r in map(json.loads, (reference / "metrics.jsonl").read_text().splitlines())]
+        chaos.startup_seconds = max(0.05, time.monotonic() - t0 - sum(step_times))
         kinds = ["checkpoint-write", "mid-step", "startup"]
         kills = []
         while (sum(k["killed"] for k in kills) < ns.kills and latest_step(run) < steps

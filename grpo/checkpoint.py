@@ -11,12 +11,20 @@ then removed, so a kill during the deletion cannot leave a partial `checkpoint-*
 Temporary leftovers of a killed writer are removed on the next save. A write that fails
 (disk full, permission denied) raises CheckpointWriteError (an OSError) naming the path;
 the earlier checkpoints are untouched. bench/chaos.py checks all of this with `kill -9`.
+
+Nothing read back runs code: training_state.pt is loaded with `torch.load(weights_only=True)`,
+which unpickles only tensors and plain containers, so a checkpoint from elsewhere (a shared
+run, a download) cannot execute anything on resume. That is why the RNG states are stored
+in plain form (lists and ints, not numpy's arrays or Python's tuples of objects).
+Checkpoints written before that held numpy's state as an ndarray: exactly the numpy names
+that rebuild a plain uint32 array (LEGACY_NUMPY_GLOBALS) are allowed for them, nothing else.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -82,8 +90,22 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
+# What numpy's pickled uint32 ndarray (its MT19937 key) needs, and nothing more: checkpoints
+# from before the plain form.
+LEGACY_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every RNG's state in a form `torch.load(weights_only=True)` reads: tensors, lists, ints."""
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)  # {"bit_generator", "state": {"key", "pos"}, ...}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss},
+        "numpy": {"bit_generator": numpy_state["bit_generator"], "key": numpy_state["state"]["key"].tolist(),
+                  "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
+                  "gauss": float(numpy_state["gauss"])},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -91,8 +113,18 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python, numpy_state = state["python"], state["numpy"]
+    if isinstance(python, dict):
+        random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
+    else:  # a checkpoint from before the plain form: random.getstate()'s own tuple
+        random.setstate(python)
+    if isinstance(numpy_state, dict):
+        np.random.set_state({"bit_generator": numpy_state["bit_generator"],
+                             "state": {"key": np.array(numpy_state["key"], dtype=np.uint32),
+                                       "pos": numpy_state["pos"]},
+                             "has_gauss": numpy_state["has_gauss"], "gauss": numpy_state["gauss"]})
+    else:  # before the plain form: np.random.get_state()'s tuple holding an ndarray
+        np.random.set_state(numpy_state)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -169,6 +201,40 @@ def _discard(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+class UnsafeCheckpoint(ValueError):
+    """A training_state.pt whose unpickling would import code: refused, never run."""
+
+
+def read_training_state(path: Path) -> dict[str, Any]:
+    """training_state.pt, unpickled without running code. A file whose pickle names anything
+    but tensors and plain containers is refused: grpo never writes one, so it was crafted or
+    comes from another program."""
+    file = path / "training_state.pt"
+    try:
+        with torch.serialization.safe_globals(LEGACY_NUMPY_GLOBALS):
+            return torch.load(file, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise  # damaged: reported as such by the caller
+        found = _unsafe_globals(file, str(e))
+        raise UnsafeCheckpoint(
+            f"checkpoint file {str(file)!r} is refused: loading it would import "
+            f"{', '.join(found) if found else 'objects other than tensors'}, which a grpo checkpoint never "
+            "holds; it was not written by grpo (or was altered), so nothing in it was run"
+        ) from None
+
+
+def _unsafe_globals(file: Path, refusal: str) -> list[str]:
+    """The names the pickle would import (beyond the allowed ones), found without running it:
+    listed from a zip checkpoint, else the one torch's refusal names."""
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in LEGACY_NUMPY_GLOBALS}
+    try:
+        found = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(file) if n not in allowed]
+    except Exception:  # noqa: BLE001 - a legacy (non-zip) file: only for the message
+        found = []
+    return found[:3] or re.findall(r"GLOBAL ([\w.]+)", refusal)[:1]
+
+
 def _damaged(path: Path, e: Exception) -> ValueError:
     return ValueError(
         f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {e}); it was damaged "
@@ -206,10 +272,12 @@ def load_training_state(
 
     path = Path(path)
     try:
-        blob = torch.load(path / "training_state.pt", weights_only=False)
+        blob = read_training_state(path)
         saved = json.loads((path / "trainer_state.json").read_text())
         saved.pop("extra", None)  # an unused field that checkpoints before num_updates held
         state = TrainerState(**saved)
+    except UnsafeCheckpoint:
+        raise
     except Exception as e:  # noqa: BLE001 - any unreadable file means the same to the user
         raise _damaged(path, e) from None
     set_optimizer_state_dict(model, optimizer, blob["optimizer"], options=StateDictOptions(full_state_dict=True))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -142,7 +143,34 @@ def cmd_serve_ref(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command; called without argv (as the `grpo` program), it also ends the process
+    (see `exit_past_abandoned_calls`)."""
+    if argv is None:
+        return exit_past_abandoned_calls(run_command(sys.argv[1:]))
+    return run_command(argv)
+
+
+def exit_past_abandoned_calls(status: int) -> int:
+    """`status`, or the process ends here with it when reward or tool calls abandoned after
+    their timeout still run (grpo.abandoned): CPython cannot stop them, and the interpreter's
+    shutdown, tearing torch down under a thread still inside it, aborts with "terminate
+    called without an active exception" (a core dump instead of the run's exit status).
+    Everything the run wrote is already closed; stdout and stderr are flushed, then the
+    process ends at once."""
+    abandoned = sys.modules.get("grpo.abandoned")
+    running = abandoned.running() if abandoned is not None else 0
+    if not running:
+        return status
+    print(f"grpo: note: {running} reward or tool call(s) abandoned after their timeout were still running at "
+          "exit (counted in reward/<name>/errors or tools/<name>/errors); ended without waiting for them",
+          file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def run_command(argv: list[str]) -> int:
     if argv[:1] == ["serve-ref"]:  # its own options (and --help): see grpo/serve/server.py
         return cmd_serve_ref(argv[1:])
     parser = argparse.ArgumentParser(prog="grpo", description="GRPO training on verifiable rewards")

@@ -302,7 +302,11 @@ class Config:
     rewards: list[RewardSpec] = doc(
         [RewardSpec("format", 1.0), RewardSpec("accuracy", 1.0)], "Reward functions, summed by weight."
     )
-    reward_timeout: float = doc(10.0, "Seconds one reward call may take before it is counted as failed.")
+    reward_timeout: float = doc(
+        10.0, "Seconds one call of a user reward function (module:fn, file.py:fn) or a rule-based "
+        "built-in may take before it is counted as failed (and its thread abandoned). Model rewards "
+        "(judge, reward_model) are not limited by it: a forward pass cannot hang, and on a CPU it can "
+        "take longer; their option `timeout` (default null: none) sets one per batch.")
     rollout: RolloutConfig = doc(RolloutConfig(), "Sampling.")
     algorithm: AlgorithmConfig = doc(AlgorithmConfig(), "GRPO loss.")
     reference: ReferenceConfig = doc(ReferenceConfig(), "Where reference log-probs come from (beta > 0).")

@@ -10,6 +10,7 @@ each error) and writes it back. `grpo.config` re-exports these functions.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -93,6 +94,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.constructor.ConstructorError as e:
+            raise ValueError(f"override {item!r}: {_refused_tag(e)}") from None
+        except RecursionError:
+            raise ValueError(f"override {item!r}: value is nested too deeply to parse") from None
         except yaml.YAMLError as e:
             raise ValueError(f"override {item!r}: value is not valid YAML ({e})") from None
         node = data
@@ -125,17 +130,30 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {str(p)!r} does not exist")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError(f"config file {str(p)!r} is nested too deeply to parse (lists or mappings "
+                         "thousands of levels deep)") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"config file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        if isinstance(e, yaml.constructor.ConstructorError):
+            raise ValueError(f"config file {str(p)!r} at{where}: {_refused_tag(e)}") from None
         raise ValueError(f"config file {str(p)!r} is not valid YAML at{where}: {getattr(e, 'problem', e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(p)!r} must hold a mapping at the top level")
     return data
+
+
+def _refused_tag(e: yaml.constructor.ConstructorError) -> str:
+    """safe_load builds only plain data; a tag such as !!python/object would build (and run) code."""
+    tag = re.search(r"tag '([^']*)'", str(e.problem))
+    shown = tag.group(1).replace("tag:yaml.org,2002:", "!!") if tag else "a tag"
+    return (f"the YAML tag {shown!r} is refused: configs hold plain data only (mappings, lists, "
+            "strings, numbers, booleans, null), and a tag like that would construct Python objects")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -2,13 +2,25 @@
 
 The JSONL files are the record of a run (the report reads them); TensorBoard and the
 terminal are views of the same numbers. On resume the JSONL files are cut back to the
-checkpoint's step, so a resumed run's history equals an uninterrupted one's.
+checkpoint's step, so a resumed run's history equals an uninterrupted one's; a line torn by
+a kill mid-append (or anything else that is not a JSON object) is dropped there too.
+
+A failed append (disk full, I/O error) is handled per sink, by what depends on it:
+- metrics.jsonl and eval.jsonl are the record that resume and the report rely on: the run
+  stops with RecordWriteError (exit 1) before the step's checkpoint, so `resume=true`
+  redoes that step and the record has no gap;
+- samples.jsonl (a sample of completions) and TensorBoard (a view) are not: the run goes
+  on, the failures are counted in the metric `log/write_errors` (from the next logged step)
+  and warned about once per sink; TensorBoard is switched off after its first failure.
+A failed append is cut back to where it started, so no torn line is left in the middle of
+a file for the next record to be glued onto.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,16 +40,50 @@ def truncate_jsonl(path: Path, max_step: int, keep_max_step: bool = True) -> Non
     if not path.exists():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            step = json.loads(line).get("step", 0)
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill mid-write
+        if not isinstance(record, dict):
+            continue  # not a record grpo writes (damage): dropped like a torn line
+        step = record.get("step", 0)
         if step < max_step or (keep_max_step and step == max_step):
             keep.append(line)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
     tmp.replace(path)
+
+
+class RecordWriteError(OSError):
+    """An append to the run's record (metrics.jsonl, eval.jsonl) failed; the run stops."""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written (a write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def append_lines(path: Path, text: str, start_on_new_line: bool = False) -> None:
+    """Append `text` to `path`; on failure cut the file back to where the append began (so no
+    torn line stays behind), then raise, with `cut_back` set on the error. start_on_new_line:
+    a newline first, for a file whose earlier cut-back failed and so may end in a torn line."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            _write_all(fd, (("\n" if start_on_new_line else "") + text).encode("utf-8"))
+        except OSError as e:
+            try:
+                os.ftruncate(fd, start)
+                e.cut_back = True
+            except OSError:
+                e.cut_back = False  # the caller starts the next append on a new line
+            raise
+    finally:
+        os.close(fd)
 
 
 def _clean(value: Any) -> Any:
@@ -60,11 +106,17 @@ class RunLogger:
         # or the one after it (step total_steps); one in between preceded its checkpoint and stays.
         truncate_jsonl(self.dir / "eval.jsonl", start_step, keep_max_step=0 < start_step < total_steps)
         self.console = Console(stderr=True)
+        self.write_errors = 0  # failed appends to the sinks the run goes on without
+        self.warned_sinks: set[str] = set()
+        self.maybe_torn: set[Path] = set()  # files whose failed append could not be cut back
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step + 1)
+            try:
+                self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step + 1)
+            except Exception as e:  # noqa: BLE001 - as in _to_tensorboard: the run goes on without it
+                self.sink_failed("tensorboard", e)
         self.progress = None
         if progress:
             self.progress = Progress(
@@ -75,30 +127,65 @@ class RunLogger:
             self.task = self.progress.add_task("train", total=total_steps, completed=start_step, info="")
             self.progress.start()
 
-    def _append(self, path: Path, record: dict[str, Any]) -> None:
-        with path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+    def _append(self, path: Path, records: list[dict[str, Any]], essential: bool) -> None:
+        """Append records as JSON lines. essential (the run's record): a failure stops the run;
+        otherwise it is counted and warned about once, and the run goes on."""
+        text = "".join(json.dumps({k: _clean(v) for k, v in r.items()}) + "\n" for r in records)
+        try:
+            append_lines(path, text, start_on_new_line=path in self.maybe_torn)
+            self.maybe_torn.discard(path)
+        except OSError as e:
+            if not getattr(e, "cut_back", True):
+                self.maybe_torn.add(path)
+            if essential:
+                raise RecordWriteError(
+                    f"could not append to {str(path)!r} ({type(e).__name__}: {e}); the run stopped: fix the "
+                    "cause, then resume=true continues from the newest checkpoint, redoing what came after "
+                    "it (the record is cut back to it)") from e
+            self.sink_failed(path.name, e)
+
+    def sink_failed(self, sink: str, e: Exception) -> None:
+        self.write_errors += 1
+        if sink not in self.warned_sinks:
+            self.warned_sinks.add(sink)
+            self.print(f"warning: could not write to {sink} ({type(e).__name__}: {e}); the run goes on without "
+                       "those records, counted in the metric log/write_errors. Reported once per run.")
+
+    def _to_tensorboard(self, scalars: dict[str, Any], step: int, prefix: str = "") -> None:
+        if self.tb is None:
+            return
+        try:
+            for key, value in scalars.items():
+                if isinstance(value, int | float) and math.isfinite(value):
+                    self.tb.add_scalar(prefix + key, value, step)
+        except Exception as e:  # noqa: BLE001 - OSError or tensorboard's own types: a view, not the record
+            self._drop_tensorboard(e)
+
+    def _drop_tensorboard(self, e: Exception) -> None:
+        """After a failure the writer's state is unknown: it is closed (quietly) and not used again."""
+        tb, self.tb = self.tb, None
+        self.sink_failed("tensorboard", e)
+        try:
+            tb.close()
+        except Exception:  # noqa: BLE001 - the failure is already counted
+            pass
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
-        self._append(self.metrics_path, {"step": step, "time": time.time(), **metrics})
-        if self.tb is not None:
-            for key, value in metrics.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    self.tb.add_scalar(key, value, step)
+        if self.write_errors:
+            metrics = {**metrics, "log/write_errors": self.write_errors}
+        self._append(self.metrics_path, [{"step": step, "time": time.time(), **metrics}], essential=True)
+        self._to_tensorboard(metrics, step)
         if self.progress is not None:
             info = "  ".join(f"{label} {metrics[k]:.3g}" for k, label in PROGRESS_KEYS if k in metrics)
             self.progress.update(self.task, completed=step, info=info)
 
     def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
-        for sample in samples:
-            self._append(self.samples_path, {"step": step, **sample})
+        if samples:
+            self._append(self.samples_path, [{"step": step, **sample} for sample in samples], essential=False)
 
     def log_eval(self, step: int, results: dict[str, Any]) -> None:
-        self._append(self.dir / "eval.jsonl", {"step": step, **results})
-        if self.tb is not None:
-            for key, value in results.items():
-                if isinstance(value, int | float):
-                    self.tb.add_scalar(f"eval/{key}", value, step)
+        self._append(self.dir / "eval.jsonl", [{"step": step, **results}], essential=True)
+        self._to_tensorboard(results, step, prefix="eval/")
         self.print(f"eval @ step {step}: " + "  ".join(
             f"{k} {v:.3f}" for k, v in results.items() if isinstance(v, float)))
 
@@ -115,7 +202,11 @@ class RunLogger:
         if self.progress is not None:
             self.progress.stop()
         if self.tb is not None:
-            self.tb.close()
+            try:
+                self.tb.close()  # flushes: a failure of the background writer surfaces here
+            except Exception as e:  # noqa: BLE001 - as in _to_tensorboard
+                self.tb = None
+                self.sink_failed("tensorboard", e)
 
 
 class NullLogger:

@@ -5,7 +5,7 @@
     scores.per_function     # name -> [N] float32, NaN where the call failed
     scores.errors           # name -> number of failed calls in this batch
 
-A call fails when it raises, runs past `timeout` seconds, or returns something that is not a
+A call fails when it raises, runs past its timeout, or returns something that is not a
 finite number (None, NaN, inf, a string...). A failed call contributes 0 to the total (the
 other functions still count for that completion), is counted in `errors`, and is logged as a
 warning once per (function, example id) so a flaky function cannot flood the log.
@@ -15,9 +15,16 @@ functions run side by side, so a batch costs one thread per function, not one pe
 calling thread watches the clock; when a call overruns, it is abandoned and a fresh thread
 carries on with the next completion. CPython cannot kill a thread, so a call that never
 returns leaks its (daemon) thread, which keeps running until the process exits; daemon
-threads do not hold up exit. A function with a `.batch(completions, examples)` attribute is
-called once for the whole batch (one call, one timeout); if that call fails, every
-completion fails for that function.
+threads do not hold up exit, but one still running inside torch when the interpreter shuts
+down can abort it, so abandoned threads are recorded (grpo.abandoned) and `grpo.cli` ends
+the process at once when some still run. A function with a
+`.batch(completions, examples)` attribute is called once for the whole batch (one call, one
+timeout); if that call fails, every completion fails for that function.
+
+The timeout: `timeout` (the config's reward_timeout) for every function, except one with its
+own `reward_timeout` attribute (None: no limit). The model rewards (grpo.reward_models) set
+theirs: their cost is a known forward pass that cannot hang the way user code can, and a
+generic limit sized for user functions failed every batch of a judge on a CPU.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from grpo.abandoned import abandon
 from grpo.tasks.base import Example
 
 __all__ = ["RewardScores", "WeightedReward", "score"]
@@ -80,15 +88,17 @@ def score(
 ) -> RewardScores:
     """Run every function on every (completion, example) pair; see the module docstring.
 
-    timeout: seconds one call may take (None: no limit). The clock of a call starts when the
-    call starts, not when the batch does.
+    timeout: seconds one call may take (None: no limit), for the functions without a
+    `reward_timeout` attribute of their own. The clock of a call starts when the call
+    starts, not when the batch does.
     """
     if len(completions) != len(examples):
         raise ValueError(f"{len(completions)} completions but {len(examples)} examples; expected one each")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"reward timeout = {timeout!r} is invalid: expected a number of seconds > 0 or None")
-    runs = [_Run(name, fn, completions, examples) for name, _, fn in reward_fns]
-    _watch(runs, timeout)
+    runs = [_Run(name, fn, completions, examples, getattr(fn, "reward_timeout", timeout))
+            for name, _, fn in reward_fns]
+    _watch(runs)
     n = len(completions)
     total = torch.zeros(n, dtype=torch.float32)  # [N]
     per_function: dict[str, torch.Tensor] = {}
@@ -129,8 +139,10 @@ class _Run:
     thread sees a different token and drops its result).
     """
 
-    def __init__(self, name: str, fn: Callable[..., Any], completions: list[str], examples: list[Example]):
+    def __init__(self, name: str, fn: Callable[..., Any], completions: list[str], examples: list[Example],
+                 timeout: float | None):
         self.name, self.fn, self.completions, self.examples = name, fn, completions, examples
+        self.timeout = timeout
         self.n = len(completions)
         self.batched = hasattr(fn, "batch")
         self.outcomes: list[float | _Failure] = [_Failure("not run")] * self.n
@@ -144,8 +156,9 @@ class _Run:
 
     def _start(self, index: int) -> None:
         self.index, self.started, self.token = index, time.monotonic(), object()
-        threading.Thread(target=self._work, args=(self.token, index), daemon=True,
-                         name=f"reward:{self.name}").start()
+        self.thread = threading.Thread(target=self._work, args=(self.token, index), daemon=True,
+                                       name=f"reward:{self.name}")
+        self.thread.start()
 
     def _work(self, token: object, index: int) -> None:
         if self.batched:
@@ -178,8 +191,9 @@ class _Run:
             return [_Failure(f"batch call returned {len(values)} values for {self.n} completions")] * self.n
         return [_as_score(v) for v in values]
 
-    def deadline(self, now: float, timeout: float | None) -> float | None:
+    def deadline(self, now: float) -> float | None:
         """Abandon the call in progress if it overran; the next deadline (None when finished)."""
+        timeout = self.timeout
         with self.lock:
             if self.done.is_set():
                 return None
@@ -190,6 +204,7 @@ class _Run:
             failed = range(self.n) if self.batched else [self.index]
             for i in failed:
                 self.outcomes[i] = _Failure(f"timed out after {timeout:g} s (its thread is abandoned)")
+            abandon(self.thread)
             if failed[-1] + 1 >= self.n:
                 self.token = object()
                 self.done.set()
@@ -198,11 +213,11 @@ class _Run:
             return self.started + timeout
 
 
-def _watch(runs: list[_Run], timeout: float | None) -> None:
+def _watch(runs: list[_Run]) -> None:
     """Wait until every run has finished, abandoning calls as they overrun."""
     while True:
         now = time.monotonic()
-        pending = [(d, run) for run in runs if (d := run.deadline(now, timeout)) is not None]
+        pending = [(d, run) for run in runs if (d := run.deadline(now)) is not None]
         if not pending:
             return
         deadline, run = min(pending, key=lambda p: p[0])

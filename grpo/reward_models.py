@@ -8,9 +8,12 @@ or when `fn.load()` is called (`rewards.build` calls it, so a bad directory fail
 training), run under torch.no_grad, and score a whole group in micro-batches through
 `fn.batch(completions, examples) -> list[float]`, which the harness prefers;
 `fn(completion, example)` is a batch of one. Calls into one model are serialized by a lock
-(fast tokenizers are not safe to share between threads, and the harness may leave an
-abandoned call running: a batch that overran `reward_timeout` still holds the model until it
-finishes, so raise `reward_timeout` for a big model on CPU rather than let every batch fail).
+(fast tokenizers are not safe to share between threads).
+
+The config's `reward_timeout` (sized for user functions, which can hang) does not apply to
+them: a model reward's cost is a known forward pass, which on a CPU can take longer than
+any fixed limit (the judge on the bundled model failed every batch at the 10 s default).
+Option `timeout` gives one its own limit in seconds per batch; the default null means none.
 """
 
 from __future__ import annotations
@@ -52,11 +55,14 @@ class _Lazy:
             return self._value
 
 
-def _check_common(reward: str, path: Any, batch_size: Any, max_length: Any) -> None:
+def _check_common(reward: str, path: Any, batch_size: Any, max_length: Any, timeout: Any) -> None:
     check_option(isinstance(path, str) and (Path(path) / "config.json").is_file(), reward, "path", path,
                  "a local model directory holding config.json")
     check_option(isinstance(batch_size, int) and batch_size >= 1, reward, "batch_size", batch_size, "an integer >= 1")
     check_option(isinstance(max_length, int) and max_length >= 1, reward, "max_length", max_length, "an integer >= 1")
+    check_option(timeout is None or (isinstance(timeout, int | float) and not isinstance(timeout, bool)
+                                     and timeout > 0), reward, "timeout", timeout,
+                 "null (no limit) or a number of seconds > 0")
 
 
 def _device_dtype(reward: str, device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
@@ -74,7 +80,8 @@ def _device_dtype(reward: str, device: str, dtype: str) -> tuple[torch.device, t
                          "bfloat16 or float16") from None
 
 
-def _attach(reward: str, held: _Lazy, batch: Callable[[list[str], list[Example]], list[float]]) -> Callable:
+def _attach(reward: str, held: _Lazy, batch: Callable[[list[str], list[Example]], list[float]],
+            timeout: float | None) -> Callable:
     def one(completion: str, example: Example) -> float:
         return batch([completion], [example])[0]
 
@@ -84,19 +91,21 @@ def _attach(reward: str, held: _Lazy, batch: Callable[[list[str], list[Example]]
     one.__name__ = reward
     one.batch = batch  # type: ignore[attr-defined]
     one.load = load  # type: ignore[attr-defined]
+    one.reward_timeout = timeout  # type: ignore[attr-defined]  # the harness's limit for this one
     return one
 
 
 def reward_model(*, path: str, label: int | None = None, device: str = "cpu", dtype: str = "float32",
-                 batch_size: int = 8, max_length: int = 2048) -> Callable[[str, Example], float]:
+                 batch_size: int = 8, max_length: int = 2048,
+                 timeout: float | None = None) -> Callable[[str, Example], float]:
     """The logit of an AutoModelForSequenceClassification for prompt + completion.
 
     The text scored is the tokenizer's chat template over example.prompt plus the completion
     as the assistant turn. label: which logit (required when the model has several; a reward
     model has one). Sequences longer than max_length tokens lose their beginning, not the
-    end the score is read from.
+    end the score is read from. timeout: seconds one batch may take (null: no limit).
     """
-    _check_common("reward_model", path, batch_size, max_length)
+    _check_common("reward_model", path, batch_size, max_length, timeout)
     check_option(label is None or (isinstance(label, int) and label >= 0), "reward_model", "label", label,
                  "null or an integer >= 0")
     dev, dt = _device_dtype("reward_model", device, dtype)
@@ -136,7 +145,7 @@ def reward_model(*, path: str, label: int | None = None, device: str = "cpu", dt
                     scores += model(**enc).logits[:, index].float().tolist()  # [b]
             return scores
 
-    return _attach("reward_model", held, batch)
+    return _attach("reward_model", held, batch, timeout)
 
 
 def _first_tokens(tok: Any, words: tuple[str, ...]) -> set[int]:
@@ -144,7 +153,8 @@ def _first_tokens(tok: Any, words: tuple[str, ...]) -> set[int]:
 
 
 def judge(*, path: str, template: str = JUDGE_TEMPLATE, soft: bool = False, device: str = "cpu",
-          dtype: str = "float32", batch_size: int = 8, max_length: int = 2048) -> Callable[[str, Example], float]:
+          dtype: str = "float32", batch_size: int = 8, max_length: int = 2048,
+          timeout: float | None = None) -> Callable[[str, Example], float]:
     """LLM-as-judge: 1.0 if a local causal LM finds the answer equivalent to the gold, else 0.0.
 
     The answer is `extract_answer(completion)` (no answer: 0.0 without asking). The judge
@@ -152,9 +162,10 @@ def judge(*, path: str, template: str = JUDGE_TEMPLATE, soft: bool = False, devi
     template (plain text + "\\nAnswer:" without one) and we compare the probability of its
     next token being "Yes" vs "No" (summed over the first tokens of YES_VARIANTS and
     NO_VARIANTS): no sampling, so the same inputs always get the same reward. soft=True
-    returns P(Yes) / (P(Yes) + P(No)) instead of the 0/1 verdict.
+    returns P(Yes) / (P(Yes) + P(No)) instead of the 0/1 verdict. timeout: seconds one batch
+    may take (null: no limit).
     """
-    _check_common("judge", path, batch_size, max_length)
+    _check_common("judge", path, batch_size, max_length, timeout)
     check_option(isinstance(soft, bool), "judge", "soft", soft, "true or false")
     check_option(isinstance(template, str) and "{answer}" in template and "{gold}" in template, "judge",
                  "template", template, "a string with {answer} and {gold} (and optionally {question})")
@@ -213,4 +224,4 @@ def judge(*, path: str, template: str = JUDGE_TEMPLATE, soft: bool = False, devi
                         out[i] = value
             return out
 
-    return _attach("judge", held, batch)
+    return _attach("judge", held, batch, timeout)

@@ -60,3 +60,13 @@ def odd_answers_only(completion, example):
     """A length reward for questions with an odd answer, a constant for even ones: the even
     groups carry no signal (dynamic sampling drops them)."""
     return len(completion) / 10.0 if int(example.answer) % 2 else 1.0
+
+
+def torch_hanging_reward(completion, example):
+    """Never returns, and spends its time inside torch's native code: the kind of abandoned
+    thread that crashed the interpreter at exit ("terminate called without an active exception")."""
+    import torch
+
+    x = torch.randn(256, 256)
+    while True:
+        x = torch.tanh(x @ x)

@@ -10,6 +10,8 @@ import errno
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,6 +152,21 @@ def test_rewards_that_raise_hang_or_return_junk_are_contained_and_counted(capsys
         assert f"reward `{name}` failed on 8 completion(s)" in err
     assert m[f"reward/{LENGTH}/errors"] == 0
     assert m["skipped_updates"] == 0 and m["grad_norm"] is not None  # the length reward still trained
+
+
+def test_calls_hanging_inside_torch_end_the_program_cleanly(args, tmp_path):
+    """As a program (not main(argv) in-process): the abandoned calls, still inside torch at
+    exit, once aborted the interpreter with "terminate called without an active exception"."""
+    hanging = f"{REWARDS}:torch_hanging_reward"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run([sys.executable, "-m", "grpo", "train", *args, "log.tensorboard=false",
+                           f"rewards=[{{name: '{LENGTH}'}}, {{name: '{hanging}'}}]", "reward_timeout=0.2"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "reward or tool call(s) abandoned after their timeout were still running at exit" in proc.stderr
+    assert metrics(tmp_path / "run")[0][f"reward/{hanging}/errors"] == 8
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
 
 
 def test_equal_rewards_warn_once_and_leave_no_nan(capsys, args, tmp_path):

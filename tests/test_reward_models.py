@@ -13,6 +13,7 @@ from transformers import (
 )
 
 from grpo import answers, rewards
+from grpo.cli import main
 from grpo.config import RewardSpec
 from grpo.reward_models import JUDGE_TEMPLATE
 from grpo.rewards import WeightedReward, score
@@ -170,3 +171,33 @@ def test_judge_batches_like_single_calls(tiny_model_dir):
     # and through the harness
     scores = score([WeightedReward("judge", 1.0, hard)], completions, examples)
     assert scores.per_function["judge"].tolist() == verdicts and scores.errors == {"judge": 0}
+
+
+# --------------------------------------------------------------------------- timeouts
+
+
+@pytest.mark.parametrize("name", ["judge", "reward_model"])
+def test_model_rewards_are_not_limited_by_reward_timeout(tiny_model_dir, reward_model_dir, name):
+    # A 1 ns reward_timeout fails any user function; a model reward's forward is not cut by it
+    path = str(tiny_model_dir if name == "judge" else reward_model_dir)
+    completions, examples = COMPLETIONS * 2, EXAMPLES * 2
+    fn = rewards.get(name, path=path, batch_size=3)
+    unlimited = score([WeightedReward(name, 1.0, fn)], completions, examples, timeout=None)
+    scores = score([WeightedReward(name, 1.0, fn)], completions, examples, timeout=1e-9)
+    assert scores.errors == {name: 0}
+    assert scores.per_function[name].tolist() == unlimited.per_function[name].tolist()
+    # its own option `timeout` does apply (the abandoned batch finishes and frees the model)
+    limited = rewards.get(name, path=path, timeout=1e-9)
+    limited.load()  # as rewards.build does: loading in the abandoned thread would race the next load
+    assert score([WeightedReward(name, 1.0, limited)], completions, examples).errors == {name: 4}
+    with pytest.raises(ValueError, match=f"reward `{name}` option `timeout` = 0 is invalid"):
+        rewards.get(name, path=path, timeout=0)
+
+
+def test_grpo_check_with_the_judge_is_not_cut_by_reward_timeout(capsys, tiny_model_dir, data_file):
+    status = main(["check", "--no-model", f"model.path={tiny_model_dir}", "task.source=file",
+                   f"task.path={data_file}", "task.num_eval=2", "reward_timeout=0.000001",
+                   f"rewards=[{{name: format}}, {{name: judge, options: {{path: '{tiny_model_dir}'}}}}]"])
+    err = capsys.readouterr().err
+    assert status in (0, 1) and "Traceback" not in err, err  # 1: a random judge cannot tell right from wrong
+    assert "timed out" not in err and "failed on" not in err, err

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from grpo import abandoned
 from grpo.imports import import_object
 from grpo.tools import TOOL_NAMES, Tool, ToolError, call_tool, load_tool, python_isolation
 from grpo.tools.calculator import calculator
@@ -251,8 +252,10 @@ def test_call_tool_failures_become_observations():
     refused = call_tool(load_tool("calculator"), {"expression": "1/0"}, timeout=5)
     assert (refused.error, refused.text) == ("raised", "error: division by zero")  # a ToolError: no type name
     assert call_tool(_tool(exits), {}, timeout=5).error == "raised"  # even SystemExit is contained
+    running_before = abandoned.running()
     timed_out = call_tool(_tool(sleepy), {}, timeout=0.2)
     assert (timed_out.error, timed_out.text) == ("timeout", "error: sleepy timed out after 0.2 s")
+    assert abandoned.running() == running_before + 1  # recorded, so the program's exit cannot crash under it
     unprintable = call_tool(_tool(lambda: Unprintable()), {}, timeout=5)
     assert unprintable.error == "bad_output"
     assert "Unprintable whose str() raised RuntimeError" in unprintable.text

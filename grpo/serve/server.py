@@ -10,6 +10,13 @@ not start without a bearer token (compared in constant time); it binds loopback 
 otherwise; bodies, rows and tokens per request are capped; a bad request gets a 4xx and the
 server keeps serving. Requests are served one forward at a time, on one thread: the model is
 one device's worth of memory, and interleaved forwards would only compete for it.
+Under load: connections are read concurrently (asyncio), so a slow client never blocks the
+others; a request must arrive whole (headers and body) within --read-timeout seconds of its
+connection being ready for it, or the connection is closed (a client sending a byte at a time,
+or one that stalls, is cut off; uvicorn alone has no such limit); at most --max-connections
+are open at once (more get 503, which RemoteReference retries), which also bounds memory at
+about max_connections * max_body_bytes. A client that disconnects mid-request is dropped
+quietly. bench/serve_load.py measures all of this (bench/RESULTS.md).
 Departure from simple_GRPO's ref_server: that one unpickles request bodies (remote code
 execution for anyone who can reach the port) and has no authentication.
 """
@@ -27,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -73,6 +80,8 @@ def make_app(model: torch.nn.Module, token: str, limits: Limits = DEFAULT_LIMITS
             batch, temperature = decode_request(body, limits, vocab_size)
         except BadRequest as e:
             return _error(e.status, str(e))
+        except ClientDisconnect:  # gone mid-body (or cut off by the read deadline): nobody to answer
+            return Response(status_code=400)
         try:
             result = await asyncio.get_running_loop().run_in_executor(forward_thread, compute, batch, temperature)
         except Exception as e:  # noqa: BLE001 - one failed forward must not end the server
@@ -114,9 +123,49 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def read_deadline_protocol(read_timeout: float) -> type:
+    """uvicorn's h11 protocol, plus a deadline for reading each request.
+
+    The clock starts when the connection opens and again when a response completes; if the
+    next request's headers and body have not all arrived read_timeout seconds later, the
+    connection is closed (the handler then sees a disconnect). Once a request is read, its
+    forward may take as long as it takes."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class ReadDeadlineH11Protocol(H11Protocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_read_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_read_deadline()
+
+        def _arm_read_deadline(self) -> None:
+            if getattr(self, "read_deadline", None) is not None:
+                self.read_deadline.cancel()
+            self.read_deadline = self.loop.call_later(read_timeout, self._read_deadline_passed, self.cycle)
+
+        def _read_deadline_passed(self, cycle_before) -> None:
+            cycle = self.cycle
+            if cycle is not cycle_before and cycle is not None and not cycle.more_body:
+                return  # this request arrived whole in time
+            if not self.transport.is_closing():
+                log.info("closing a connection from %s: no whole request within %g s", self.client, read_timeout)
+                self.transport.close()
+
+        def connection_lost(self, exc) -> None:
+            if getattr(self, "read_deadline", None) is not None:
+                self.read_deadline.cancel()
+            super().connection_lost(exc)
+
+    return ReadDeadlineH11Protocol
+
+
 def serve(model_path: str | None, host: str = "127.0.0.1", port: int = 8765, *, device: str = "auto",
           dtype: str = "auto", token_env: str = "GRPO_REF_TOKEN", micro_batch_size: int = 16,
-          limits: Limits = DEFAULT_LIMITS, log_level: str = "info") -> None:
+          limits: Limits = DEFAULT_LIMITS, log_level: str = "info", read_timeout: float = 30.0,
+          max_connections: int = 64) -> None:
     """Load the model and serve until interrupted. ValueError when the token is not set."""
     import uvicorn
 
@@ -128,7 +177,8 @@ def serve(model_path: str | None, host: str = "127.0.0.1", port: int = 8765, *, 
     if not is_loopback(host):
         print(f"grpo serve-ref: warning: listening on {host}: plain HTTP, the token and tensors travel "
               "unencrypted; prefer an SSH tunnel or a private network", file=sys.stderr)
-    uvicorn.run(make_app(model, token, limits, micro_batch_size), host=host, port=port, log_level=log_level)
+    uvicorn.run(make_app(model, token, limits, micro_batch_size), host=host, port=port, log_level=log_level,
+                http=read_deadline_protocol(read_timeout), limit_concurrency=max_connections)
 
 
 def main(argv: list[str]) -> int:
@@ -144,10 +194,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     parser.add_argument("--max-rows", type=int, default=d.max_rows)
     parser.add_argument("--max-tokens", type=int, default=d.max_tokens, help="cap on rows * (prompt + completion)")
+    parser.add_argument("--read-timeout", type=float, default=30.0,
+                        help="seconds a request (headers and body) may take to arrive; slower clients are cut off")
+    parser.add_argument("--max-connections", type=int, default=64,
+                        help="open connections at most; more get 503 (bounds memory at about this * max-body-bytes)")
     ns = parser.parse_args(argv)
-    for name in ("port", "micro_batch_size", "max_body_bytes", "max_rows", "max_tokens"):
+    for name in ("port", "micro_batch_size", "max_body_bytes", "max_rows", "max_tokens", "max_connections"):
         if getattr(ns, name) < (0 if name == "port" else 1):
             raise ValueError(f"--{name.replace('_', '-')} = {getattr(ns, name)} is invalid")
+    if not ns.read_timeout > 0:
+        raise ValueError(f"--read-timeout = {ns.read_timeout} is invalid: expected seconds > 0")
     serve(ns.model, ns.host, ns.port, device=ns.device, dtype=ns.dtype, token_env=ns.token_env,
-          micro_batch_size=ns.micro_batch_size, limits=Limits(ns.max_body_bytes, ns.max_rows, ns.max_tokens))
+          micro_batch_size=ns.micro_batch_size, limits=Limits(ns.max_body_bytes, ns.max_rows, ns.max_tokens),
+          read_timeout=ns.read_timeout, max_connections=ns.max_connections)
     return 0

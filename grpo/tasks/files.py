@@ -31,8 +31,9 @@ from grpo.tasks.base import (
     take_distinct,
 )
 from grpo.tasks.prompts import default_system_prompt
-from grpo.tasks.readers import Table, read_table
+from grpo.tasks.readers import Table, read_table, shown
 
+_KINDS = {list: "a list", dict: "an object (a mapping)", bytes: "binary data"}
 _CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's "<<48/2=24>>" calculator annotations
 
 
@@ -115,6 +116,11 @@ def file_think(ex: Example) -> str:
 def _text(row: dict[str, Any], name: str, field: str, table: Table, i: int) -> str:
     """Field `name` of row i as text; missing or empty is an error naming file, row, columns."""
     value = row.get(name)
+    if isinstance(value, list | dict | bytes):  # a nested or binary column: the wrong schema
+        raise ValueError(
+            f"data file {str(table.path)!r} {table.where(i)}: field {name!r} ({field}) holds "
+            f"{_KINDS.get(type(value), type(value).__name__)}; expected text or a number"
+        )
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # Arrow promotes int columns with a float among them: 42.0 -> 42
     text = "" if value is None else str(value).strip()
@@ -125,6 +131,6 @@ def _text(row: dict[str, Any], name: str, field: str, table: Table, i: int) -> s
             state = "is missing (null)" if value is None else "is empty"
         raise ValueError(
             f"data file {str(table.path)!r} {table.where(i)}: field {name!r} ({field}) {state}; "
-            f"columns: {', '.join(table.columns)}"
+            f"columns: {shown(table.columns)}"
         )
     return text

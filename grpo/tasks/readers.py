@@ -6,7 +6,10 @@
 `datasets` does the loading, but its errors name neither the line nor the row ("Expected
 object or value"), so each text format is first checked here: UTF-8 (the byte offset of the
 first bad byte), JSON syntax line by line for JSONL, one object per row, CSV rows with as
-many fields as the header. Those checks also record where each row sits in the file, so a
+many fields as the header. A file that breaks the parser itself (nesting deeper than
+Python's recursion limit, an integer of thousands of digits, binary junk, a Parquet file
+with the right name and the wrong schema) ends the same way: one ValueError naming the
+file, never the parser's own exception. Those checks also record where each row sits in the file, so a
 missing field later is reported as "line 7" (JSONL), "row 6 (0-based, line 8)" (CSV) or
 "row 6 (0-based)" (JSON array, Parquet).
 
@@ -103,12 +106,8 @@ def _check_jsonl(p: Path, text: str) -> list[int]:
     for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"data file {str(p)!r} line {n}: invalid JSON ({e.msg}, column {e.colno})"
-            ) from None
+        where = f"data file {str(p)!r} line {n}"
+        obj = _parse_json(line, where, lambda e, where=where: f"{where}: invalid JSON ({e.msg}, column {e.colno})")
         if not isinstance(obj, dict):
             raise ValueError(
                 f"data file {str(p)!r} line {n}: expected a JSON object per line, got {_kind(obj)}"
@@ -119,13 +118,29 @@ def _check_jsonl(p: Path, text: str) -> list[int]:
     return lines
 
 
-def _check_json(p: Path, text: str) -> None:
+def _parse_json(text: str, where: str, syntax_error: Callable[[json.JSONDecodeError], str]) -> Any:
+    """json.loads, with every way it can fail as a ValueError naming the file (`where`);
+    syntax_error words the message for a JSON syntax error."""
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(
-            f"data file {str(p)!r} line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})"
-        ) from None
+        raise ValueError(syntax_error(e)) from None
+    except RecursionError:
+        raise ValueError(f"{where}: JSON nested too deeply to parse (arrays or objects thousands of "
+                         "levels deep)") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts (4300)
+        raise ValueError(f"{where}: invalid JSON ({e})") from None
+
+
+def shown(names: list[str], limit: int = 10) -> str:
+    """Column names for a message, at most `limit` of them (a binary header is one huge name)."""
+    short = [name if len(name) <= 40 else name[:40] + "…" for name in names[:limit]]
+    return ", ".join(short) + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _check_json(p: Path, text: str) -> None:
+    data = _parse_json(text, f"data file {str(p)!r}",
+                       lambda e: f"data file {str(p)!r} line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})")
     if not isinstance(data, list):
         raise ValueError(
             f"data file {str(p)!r}: expected a JSON array of objects (one per example) at the top "
@@ -151,14 +166,14 @@ def _check_csv(p: Path, text: str) -> tuple[list[str], list[int], bool]:
         repeated = sorted({h for h in header if header.count(h) > 1})
         if repeated:
             raise ValueError(
-                f"data file {str(p)!r} line 1: column name(s) repeated in the header: {', '.join(repeated)}"
+                f"data file {str(p)!r} line 1: column name(s) repeated in the header: {shown(repeated)}"
             )
         lines, start = [], reader.line_num + 1
         for record in reader:
             if record and len(record) != len(header):
                 raise ValueError(
                     f"data file {str(p)!r} line {start}: {len(record)} fields, but the header has "
-                    f"{len(header)} ({', '.join(header)})"
+                    f"{len(header)} ({shown(header)})"
                 )
             if record:  # blank lines are skipped, as pandas does
                 lines.append(start)
@@ -168,7 +183,7 @@ def _check_csv(p: Path, text: str) -> tuple[list[str], list[int], bool]:
             f"data file {str(p)!r} line {reader.line_num}: malformed CSV ({e})"
         ) from None
     if not lines:
-        raise ValueError(f"data file {str(p)!r} has no rows (only a header: {', '.join(header)})")
+        raise ValueError(f"data file {str(p)!r} has no rows (only a header: {shown(header)})")
     return header, lines, bom
 
 
@@ -200,6 +215,8 @@ def _load(p: Path, builder: str, kwargs: dict[str, Any], hint: str = "") -> Any:
 
     bars_were_on = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # "Generating train split" bars are noise for a small file
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to load" lines: we say it once
     try:
         with tempfile.TemporaryDirectory(prefix="grpo-datasets-") as cache_dir:
             return datasets.load_dataset(
@@ -217,6 +234,7 @@ def _load(p: Path, builder: str, kwargs: dict[str, Any], hint: str = "") -> Any:
             f"({type(cause).__name__}: {cause}){hint}"
         ) from e
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if bars_were_on:
             datasets.enable_progress_bars()
 

@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from grpo.abandoned import abandon
 from grpo.tools.errors import ToolError
 
 __all__ = ["ERROR_KINDS", "ToolResult", "call_tool"]
@@ -93,7 +94,10 @@ def _call_with_timeout(function: Any, arguments: dict, timeout: float) -> tuple[
     thread = threading.Thread(target=work, daemon=True, name="tool-call")
     thread.start()
     thread.join(timeout)
-    return (True, box[0]) if box else (False, None)
+    if not box:
+        abandon(thread)  # so the program's exit does not wait for it, nor crash under it (grpo.abandoned)
+        return False, None
+    return True, box[0]
 
 
 def _as_text(value: Any) -> tuple[str, str | None]:
