@@ -26,7 +26,8 @@ def grader_specs(cfg: Config) -> list[RewardSpec]:
 
 def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) -> dict[str, Any]:
     """Score `examples`: greedy accuracy, format, mean_length, truncation_rate; with k > 1 also
-    pass@k (some of k samples right) and sampled_accuracy (the fraction of samples right)."""
+    pass@k (some of k samples right) and sampled_accuracy (the fraction of samples right);
+    with tools, tool_call_rate (greedy episodes that called one; sampled_tool_call_rate)."""
     if not examples:
         raise ValueError("evaluation needs at least one held-out example (eval.num_examples, task.num_eval)")
     e = cfg.eval
@@ -38,6 +39,7 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
     acc, fmt, lengths, truncated = [], [], [], 0
     passed: list[float] = []
     sampled_correct: list[float] = []
+    called = [0, 0]  # greedy and sampled episodes that called a tool
     for start in range(0, len(examples), e.batch_size):
         chunk = examples[start : start + e.batch_size]
         batch = sampler.sample(chunk, greedy)
@@ -46,10 +48,12 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
         fmt += torch.nan_to_num(scores.per_function["format"]).tolist()
         lengths += batch.loss_mask.sum(1).tolist()  # sampled tokens
         truncated += sum(r == "length" for r in batch.finish_reasons)
+        called[0] += calls_a_tool(batch)
         if e.pass_k > 1:
             sampled = SamplingParams(group_size=e.pass_k, temperature=e.temperature, top_p=cfg.rollout.top_p,
                                      top_k=cfg.rollout.top_k, max_new_tokens=max_new, stop=greedy.stop)
             batch = sampler.sample(chunk, sampled)
+            called[1] += calls_a_tool(batch)
             repeated = [ex for ex in chunk for _ in range(e.pass_k)]
             scores = rewards.score(graders[:1], batch.completions, repeated, cfg.reward_timeout)
             correct = torch.nan_to_num(scores.per_function["accuracy"]).view(len(chunk), e.pass_k)
@@ -67,7 +71,16 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
         results[f"pass@{e.pass_k}"] = sum(passed) / n
         # the mean over the k samples: accuracy of the sampling policy that training optimizes
         results["sampled_accuracy"] = sum(sampled_correct) / n
+    if cfg.rollout.tools:
+        results["tool_call_rate"] = called[0] / n
+        if e.pass_k > 1:
+            results["sampled_tool_call_rate"] = called[1] / (n * e.pass_k)
     return results
+
+
+def calls_a_tool(batch: Any) -> int:
+    """Episodes of a trajectory with at least one tool reply (0 for single-turn sampling)."""
+    return sum(any(m["role"] == "tool" for m in e) for e in batch.episodes or [])
 
 
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:

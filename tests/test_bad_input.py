@@ -57,9 +57,21 @@ def test_broken_yaml_names_file_and_line(capsys, tmp_path):
     ("rollout.group_size=1", ("`rollout.group_size` = 1", ">= 2")),
     ("rollout.max_new_tokens=0", ("`rollout.max_new_tokens` = 0", ">= 1")),
     ("train.num_steps=[", ("'train.num_steps=['", "not valid YAML")),
+    ("rollout.tools=[abacus]", ("`rollout.tools`", "built-in tools (calculator, python)")),
+    ("rollout.tool_format=json", ("`rollout.tool_format`", "allowed: hermes, inline")),
+    ("task.template='Q: {q}'", ("`task.template`", "{question} exactly once")),
 ])
 def test_config_mistakes_name_the_field_and_what_is_allowed(capsys, args, override, says):
     fails(capsys, 2, "train", *args, override, says=says)
+
+
+def test_tools_and_environments_that_do_not_load_are_one_line(capsys, args, tmp_path):
+    fails(capsys, 2, "train", *args, f"rollout.tools=['{tmp_path}/nope.py:search']",
+          says=("tool", "nope.py", "does not exist"))
+    plain = tmp_path / "plain.py"
+    plain.write_text("def search(q):\n    return q\n")
+    fails(capsys, 2, "train", *args, f"rollout.tools=['{plain}:search']", says=("search",))
+    fails(capsys, 2, "train", *args, f"rollout.environment='{plain}:Nope'", says=("environment", "Nope"))
 
 
 def test_config_file_missing_not_utf8_directory_or_not_a_mapping(capsys, tmp_path):

@@ -1,6 +1,7 @@
 """Multi-turn episodes on the tiny model: ids as sampled across turns, inserted tokens out of
 the loss, the turn and token budgets, tools and environments by import path."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,8 @@ def test_a_training_run_with_a_tool_logs_episodes_and_the_report_shows_them(tiny
     # a first turn that ends at the stop string (not at its token budget) runs the prefilled call
     assert sum(r.get("tools/calculator/calls", 0) for r in rows) > 0
     assert all(r.get("tools/calculator/errors", 0) == 0 and 1 <= r["episode/turns"] <= 2 for r in rows)
+    evals = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
+    assert evals and all(0 <= r["tool_call_rate"] <= 1 for r in evals)  # held-out episodes ran the tools too
     data = build_data(tmp_path / "run")
     replies = [m for s in data["samples"] for m in s["episode"] if m["role"] == "tool"]
     assert replies and all(m["content"] == "5" and m["name"] == "calculator" for m in replies)
