@@ -41,6 +41,19 @@ def import_object(spec: str, what: str) -> Any:
     return obj
 
 
+def import_function(spec: str, what: str, options: dict[str, Any]) -> Any:
+    """`import_object`, then, when `options` are given, the attribute called as a factory
+    `attr(**options)` that returns the function (rewards and tools take options this way)."""
+    obj = import_object(spec, what)
+    if not options:
+        return obj
+    attr = spec.rpartition(":")[2]
+    try:
+        return obj(**options)
+    except Exception as e:
+        raise ValueError(f"{what} {spec!r}: calling {attr}(**{options!r}) as a factory failed: {e}") from e
+
+
 def _import_file(spec: str, what: str, path: Path) -> Any:
     """Import a .py file once (cached in sys.modules under a name derived from its path).
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from grpo.answers import is_correct
-from grpo.imports import import_object
+from grpo.imports import import_function
 from grpo.reward_harness import RewardScores, WeightedReward, score
 from grpo.tasks.base import Example
 
@@ -122,13 +122,8 @@ def check_option(ok: bool, reward: str, option: str, value: Any, expected: str) 
 
 
 def _user_function(spec: str, options: dict[str, Any]) -> RewardFn:
-    obj = import_object(spec, "reward")
+    obj = import_function(spec, "reward", options)
     attr = spec.rpartition(":")[2]
-    if options:  # the attribute is a factory
-        try:
-            obj = obj(**options)
-        except Exception as e:
-            raise ValueError(f"reward {spec!r}: calling {attr}(**{options!r}) as a factory failed: {e}") from e
     if not callable(obj):
         raise ValueError(f"reward {spec!r}: {attr} is a {type(obj).__name__}, not a function")
     try:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from grpo.imports import import_object
+from grpo.imports import import_function
 from grpo.tools.calculator import calculator
 from grpo.tools.calling import ERROR_KINDS, ToolResult, call_tool
 from grpo.tools.errors import ToolError
@@ -88,13 +88,8 @@ def _builtin_tool(name: str, options: dict[str, Any]) -> Callable[..., Any]:
 
 
 def _user_tool(spec: str, options: dict[str, Any]) -> Callable[..., Any]:
-    obj = import_object(spec, "tool")
+    obj = import_function(spec, "tool", options)
     attr = spec.rpartition(":")[2]
-    if options:  # the attribute is a factory
-        try:
-            obj = obj(**options)
-        except Exception as e:
-            raise ValueError(f"tool {spec!r}: calling {attr}(**{options!r}) as a factory failed: {e}") from e
     if not inspect.isfunction(obj) and not inspect.ismethod(obj):
         # get_json_schema reads a function's own signature and docstring; a callable object's
         # docstring describes the class, so the schema would be wrong: ask for a function.
