@@ -56,13 +56,16 @@ for _name in ("math_verify.parser", "math_verify.grader"):
     logging.getLogger(_name).addFilter(_DropTimeoutNotice())
 
 
-def extract_answer(completion: str) -> str | None:
-    """The answer span: the last `<answer>...</answer>`, else the last `\\boxed{...}`, else
-    the last number; None when there is none or it is longer than MAX_ANSWER_CHARS."""
+def extract_answer(completion: str, fallback: bool = True) -> str | None:
+    """The answer span: the last `<answer>...</answer>`, else (fallback) the last
+    `\\boxed{...}`, else the last number; None when there is none or it is longer than
+    MAX_ANSWER_CHARS. fallback=False: the tags or nothing (strict scoring)."""
     end = completion.rfind("</answer>")
     start = completion.rfind("<answer>", 0, end) if end >= 0 else -1
     if start >= 0:
         span = completion[start + len("<answer>") : end].strip()
+    elif not fallback:
+        span = None
     else:
         span = _last_boxed(completion)
         if span is None:
@@ -144,8 +147,9 @@ _reported_gold: set[str] = set()
 _reported_lock = threading.Lock()
 
 
-def is_correct(completion: str, example: Example) -> bool:
+def is_correct(completion: str, example: Example, fallback: bool = True) -> bool:
     """Does the completion's answer equal `example.answer` according to math-verify?
+    fallback: as in extract_answer (False: only an answer inside <answer> tags counts).
 
     A gold answer that does not parse makes every completion wrong; it is reported once per
     example id with logging.warning (never silently).
@@ -159,7 +163,7 @@ def is_correct(completion: str, example: Example) -> bool:
             log.warning("example %s: gold answer %r does not parse as math; accuracy scores 0 for it",
                         example.id, example.answer[:200])
         return False
-    span = extract_answer(completion)
+    span = extract_answer(completion, fallback)
     pred = parse_answer(span) if span and _nesting(span) <= MAX_NESTING else ()
     if not pred:
         return False

@@ -65,8 +65,10 @@ def print_before_after(results: dict) -> None:
     before, after = results.get("before") or {}, results.get("after")
     if after is None:
         return
-    labels = {"accuracy": "held-out accuracy (greedy)", "sampled_accuracy": "held-out accuracy (sampled, T=1)",
-              "format": "format rate (greedy)"}
+    labels = {"accuracy": "held-out accuracy (greedy, lenient)",
+              "strict_accuracy": "held-out accuracy (greedy, strict: tagged answer, whole layout)",
+              "sampled_accuracy": "held-out accuracy (sampled, T=1, lenient)",
+              "sampled_strict_accuracy": "held-out accuracy (sampled, T=1, strict)", "format": "format rate (greedy)"}
     for key, label in labels.items():
         if key in after:
             start = f"{before[key]:.1%} -> " if key in before else ""

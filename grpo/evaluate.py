@@ -2,6 +2,10 @@
 
 The grader is the RL reward itself (the `accuracy` and `format` reward functions, with the
 options the run configured), so what evaluation calls correct is what training rewarded.
+Two accuracies, because they differ a lot for small models: `accuracy` is lenient (the
+accuracy reward as configured: by default an untagged completion's last number counts),
+`strict_accuracy` counts a completion only when its `<answer>` holds the right answer and
+the whole layout passes the `format` reward (and `sampled_...` for both at T > 0).
 """
 
 from __future__ import annotations
@@ -18,10 +22,19 @@ from grpo.tasks.base import Example
 
 
 def grader_specs(cfg: Config) -> list[RewardSpec]:
-    """The accuracy and format rewards as the run configured them (defaults otherwise)."""
+    """The accuracy and format rewards as the run configured them (defaults otherwise), then
+    the strict accuracy (answer tags only)."""
     configured = {spec.name: spec for spec in cfg.rewards}
-    return [RewardSpec(name, 1.0, dict(configured[name].options) if name in configured else {})
-            for name in ("accuracy", "format")]
+    specs = [RewardSpec(name, 1.0, dict(configured[name].options) if name in configured else {})
+             for name in ("accuracy", "format")]
+    return [*specs, RewardSpec("accuracy", 1.0, {**specs[0].options, "fallback": False})]
+
+
+def graded(graders: list, completions: list[str], examples: list[Example], timeout: float) -> torch.Tensor:
+    """[N, 3] booleans per completion: lenient accuracy, format, strict accuracy (and format)."""
+    scores = rewards.score(graders, completions, examples, timeout).per_function
+    accuracy, fmt, strict = (torch.nan_to_num(scores[g.name]) >= 1.0 for g in graders)
+    return torch.stack([accuracy, fmt, strict & fmt], dim=1)
 
 
 def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) -> dict[str, Any]:
@@ -36,16 +49,13 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
     greedy = SamplingParams(group_size=1, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=max_new,
                             stop=tuple(cfg.rollout.stop))
     sampler = build_sampler(cfg, engine, tokenizer)
-    acc, fmt, lengths, truncated = [], [], [], 0
-    passed: list[float] = []
-    sampled_correct: list[float] = []
+    lengths, truncated = [], 0
+    greedy_grades, sampled_grades = [], []  # [n, 3] and [n, k, 3]: lenient, format, strict
     called = [0, 0]  # greedy and sampled episodes that called a tool
     for start in range(0, len(examples), e.batch_size):
         chunk = examples[start : start + e.batch_size]
         batch = sampler.sample(chunk, greedy)
-        scores = rewards.score(graders, batch.completions, chunk, cfg.reward_timeout)
-        acc += torch.nan_to_num(scores.per_function["accuracy"]).tolist()
-        fmt += torch.nan_to_num(scores.per_function["format"]).tolist()
+        greedy_grades.append(graded(graders, batch.completions, chunk, cfg.reward_timeout))
         lengths += batch.loss_mask.sum(1).tolist()  # sampled tokens
         truncated += sum(r == "length" for r in batch.finish_reasons)
         called[0] += calls_a_tool(batch)
@@ -55,22 +65,23 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
             batch = sampler.sample(chunk, sampled)
             called[1] += calls_a_tool(batch)
             repeated = [ex for ex in chunk for _ in range(e.pass_k)]
-            scores = rewards.score(graders[:1], batch.completions, repeated, cfg.reward_timeout)
-            correct = torch.nan_to_num(scores.per_function["accuracy"]).view(len(chunk), e.pass_k)
-            passed += (correct >= 1.0).any(dim=1).float().tolist()
-            sampled_correct += (correct >= 1.0).float().mean(dim=1).tolist()
-    n = len(examples)
+            grades = graded(graders, batch.completions, repeated, cfg.reward_timeout)
+            sampled_grades.append(grades.view(len(chunk), e.pass_k, 3))
+    n, g = len(examples), torch.cat(greedy_grades).double()
     results: dict[str, Any] = {
         "num_examples": n,
-        "accuracy": sum(a >= 1.0 for a in acc) / n,
-        "format": sum(f >= 1.0 for f in fmt) / n,
+        "accuracy": g[:, 0].mean().item(),
+        "strict_accuracy": g[:, 2].mean().item(),
+        "format": g[:, 1].mean().item(),
         "mean_length": sum(lengths) / n,
         "truncation_rate": truncated / n,
     }
     if e.pass_k > 1:
-        results[f"pass@{e.pass_k}"] = sum(passed) / n
+        s = torch.cat(sampled_grades).double()  # [n, k, 3]
+        results[f"pass@{e.pass_k}"] = s[:, :, 0].amax(dim=1).mean().item()
         # the mean over the k samples: accuracy of the sampling policy that training optimizes
-        results["sampled_accuracy"] = sum(sampled_correct) / n
+        results["sampled_accuracy"] = s[:, :, 0].mean().item()
+        results["sampled_strict_accuracy"] = s[:, :, 2].mean().item()
     if cfg.rollout.tools:
         results["tool_call_rate"] = called[0] / n
         if e.pass_k > 1:

@@ -49,7 +49,8 @@ METRIC_PLOTS = (
      ("completion_length/mean", "completion_length/min", "completion_length/max")),
     ("truncation", "Truncation rate (hit max_new_tokens)", ("truncation_rate",)),
 )
-EVAL_KEYS = ("accuracy", "format")  # plus any pass@k found in eval.jsonl
+# greedy (lenient, strict), sampled at T > 0 (lenient, strict), format; plus any pass@k in eval.jsonl
+EVAL_KEYS = ("accuracy", "strict_accuracy", "sampled_accuracy", "sampled_strict_accuracy", "format")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -134,7 +135,8 @@ def plot_specs(metrics: list[dict[str, Any]], evals: list[dict[str, Any]]) -> li
     if found:
         for s in found:
             s["name"] = f"eval {s['name']}"
-        specs.append({"id": "eval", "title": "Held-out evaluation (greedy accuracy, format, pass@k)",
+        specs.append({"id": "eval", "title": "Held-out evaluation (accuracy greedy and sampled, lenient and "
+                      "strict; format; pass@k)",
                       "series": found})
     return specs
 

@@ -179,11 +179,13 @@ def tag_count_reward() -> RewardFn:
 # --------------------------------------------------------------------------- accuracy
 
 @register("accuracy")
-def accuracy_reward(*, correct_score: float = 1.0, wrong_score: float = 0.0) -> RewardFn:
-    """correct_score when the extracted answer equals the gold answer (math-verify), else wrong_score."""
+def accuracy_reward(*, correct_score: float = 1.0, wrong_score: float = 0.0, fallback: bool = True) -> RewardFn:
+    """correct_score when the extracted answer equals the gold answer (math-verify), else wrong_score.
+    fallback: without <answer> tags, read the last \\boxed{} or number (lenient); False: tags only."""
+    check_option(isinstance(fallback, bool), "accuracy", "fallback", fallback, "true or false")
 
     def accuracy(completion: str, example: Example) -> float:
-        return correct_score if is_correct(completion, example) else wrong_score
+        return correct_score if is_correct(completion, example, fallback) else wrong_score
 
     return accuracy
 

@@ -20,7 +20,8 @@ def test_two_steps_of_the_demo_recipe_on_the_bundled_model(tmp_path, capsys):
     assert all(0 <= m["reward/mean"] <= 2 and m["grad_norm"] >= 0 for m in metrics)
     evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 2]
-    assert "held-out accuracy (greedy): " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "held-out accuracy (greedy, lenient): " in printed and "held-out accuracy (greedy, strict" in printed
     assert (out / "report.html").is_file() and (out / "checkpoint-000002").is_dir()
     model = AutoModelForCausalLM.from_pretrained(Path(out) / "final")
     assert model.num_parameters() > 100e6

@@ -1,5 +1,6 @@
 """Evaluation metrics on canned completions: greedy accuracy, format, pass@k, sampled accuracy."""
 
+import pytest
 import torch
 from trajectories import sampled_trajectory
 
@@ -43,3 +44,22 @@ def test_accuracy_format_pass_at_k_and_sampled_accuracy():
     assert results["pass@4"] == 2 / 3
     assert abs(results["sampled_accuracy"] - 1.25 / 3) < 1e-9
     assert results["num_examples"] == 3 and results["mean_length"] == 3
+    # strict: the right answer inside <answer> and the whole layout: greedy only q0 -> 1/3
+    # (q1's untagged "2" is lenient-right only); sampled (1/4 + 0 + 1) / 3 as both rights are tagged
+    assert results["strict_accuracy"] == 1 / 3
+    assert abs(results["sampled_strict_accuracy"] - 1.25 / 3) < 1e-9
+
+
+def test_strict_accuracy_needs_the_tags_and_the_layout():
+    strict_wrong = ["the answer is 1", "<answer> 1 </answer>", "\\boxed{1}"]  # no tags / no think / boxed only
+    cfg = load_config(None, ["eval.pass_k=1"])
+    for text in strict_wrong:
+        results = evaluate(CannedEngine([text], []), Tok(), EXAMPLES[:1], cfg)
+        assert (results["accuracy"], results["strict_accuracy"]) == (1.0, 0.0), text
+    # training can drop the fallback too: the accuracy reward's option
+    from grpo import rewards
+
+    fn = rewards.get("accuracy", fallback=False)
+    assert fn("the answer is 1", EXAMPLES[0]) == 0.0 and fn("<answer> 1 </answer>", EXAMPLES[0]) == 1.0
+    with pytest.raises(ValueError, match="fallback"):
+        rewards.get("accuracy", fallback="yes")
