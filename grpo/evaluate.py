@@ -10,6 +10,7 @@ the whole layout passes the `format` reward (and `sampled_...` for both at T > 0
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,10 +38,12 @@ def graded(graders: list, completions: list[str], examples: list[Example], timeo
     return torch.stack([accuracy, fmt, strict & fmt], dim=1)
 
 
-def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) -> dict[str, Any]:
+def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Score `examples`: greedy accuracy, format, mean_length, truncation_rate; with k > 1 also
     pass@k (some of k samples right) and sampled_accuracy (the fraction of samples right);
-    with tools, tool_call_rate (greedy episodes that called one; sampled_tool_call_rate)."""
+    with tools, tool_call_rate (greedy episodes that called one; sampled_tool_call_rate).
+    progress(done, total) is called before the first chunk and after each one."""
     if not examples:
         raise ValueError("evaluation needs at least one held-out example (eval.num_examples, task.num_eval)")
     e = cfg.eval
@@ -53,6 +56,8 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
     greedy_grades, sampled_grades = [], []  # [n, 3] and [n, k, 3]: lenient, format, strict
     called = [0, 0]  # greedy and sampled episodes that called a tool
     for start in range(0, len(examples), e.batch_size):
+        if progress is not None:
+            progress(start, len(examples))
         chunk = examples[start : start + e.batch_size]
         batch = sampler.sample(chunk, greedy)
         greedy_grades.append(graded(graders, batch.completions, chunk, cfg.reward_timeout))
@@ -67,6 +72,8 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config) 
             repeated = [ex for ex in chunk for _ in range(e.pass_k)]
             grades = graded(graders, batch.completions, repeated, cfg.reward_timeout)
             sampled_grades.append(grades.view(len(chunk), e.pass_k, 3))
+    if progress is not None:
+        progress(len(examples), len(examples))
     n, g = len(examples), torch.cat(greedy_grades).double()
     results: dict[str, Any] = {
         "num_examples": n,

@@ -26,11 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-# The numbers shown on the progress bar, in order, with their short labels.
-PROGRESS_KEYS = (("reward/mean", "reward"), ("accuracy", "acc"), ("format", "fmt"), ("kl", "kl"),
-                 ("time/step", "s/step"))
+from grpo.progress import ProgressDisplay
 
 
 def truncate_jsonl(path: Path, max_step: int, keep_max_step: bool = True) -> None:
@@ -117,15 +114,7 @@ class RunLogger:
                 self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step + 1)
             except Exception as e:  # noqa: BLE001 - as in _to_tensorboard: the run goes on without it
                 self.sink_failed("tensorboard", e)
-        self.progress = None
-        if progress:
-            self.progress = Progress(
-                TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"), console=self.console, transient=False,
-            )
-            self.task = self.progress.add_task("train", total=total_steps, completed=start_step, info="")
-            self.progress.start()
+        self.progress = ProgressDisplay(self.console, total_steps, start_step) if progress else None
 
     def _append(self, path: Path, records: list[dict[str, Any]], essential: bool) -> None:
         """Append records as JSON lines. essential (the run's record): a failure stops the run;
@@ -176,8 +165,12 @@ class RunLogger:
         self._append(self.metrics_path, [{"step": step, "time": time.time(), **metrics}], essential=True)
         self._to_tensorboard(metrics, step)
         if self.progress is not None:
-            info = "  ".join(f"{label} {metrics[k]:.3g}" for k, label in PROGRESS_KEYS if k in metrics)
-            self.progress.update(self.task, completed=step, info=info)
+            self.progress.update(step, metrics)
+
+    def evaluating(self, done: int, total: int) -> None:
+        """Held-out examples scored so far in a running evaluation (shown with the progress)."""
+        if self.progress is not None:
+            self.progress.evaluating(done, total)
 
     def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         if samples:

@@ -24,6 +24,7 @@ import random
 import resource
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -295,12 +296,13 @@ class Trainer:
 
     # ----------------------------------------------------------------- the run
 
-    def evaluate(self) -> dict[str, Any]:
-        """Held-out evaluation; in a multi-process run each rank scores its share of the examples."""
+    def evaluate(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Held-out evaluation; in a multi-process run each rank scores its share of the examples
+        (progress: called with this rank's examples done and its share)."""
         examples = self.task.eval[: self.cfg.eval.num_examples]
         mine = examples[self.world.rank :: self.world.size]
         with self.world.full_weights(self.model):  # fsdp: generation runs no collectives
-            results = evaluate(self.engine, self.tokenizer, mine, self.cfg) if mine else None
+            results = evaluate(self.engine, self.tokenizer, mine, self.cfg, progress) if mine else None
         return merge_results([r for r in self.world.gather_objects(results) if r is not None])
 
     def save(self) -> Path | None:
@@ -329,7 +331,7 @@ class Trainer:
         # on every rank once any rank got one.
         with StopSignals() as stop, log:  # the logger closes on the way out, whatever happens
             if self.state.step == 0 and cfg.eval.before_training and cfg.eval.num_examples > 0:
-                results["before"] = self.evaluate()
+                results["before"] = self.evaluate(log.evaluating)
                 log.log_eval(0, results["before"])
             while self.state.step < cfg.train.num_steps and not self.world.any(stop.requested):
                 metrics, samples = self.train_step()
@@ -348,7 +350,7 @@ class Trainer:
                         "Lower train.learning_rate or check the reward functions."
                     )
                 if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.num_steps:
-                    log.log_eval(step, self.evaluate())
+                    log.log_eval(step, self.evaluate(log.evaluating))
                 if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
                     self.save()
             if self.state.step > 0 and self.last_saved != self.state.step:
@@ -357,7 +359,7 @@ class Trainer:
                 latest = out / checkpoint_name(self.state.step) if self.state.step > 0 else None
                 raise Interrupted(stop.signum or signal.SIGTERM, self.state.step, latest)
             if cfg.eval.num_examples > 0:
-                results["after"] = self.evaluate()
+                results["after"] = self.evaluate(log.evaluating)
                 log.log_eval(self.state.step, results["after"])
             weights = self.world.full_state_dict(self.model)  # fsdp: gathered; otherwise None
             if main:
