@@ -31,7 +31,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from grpo import rewards
+from grpo import probe, rewards
 from grpo.answers import parse_answer
 from grpo.config import Config
 from grpo.rollout.episodes import build_sampler
@@ -61,6 +61,8 @@ class CheckResult:
     per_function: dict[str, list[float]]  # name -> per candidate; NaN where the call failed
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    prompt: str = ""  # the first example's prompt as the model sees it (with the model)
+    first_run: list[str] = field(default_factory=list)  # grpo.probe's problems (with the model)
 
     @property
     def ok(self) -> bool:
@@ -143,8 +145,9 @@ def written_candidates(i: int, gold: str) -> list[Candidate]:
 
 
 def model_candidates(cfg: Config, examples: list[Example], group_size: int,
-                     max_new_tokens: int) -> list[Candidate]:
-    """group_size samples per example from the policy, as the trainer samples them."""
+                     max_new_tokens: int) -> tuple[list[Candidate], probe.ProbeReport]:
+    """group_size samples per example from the policy, as the trainer samples them, and the
+    first-run probe (training's G and token budget on the first examples)."""
     from grpo import models
     from grpo.rollout import SamplingParams, build_engine
 
@@ -153,9 +156,12 @@ def model_candidates(cfg: Config, examples: list[Example], group_size: int,
     r = cfg.rollout
     params = SamplingParams(group_size=group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                             max_new_tokens=min(max_new_tokens, r.max_new_tokens), seed=cfg.seed, stop=tuple(r.stop))
-    batch = build_sampler(cfg, engine, tokenizer).sample(examples, params)
+    sampler = build_sampler(cfg, engine, tokenizer)
+    batch = sampler.sample(examples, params)
+    report = probe.probe(sampler, rewards.build(cfg.rewards), examples[: probe.NUM_EXAMPLES], probe.probe_params(cfg),
+                         cfg.reward_timeout)
     return [Candidate(MODEL, f"sample {k % group_size + 1} ({batch.finish_reasons[k]})", k // group_size, text)
-            for k, text in enumerate(batch.completions)]
+            for k, text in enumerate(batch.completions)], report
 
 
 # --------------------------------------------------------------------------- scoring
@@ -167,12 +173,16 @@ def run_check(cfg: Config, *, use_model: bool = True, num_examples: int = 8, gro
     examples = build_task(cfg.task).train[:num_examples]
     fns = rewards.build(cfg.rewards)
     candidates = [c for i, ex in enumerate(examples) for c in written_candidates(i, ex.answer)]
+    report = None
     if use_model:
-        candidates += model_candidates(cfg, examples, group_size, max_new_tokens)
+        sampled, report = model_candidates(cfg, examples, group_size, max_new_tokens)
+        candidates += sampled
     scores = rewards.score(fns, [c.completion for c in candidates], [examples[c.example] for c in candidates],
                            cfg.reward_timeout)
     result = CheckResult(examples, [f.name for f in fns], candidates, scores.total.tolist(),
                          {name: values.tolist() for name, values in scores.per_function.items()})
+    if report is not None:
+        result.prompt, result.first_run = report.prompt, probe.problems(report, cfg)
     judge(result)
     return result
 
@@ -266,6 +276,9 @@ def print_result(result: CheckResult, console: Any = None) -> None:
     from rich.text import Text
 
     console = console or Console()
+    if result.prompt:
+        console.print(Text("the first prompt, as the model sees it:", style="bold"))
+        console.print(Text(result.prompt), soft_wrap=True)
     console.print(f"checked {len(result.examples)} training examples with rewards: {', '.join(result.reward_names)}")
     for group in GROUPS:
         rows = result.indices(group)
@@ -283,6 +296,8 @@ def print_result(result: CheckResult, console: Any = None) -> None:
         console.print(table)
     for warning in result.warnings:
         console.print(Text(f"warning: {warning}", style="yellow"))
+    for message in result.first_run:
+        console.print(Text(f"warning (first-run check): {message}", style="yellow"))
     if result.ok:
         console.print(Text("check passed: the gold answer in the expected format gets the top score and beats "
                            "the wrong answers", style="green"))

@@ -261,6 +261,11 @@ class TrainConfig:
         "fsdp = FSDP2 shards parameters, gradients and optimizer state."
     )
     max_bad_steps: int = doc(3, "Stop (with a checkpoint) after this many non-finite losses in a row.")
+    first_run_check: bool = doc(
+        True, "At the start of a fresh run, sample G completions for 2 training prompts (its own seed: the run's "
+        "random streams are untouched) and warn, one line each naming the field to change, about truncation, "
+        "groups without reward variance, rewards that cannot tell completions apart, a dropped system prompt.",
+    )
     check_resources: bool = doc(
         True, "Before training, refuse a batch that a rough estimate says cannot fit in memory, "
         "and a disk without room for a checkpoint (grpo.resources)."

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from grpo import algorithm, models, resources, rewards
+from grpo import algorithm, models, probe, resources, rewards
 from grpo.allocator import keep_freed_memory
 from grpo.checkpoint import (
     TrainerState,
@@ -305,6 +305,17 @@ class Trainer:
             results = evaluate(self.engine, self.tokenizer, mine, self.cfg, progress) if mine else None
         return merge_results([r for r in self.world.gather_objects(results) if r is not None])
 
+    def first_run_check(self, out: Path | None) -> list[str]:
+        """grpo.probe on the first training prompts; the first prompt as the model sees it is
+        written to <run>/prompt.txt (out: the run directory on rank 0, else None)."""
+        examples = self.task.train[: probe.NUM_EXAMPLES]
+        with self.world.full_weights(self.model):  # fsdp: generation runs no collectives
+            report = probe.probe(self.sampler, self.reward_fns, examples, probe.probe_params(self.cfg),
+                                 self.cfg.reward_timeout)
+        if out is not None:
+            (out / "prompt.txt").write_text(report.prompt, encoding="utf-8")
+        return probe.problems(report, self.cfg)
+
     def save(self) -> Path | None:
         """A checkpoint of this step: every rank gathers, rank 0 writes (and returns its path)."""
         self.state.examples_seen = self.data.position
@@ -330,6 +341,9 @@ class Trainer:
         # SIGINT / SIGTERM only set stop.requested; the loop stops between steps (grpo.interrupt),
         # on every rank once any rank got one.
         with StopSignals() as stop, log:  # the logger closes on the way out, whatever happens
+            if self.state.step == 0 and cfg.train.first_run_check:
+                for message in self.first_run_check(out if main else None):
+                    log.print(f"warning (first-run check): {message}")
             if self.state.step == 0 and cfg.eval.before_training and cfg.eval.num_examples > 0:
                 results["before"] = self.evaluate(log.evaluating)
                 log.log_eval(0, results["before"])
