@@ -26,8 +26,9 @@ def _quick(monkeypatch):
 
 
 def signalled_run(tmp_path, tiny_model_dir, run, at_calls, signum=signal.SIGINT, *more):
-    # 2 prompts * G=4: calls 1-8 score step 1, calls 9-16 step 2...
-    args = tiny_args(tmp_path, tiny_model_dir)
+    # 2 prompts * G=4: calls 1-8 score step 1, calls 9-16 step 2... (no first-run check: its
+    # probe would score 8 more calls before step 1)
+    args = tiny_args(tmp_path, tiny_model_dir) + ["train.first_run_check=false"]
     return ["train", *args, f"output_dir={tmp_path / run}", "train.num_steps=3",
             f"rewards=[{{name: '{SIGNALLING}', options: {{at_calls: {list(at_calls)}, signum: {int(signum)}}}}}]",
             *more]
