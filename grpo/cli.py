@@ -92,7 +92,7 @@ def resolve_eval_target(target: str) -> tuple[str | None, list[str], Path | None
 
 
 def cmd_eval(args: list[str]) -> int:
-    from grpo.evaluate import print_table, run_eval
+    from grpo.evaluation import print_table, run_eval
 
     if not args:
         raise ValueError("usage: grpo eval MODEL_OR_RUN_DIR [config.yaml] [overrides...]")

@@ -77,3 +77,35 @@ def _import_file(spec: str, what: str, path: Path) -> Any:
         del sys.modules[name]
         raise ValueError(f"{what} {spec!r}: importing {str(path)!r} failed: {type(e).__name__}: {e}") from e
     return module
+
+
+class Registered:
+    """Functions handed over as Python objects (grpo.api), under names that say what they were:
+    `python:<qualified name> (<file>:<line>)`, with `#2`, `#3` for different objects that would
+    share one. The config holds the name; `get` gives the object back in this process."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, Any] = {}
+
+    def register(self, fn: Any) -> str:
+        base = callable_name(fn)
+        name, k = base, 2
+        while name in self.by_name and self.by_name[name] is not fn:
+            name, k = f"{base}#{k}", k + 1
+        self.by_name[name] = fn
+        return name
+
+    def get(self, name: str) -> Any | None:
+        return self.by_name.get(name)
+
+
+def callable_name(fn: Any) -> str:
+    """`python:<qualified name> (<file>:<line>)`, the record of a function given as an object."""
+    import inspect
+
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    try:
+        where = f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
+    except (TypeError, OSError):
+        where = "source unknown"
+    return f"python:{qualname} ({where})"

@@ -2,7 +2,7 @@
 
 A reward function is pure: `fn(completion: str, example: Example) -> float`. It never raises
 on model output: a malformed completion is a wrong answer. The RL reward and the evaluation
-grader are the same code (`evaluate.py` calls `accuracy` and `format` through `score`).
+grader are the same code (`evaluation.py` calls `accuracy` and `format` through `score`).
 
     fns = build(cfg.rewards)                      # [WeightedReward(name, weight, fn), ...]
     scores = score(fns, completions, examples, timeout=cfg.reward_timeout)
@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from grpo.answers import is_correct
-from grpo.imports import import_function
+from grpo.imports import Registered, import_function
 from grpo.reward_harness import RewardScores, WeightedReward, score
 from grpo.tasks.base import Example
 
@@ -67,8 +67,21 @@ def names() -> list[str]:
     return sorted(set(_FACTORIES) | set(_LAZY_FACTORIES))
 
 
+_REGISTERED = Registered()  # reward functions handed over as objects (grpo.api)
+
+
+def register_function(fn: RewardFn) -> str:
+    """The name under which `fn` (a Python callable given to grpo.train) is found by `get`."""
+    return _REGISTERED.register(fn)
+
+
 def get(name: str, **options: Any) -> RewardFn:
     """The reward function for a registered name or a `module:function` / `file.py:function`."""
+    given = _REGISTERED.get(name)
+    if given is not None:
+        if options:
+            raise ValueError(f"reward {name!r} was given as a Python function: it takes no options")
+        return given
     if ":" in name:
         return _user_function(name, options)
     if name in _LAZY_FACTORIES:

@@ -46,7 +46,7 @@ from grpo.checkpoint import (
 )
 from grpo.config import Config, save_config
 from grpo.distributed import World
-from grpo.evaluate import evaluate, merge_results
+from grpo.evaluation import evaluate, merge_results
 from grpo.health import StepWatch
 from grpo.interrupt import Interrupted, StopSignals
 from grpo.logging import NullLogger, RunLogger

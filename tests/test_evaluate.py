@@ -5,7 +5,7 @@ import torch
 from trajectories import sampled_trajectory
 
 from grpo.config import load_config
-from grpo.evaluate import evaluate
+from grpo.evaluation import evaluate
 from grpo.tasks.base import Example
 
 EXAMPLES = [Example(f"q{i}", [{"role": "user", "content": f"{i} + 1 ="}], str(i + 1)) for i in range(3)]

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from grpo.imports import import_function
+from grpo.imports import Registered, import_function
 from grpo.tools.calculator import calculator
 from grpo.tools.calling import ERROR_KINDS, ToolResult, call_tool
 from grpo.tools.errors import ToolError
@@ -60,10 +60,21 @@ BUILTIN_TOOLS: dict[str, Callable[..., Callable[..., Any]]] = {
 TOOL_NAMES = tuple(sorted(BUILTIN_TOOLS))
 
 
+_REGISTERED = Registered()  # tool functions handed over as objects (grpo.api)
+
+
+def register_function(fn: Callable[..., Any]) -> str:
+    """The name under which `fn` (a Python function given to grpo.train) is found by `load_tool`."""
+    return _REGISTERED.register(fn)
+
+
 def load_tool(spec: str, options: dict[str, Any] | None = None) -> Tool:
     """The Tool for a built-in name or a `module.path:function` / `path/to/file.py:function`."""
     options = dict(options or {})
-    if ":" in spec:
+    given = _REGISTERED.get(spec)
+    if given is not None:
+        function = given
+    elif ":" in spec:
         function = _user_tool(spec, options)
     elif spec in BUILTIN_TOOLS:
         function = _builtin_tool(spec, options)
