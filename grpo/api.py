@@ -24,11 +24,19 @@ from grpo.config import Config, from_dict, read_yaml, to_dict
 
 
 def train(config: str | Path | dict | Config | None = None, *, rewards: list | None = None,
-          tools: list | None = None, **overrides: Any) -> dict[str, Any]:
-    """Train as `grpo train` does; returns {"before": ..., "after": ...} held-out results."""
+          tools: list | None = None, dataset: Any = None, **overrides: Any) -> dict[str, Any]:
+    """Train as `grpo train` does; returns {"before": ..., "after": ...} held-out results.
+
+    dataset: a `datasets.Dataset` or `DatasetDict` (its `train` split trains, `test` or
+    `validation` is held out), saved into <output_dir>/dataset so the run directory holds
+    its data and resumes from it; or a directory written by `save_to_disk`. The columns are
+    task.question_field / answer_field, as for files."""
     from grpo.trainer import train as run
 
-    return run(build_config(config, overrides, rewards, tools))
+    cfg = build_config(config, overrides, rewards, tools)
+    if dataset is not None:
+        cfg = build_config(cfg, _dataset_fields(dataset, Path(cfg.output_dir), cfg.resume))
+    return run(cfg)
 
 
 def evaluate(target: str | Path, config: str | Path | dict | Config | None = None, *,
@@ -65,6 +73,28 @@ def build_config(config: Any, overrides: dict[str, Any], rewards: list | None = 
 
         data.setdefault("rollout", {})["tools"] = [register_function(t) if callable(t) else t for t in tools]
     return from_dict(Config, data).validate()
+
+
+def _dataset_fields(dataset: Any, run_dir: Path, resume: bool) -> dict[str, Any]:
+    """task.* overrides that read `dataset` as a file task (saving a datasets object first)."""
+    if isinstance(dataset, (str, Path)):
+        return {"task.source": "file", "task.path": str(dataset)}
+    import datasets
+
+    if not isinstance(dataset, (datasets.Dataset, datasets.DatasetDict)):
+        raise ValueError(f"dataset must be a datasets.Dataset, a DatasetDict or a save_to_disk directory; "
+                         f"got {type(dataset).__name__}")
+    splits = dataset if isinstance(dataset, datasets.DatasetDict) else datasets.DatasetDict({"train": dataset})
+    if "train" not in splits:
+        raise ValueError(f"the DatasetDict has splits {list(splits)}; grpo trains on a 'train' split")
+    held_out = next((s for s in ("test", "validation") if s in splits), None)
+    where = run_dir / "dataset"
+    if not (resume and where.is_dir()):  # a resumed run keeps the data it started with
+        splits.save_to_disk(str(where))
+    fields = {"task.source": "file", "task.path": str(where / "train")}
+    if held_out is not None:
+        fields["task.eval_path"] = str(where / held_out)
+    return fields
 
 
 def _as_dict(config: Any) -> dict[str, Any]:

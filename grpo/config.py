@@ -87,7 +87,9 @@ class TaskConfig:
     num_train: int = doc(1000, "Number of procedural training examples (source=reasoning_gym).")
     num_eval: int = doc(100, "Number of held-out examples (procedural tasks; cap for files).")
     seed: int = doc(1234, "Seed of the procedural generator and of the file split.")
-    path: str | None = doc(None, "Training data file: .jsonl, .json, .csv or .parquet (source=file).")
+    path: str | None = doc(
+        None, "Training data: a .jsonl, .json, .csv or .parquet file, or a directory written by datasets' "
+        "save_to_disk (its train split) (source=file).")
     eval_path: str | None = doc(
         None, "Held-out data file; null = hold out num_eval rows of `path` (source=file)."
     )

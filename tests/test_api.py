@@ -58,3 +58,30 @@ def test_configs_from_dicts_objects_and_dotted_keys_and_tools_as_functions(tmp_p
         build_config(None, {"train.num_stepz": 1})
     with pytest.raises(ValueError, match="a reward is"):
         build_config(None, {}, rewards=[42])
+
+
+def test_train_on_a_datasets_object_and_a_save_to_disk_directory(tiny_model_dir, tmp_path, monkeypatch):
+    import datasets
+
+    rows = [{"q": f"What is {a} + {b}?", "a": str(a + b)} for a in range(5) for b in range(4)]
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:16]),
+                                   "test": datasets.Dataset.from_list(rows[16:])})
+    base = overrides(tmp_path, tiny_model_dir) | {"task.question_field": "q", "task.answer_field": "a",
+                                                  "rewards": [{"name": "format"}]}
+    for key in ("task.source", "task.path"):
+        del base[key]
+    with quick(monkeypatch):
+        grpo.train(None, dataset=splits, **base)
+    saved = load_config(str(tmp_path / "run" / "config.yaml"))
+    assert saved.task.path == str(tmp_path / "run" / "dataset" / "train")  # the run holds its data
+    assert saved.task.eval_path == str(tmp_path / "run" / "dataset" / "test")
+    # a save_to_disk directory works as task.path from the CLI's config too
+    from grpo.tasks import build_task
+
+    splits["train"].save_to_disk(str(tmp_path / "saved"))
+    task = build_task(build_config(None, {"task.source": "file", "task.path": str(tmp_path / "saved"),
+                                          "task.question_field": "q", "task.answer_field": "a",
+                                          "task.num_eval": 4, "task.few_shot": 0}).task)
+    assert len(task.eval) == 4 and len(task.train) == 12 and task.train[0].answer in {r["a"] for r in rows}
+    with pytest.raises(ValueError, match="dataset must be"):
+        grpo.train(None, dataset=[1, 2], **base)

@@ -46,6 +46,8 @@ def read_table(path: str, field: str) -> Table:
     """Check and load `path`; `field` (e.g. "task.path") is named in the errors."""
     p = Path(path)
     suffix = p.suffix.lower()
+    if p.is_dir() and any((p / marker).is_file() for marker in SAVED_DATASET_FILES):
+        return read_saved_dataset(p, field)
     if suffix not in ALLOWED_SUFFIXES:
         raise ValueError(
             f"config field `{field}` = {path!r} has an unsupported extension {p.suffix or '(none)'!r}; "
@@ -82,6 +84,31 @@ def read_table(path: str, field: str) -> Table:
     if builder == "csv" and len(dataset) != len(lines):  # our row count disagrees with pandas'
         where = _row
     return Table(p, dataset.to_list(), list(dataset.column_names), where)
+
+
+# what `datasets.Dataset.save_to_disk` / `DatasetDict.save_to_disk` write into their directory
+SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")
+
+
+def read_saved_dataset(p: Path, field: str) -> Table:
+    """A directory written by `save_to_disk` (Arrow files, no code): a Dataset, or a
+    DatasetDict's `train` split (the only split, when it has one)."""
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(p))
+    except Exception as e:  # noqa: BLE001 - any failure of the library: one line naming the directory
+        raise ValueError(f"config field `{field}`: {str(p)!r} is not a readable save_to_disk dataset: {e}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        name = "train" if "train" in loaded else splits[0] if len(splits) == 1 else None
+        if name is None:
+            raise ValueError(f"config field `{field}`: the dataset in {str(p)!r} has splits {splits} and none is "
+                             "'train'; point at one split's directory (…/<split>)")
+        loaded = loaded[name]
+    if len(loaded) == 0:
+        raise ValueError(f"dataset {str(p)!r} has no rows")
+    return Table(p, loaded.to_list(), list(loaded.column_names), _row)
 
 
 def _row(i: int) -> str:
