@@ -85,3 +85,13 @@ def test_train_on_a_datasets_object_and_a_save_to_disk_directory(tiny_model_dir,
     assert len(task.eval) == 4 and len(task.train) == 12 and task.train[0].answer in {r["a"] for r in rows}
     with pytest.raises(ValueError, match="dataset must be"):
         grpo.train(None, dataset=[1, 2], **base)
+
+
+def test_a_broken_save_to_disk_directory_is_one_clear_error(tmp_path):
+    from grpo.tasks import build_task
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "state.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not a readable save_to_disk dataset"):
+        build_task(build_config({}, {"task.source": "file", "task.path": str(broken)}).task)
