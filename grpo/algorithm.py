@@ -107,6 +107,57 @@ def groups_with_signal(rewards: torch.Tensor, group_size: int, tolerance: float 
     return ~equal & (grouped.std(dim=1) > tolerance)
 
 
+def process_advantages(
+    step_rewards: torch.Tensor, step_rows: torch.Tensor, step_tokens: torch.Tensor, num_rows: int, length: int,
+    group_size: int, scale: str = "group", eps: float = 1e-4,
+) -> torch.Tensor:
+    """Process-supervision advantages (DeepSeekMath section 4.1.3), per token.
+
+    step_rewards: [S] float, one score per step of every completion; step_rows: [S] long, the
+    row of each step (rows ordered group by group, G per prompt); step_tokens: [S] long, the
+    completion token each step ends in. Returns [num_rows, length]:
+      r~_j    = (r_j - mean(R_g)) / (std(R_g) + eps)   R_g: every step reward of the group's
+                                                       G completions (scale "group")
+      A_{i,t} = sum of r~_j over the steps j of row i that end at or after token t
+    scale as in group_advantages: "batch" divides by the std of all S step rewards, "none" not
+    at all. A group whose step rewards are all equal (one step included) gives zeros; tokens
+    after a row's last step get 0, and so does a row without steps.
+    # G = 2, step rewards [[1, 0], [0]]: mean 1/3, std sqrt(((2/3)^2 + 2 (1/3)^2) / 2) = 1/sqrt(3)
+    # -> r~ = [[2/sqrt(3), -1/sqrt(3)], [-1/sqrt(3)]] = [[1.1547, -0.5774], [-0.5774]] (eps 0).
+    # Steps of row 0 end at tokens 1 and 3, row 1's at token 2, length 4:
+    # A = [[1.1547 - 0.5774, 1.1547 - 0.5774, -0.5774, -0.5774], [-0.5774, -0.5774, -0.5774, 0]]
+    """
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"scale={scale!r} is invalid; allowed: {', '.join(ADVANTAGE_SCALES)}")
+    if not step_rewards.shape == step_rows.shape == step_tokens.shape or step_rewards.dim() != 1:
+        raise ValueError("step_rewards, step_rows and step_tokens must be 1-D of one length")
+    num_groups = num_rows // group_size
+    r = step_rewards.float()  # [S]
+    groups = step_rows.long() // group_size  # [S]
+    count = torch.bincount(groups, minlength=num_groups).float()  # [num_groups]
+    mean = torch.zeros(num_groups).index_add_(0, groups, r) / count.clamp(min=1.0)
+    centred = r - mean[groups]  # [S]
+    if scale == "group":
+        var = torch.zeros(num_groups).index_add_(0, groups, centred.pow(2)) / (count - 1).clamp(min=1.0)
+        centred = centred / (var.sqrt()[groups] + eps)
+    elif scale == "batch":
+        centred = centred / ((r.std() if r.numel() > 1 else r.new_zeros(())) + eps)
+    high = torch.full((num_groups,), -torch.inf).scatter_reduce(0, groups, r, "amax")
+    low = torch.full((num_groups,), torch.inf).scatter_reduce(0, groups, r, "amin")
+    normalized = torch.where((high == low)[groups], 0.0, centred)  # exact zeros for equal groups
+    per_token = torch.zeros(num_rows, length).index_put_(
+        (step_rows.long(), step_tokens.long()), normalized, accumulate=True)  # [N, C]
+    return per_token.flip(1).cumsum(1).flip(1)  # a step's reward reaches every token up to its end
+
+
+# How outcome advantages [N] and process advantages [N, C] train the policy together.
+ADVANTAGE_SOURCES = {
+    "sum": lambda outcome, process: outcome.unsqueeze(1) + process,  # [N, C]: each normalized on its own
+    "outcome": lambda outcome, process: outcome,  # [N]: step rewards are only logged
+    "process": lambda outcome, process: process,  # [N, C]: outcome rewards are only logged
+}
+
+
 def kl_divergence(
     logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k3"
 ) -> torch.Tensor:
@@ -267,7 +318,8 @@ def policy_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate plus KL penalty, aggregated by `loss_type`.
 
-    logprobs: [B, T] (with grad), old_logprobs: [B, T], advantages: [B],
+    logprobs: [B, T] (with grad), old_logprobs: [B, T], advantages: [B] (or [B, T]: per-token
+    advantages of process supervision, A_it in place of A_i below),
     loss_mask: [B, T] (1 = a token the policy sampled; 0 = padding or an inserted token),
     ref_logprobs: [B, T] or None, token_weights: [B, T] or None (no gradient: the sampler
     correction's weights, sampler_correction_weights).
@@ -296,7 +348,8 @@ def policy_loss(
     aggregation = AGGREGATIONS[loss_type]
     eps_high = epsilon if epsilon_high is None else epsilon_high
     mask = loss_mask.to(logprobs.dtype)  # [B, T]
-    adv = advantages.to(logprobs.dtype).unsqueeze(1)  # [B, 1]
+    adv = advantages.to(logprobs.dtype)
+    adv = adv.unsqueeze(1) if adv.dim() == 1 else adv  # [B, 1], or [B, T] per token (process)
     # Masked positions are replaced before any arithmetic, not multiplied away after it: a NaN
     # or inf there (padding, an inserted token's missing log-prob) would otherwise turn the
     # zero gradient of a where() into 0 * NaN = NaN.
@@ -331,7 +384,7 @@ def surrogate_metrics(ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor
                       epsilon_high: float, kl: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """policy_loss's metrics, token means over the mask: clip/low (ratio below 1 - epsilon where
     A < 0), clip/high (above 1 + epsilon_high where A > 0), clip/region (either), ratio_mean,
-    and kl when given. ratio, mask, kl: [B, T]; adv: [B, 1]."""
+    and kl when given. ratio, mask, kl: [B, T]; adv: [B, 1] or [B, T]."""
     low = (ratio < 1 - epsilon) & (adv < 0)
     high = (ratio > 1 + epsilon_high) & (adv > 0)
     metrics = {

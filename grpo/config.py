@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from grpo.algorithm import (
     ADVANTAGE_SCALES,
+    ADVANTAGE_SOURCES,
     IMPORTANCE_SAMPLING_LEVELS,
     KL_ESTIMATORS,
     LOSS_TYPES,
@@ -28,11 +29,13 @@ from grpo.algorithm import (
 from grpo.distributed import launched_world_size
 from grpo.dtypes import DTYPE_NAMES
 from grpo.rollout import ENGINE_NAMES, check_engine
+from grpo.steps import check_split, split_names
 from grpo.tasks.prompts import TEMPLATE_HELP, TOOL_FORMATS, template_error
 
 # The allowed values of the Literal fields below: the keys of the tables the code dispatches on.
 KL_ESTIMATOR_NAMES = tuple(KL_ESTIMATORS)
 ADVANTAGE_SCALE_NAMES = tuple(ADVANTAGE_SCALES)
+ADVANTAGE_SOURCE_NAMES = tuple(ADVANTAGE_SOURCES)
 IMPORTANCE_SAMPLING_LEVEL_NAMES = tuple(IMPORTANCE_SAMPLING_LEVELS)
 SAMPLER_CORRECTION_NAMES = ("auto", *SAMPLER_CORRECTIONS)
 
@@ -123,6 +126,11 @@ class RewardSpec:
     name: str = doc("accuracy", "Registered reward name, or `module:function` / `file.py:function`.")
     weight: float = doc(1.0, "Weight in the summed reward.")
     options: dict[str, Any] = doc({}, "Keyword arguments passed to the reward factory.")
+    steps: str | None = doc(
+        None, "Mark a user function as a step (process) reward (grpo.steps): offsets (it returns (end offset, "
+        "score) pairs), or newline / sentence / tag:<text> (one score per step of that split). Null: an outcome "
+        "reward, unless the function marks itself (@grpo.steps.step_reward; arithmetic_steps and "
+        "process_reward_model do).")
 
 
 @dataclass
@@ -198,6 +206,10 @@ class AlgorithmConfig:
         "group", "Advantage scaling: group std, batch std, or none (Dr. GRPO)."
     )
     advantage_eps: float = doc(1e-4, "Added to the std before dividing.")
+    advantages: Literal[ADVANTAGE_SOURCE_NAMES] = doc(
+        "sum", "With step (process) rewards: which advantages train the policy. sum = outcome + process, each "
+        "normalized on its own (the paper uses them separately: pick outcome or process for that); outcome = "
+        "step rewards only logged; process = outcome rewards only logged. Without step rewards: outcome.")
     num_iterations: int = doc(1, "Policy updates per generated batch (mu in the paper).")
     importance_sampling_level: Literal[IMPORTANCE_SAMPLING_LEVEL_NAMES] = doc(
         "token", "Ratio of the clipped surrogate: token (PPO, GRPO) or sequence (GSPO: one ratio per "
@@ -363,6 +375,9 @@ class Config:
         _check(t.max_bad_steps >= 1, "train.max_bad_steps", t.max_bad_steps, "an integer >= 1")
         _check(self.reward_timeout > 0, "reward_timeout", self.reward_timeout, "a number of seconds > 0")
         _check(len(self.rewards) >= 1, "rewards", self.rewards, "a non-empty list of {name, weight, options}")
+        for i, spec in enumerate(self.rewards):
+            _check(spec.steps is None or check_split(spec.steps) is None, f"rewards[{i}].steps", spec.steps,
+                   f"null or a step split: {split_names()}")
         _check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, "an integer >= 1")
         _check(self.checkpoint.every >= 0, "checkpoint.every", self.checkpoint.every, "an integer >= 0")
         _check(self.eval.every >= 0, "eval.every", self.eval.every, "an integer >= 0")

@@ -4,6 +4,12 @@
     scores.total            # [N] float32: sum of weight * value over the calls that succeeded
     scores.per_function     # name -> [N] float32, NaN where the call failed
     scores.errors           # name -> number of failed calls in this batch
+    scores.steps            # None, or per row [(end offset, weighted score), ...] of the step rewards
+
+A step (process) reward (grpo.steps: a function with a `steps` attribute) returns the scores
+of the completion's steps instead of one number; they go to `scores.steps` (every step
+reward's steps of a row, pooled, each score times its function's weight), and its
+per-function row is the mean of its step scores. Step rewards add nothing to `total`.
 
 A call fails when it raises, runs past its timeout, or returns something that is not a
 finite number (None, NaN, inf, a string...). A failed call contributes 0 to the total (the
@@ -40,6 +46,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from grpo import steps as step_splits
 from grpo.abandoned import abandon
 from grpo.tasks.base import Example
 
@@ -59,11 +66,13 @@ class RewardScores:
     total: torch.Tensor  # [N] float32, weighted sum over successful calls
     per_function: dict[str, torch.Tensor]  # name -> [N] float32, NaN where the call failed
     errors: dict[str, int]  # name -> failed calls in this batch
+    steps: list[step_splits.Steps] | None = None  # per row, the step rewards' (end, weighted score)
 
     def select(self, rows: list[int]) -> RewardScores:
         """The scores of some rows (the errors stay the batch's: they happened)."""
         index = torch.as_tensor(rows, dtype=torch.long)
-        return RewardScores(self.total[index], {k: v[index] for k, v in self.per_function.items()}, dict(self.errors))
+        return RewardScores(self.total[index], {k: v[index] for k, v in self.per_function.items()}, dict(self.errors),
+                            None if self.steps is None else [self.steps[i] for i in rows])
 
     @staticmethod
     def cat(parts: list[RewardScores]) -> RewardScores:
@@ -72,8 +81,10 @@ class RewardScores:
         for part in parts:
             for k, v in part.errors.items():
                 errors[k] = errors.get(k, 0) + v
+        steps = None if parts[0].steps is None else [row for p in parts for row in p.steps]
         return RewardScores(torch.cat([p.total for p in parts]),
-                            {k: torch.cat([p.per_function[k] for p in parts]) for k in parts[0].per_function}, errors)
+                            {k: torch.cat([p.per_function[k] for p in parts]) for k in parts[0].per_function}, errors,
+                            steps)
 
 
 class _Failure(str):
@@ -103,21 +114,40 @@ def score(
     total = torch.zeros(n, dtype=torch.float32)  # [N]
     per_function: dict[str, torch.Tensor] = {}
     errors: dict[str, int] = {}
-    for (name, weight, _), run in zip(reward_fns, runs, strict=True):
+    pooled: list[step_splits.Steps] | None = None
+    for (name, weight, fn), run in zip(reward_fns, runs, strict=True):
         values = torch.full((n,), float("nan"), dtype=torch.float32)  # [N]
         errors[name] = 0
+        is_step_reward = getattr(fn, "steps", None) is not None
+        if is_step_reward and pooled is None:
+            pooled = [[] for _ in range(n)]
         for i, outcome in enumerate(run.outcomes):
             if isinstance(outcome, _Failure):
                 errors[name] += 1
                 _warn_once(name, examples[i].id, outcome)
+            elif is_step_reward:
+                pooled[i].extend((end, float(weight) * value) for end, value in outcome)
+                if outcome:
+                    values[i] = sum(value for _, value in outcome) / len(outcome)
             else:
                 values[i] = outcome
         per_function[name] = values
-        total += float(weight) * torch.nan_to_num(values, nan=0.0)
-    return RewardScores(total=total, per_function=per_function, errors=errors)
+        if not is_step_reward:
+            total += float(weight) * torch.nan_to_num(values, nan=0.0)
+    if pooled is not None:
+        pooled = [sorted(row, key=lambda step: step[0]) for row in pooled]
+    return RewardScores(total=total, per_function=per_function, errors=errors, steps=pooled)
 
 
-def _as_score(value: Any) -> float | _Failure:
+def _as_steps(value: Any, completion: str, split: str) -> step_splits.Steps | _Failure:
+    """A step reward's [(end, score)], or the reason its output is not that (grpo.steps.as_steps)."""
+    try:
+        return step_splits.as_steps(value, completion, split)
+    except ValueError as e:
+        return _Failure(str(e))
+
+
+def _as_score(value: Any, index: int = 0) -> float | _Failure:
     """A finite float, or the reason the value is not one."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
@@ -145,7 +175,9 @@ class _Run:
         self.timeout = timeout
         self.n = len(completions)
         self.batched = hasattr(fn, "batch")
-        self.outcomes: list[float | _Failure] = [_Failure("not run")] * self.n
+        split = getattr(fn, "steps", None)
+        self.convert = _as_score if split is None else (lambda value, i: _as_steps(value, completions[i], split))
+        self.outcomes: list[Any] = [_Failure("not run")] * self.n
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.index, self.started, self.token = 0, time.monotonic(), object()
@@ -171,7 +203,7 @@ class _Run:
             return
         for i in range(index, self.n):
             try:
-                outcome = _as_score(self.fn(self.completions[i], self.examples[i]))
+                outcome = self.convert(self.fn(self.completions[i], self.examples[i]), i)
             except BaseException as e:  # noqa: BLE001 - contained and reported, whatever it is
                 outcome = _Failure(f"raised {type(e).__name__}: {e}")
             with self.lock:
@@ -189,7 +221,7 @@ class _Run:
             return [_Failure(f"batch call raised {type(e).__name__}: {e}")] * self.n
         if len(values) != self.n:
             return [_Failure(f"batch call returned {len(values)} values for {self.n} completions")] * self.n
-        return [_as_score(v) for v in values]
+        return [self.convert(v, i) for i, v in enumerate(values)]
 
     def deadline(self, now: float) -> float | None:
         """Abandon the call in progress if it overran; the next deadline (None when finished)."""

@@ -9,8 +9,9 @@ grader are the same code (`evaluation.py` calls `accuracy` and `format` through 
     scores.total                                  # [N] float32, the weighted sum
 
 `get(name, **options)` turns a registered name into a function through its factory. Built-ins:
-`format`, `tag_count`, `accuracy`, `overlong`, `cosine`, and in `grpo.reward_models` (imported
-on first use, as it needs transformers) `reward_model` and `judge`. A name containing ':' is a
+`format`, `tag_count`, `accuracy`, `overlong`, `cosine`, in `grpo.reward_models` (imported
+on first use, as it needs transformers) `reward_model` and `judge`, and the step (process)
+rewards of `grpo.process_rewards`: `arithmetic_steps` and `process_reward_model`. A name containing ':' is a
 user function: `my_pkg.rewards:score` or `path/to/file.py:score`; with options, that attribute
 is called as a factory, `score(**options)`, and must return the function.
 
@@ -49,7 +50,10 @@ RewardFn = Callable[[str, Example], float]
 
 _FACTORIES: dict[str, Callable[..., RewardFn]] = {}
 # Factories in grpo.reward_models, imported only when asked for (transformers is slow to import).
-_LAZY_FACTORIES = {"reward_model": "grpo.reward_models:reward_model", "judge": "grpo.reward_models:judge"}
+_LAZY_FACTORIES = {"reward_model": "grpo.reward_models:reward_model", "judge": "grpo.reward_models:judge",
+                   # step (process) rewards, grpo.steps
+                   "arithmetic_steps": "grpo.process_rewards:arithmetic_steps",
+                   "process_reward_model": "grpo.process_rewards:process_reward_model"}
 
 
 def register(name: str) -> Callable[[Callable[..., RewardFn]], Callable[..., RewardFn]]:
@@ -114,6 +118,8 @@ def build(specs: list[Any], load: bool = True) -> list[WeightedReward]:
     out: list[WeightedReward] = []
     for spec in specs:
         fn = get(spec.name, **dict(spec.options))
+        if getattr(spec, "steps", None) is not None:
+            fn = _as_step_reward(fn, spec.steps)
         name, k = spec.name, 2
         while any(r.name == name for r in out):
             name, k = f"{spec.name}#{k}", k + 1
@@ -126,6 +132,19 @@ def build(specs: list[Any], load: bool = True) -> list[WeightedReward]:
                 raise ValueError(f"reward `{spec.name}`: cannot load its model: {e}") from e
         out.append(WeightedReward(name, float(spec.weight), fn))
     return out
+
+
+def _as_step_reward(fn: RewardFn, split: str) -> RewardFn:
+    """`fn` marked as a step reward with `split` (rewards[i].steps), without changing `fn` itself."""
+
+    def marked(completion: str, example: Example) -> Any:
+        return fn(completion, example)
+
+    for attr in ("batch", "load", "reward_timeout", "__name__"):
+        if hasattr(fn, attr):
+            setattr(marked, attr, getattr(fn, attr))
+    marked.steps = split
+    return marked
 
 
 def check_option(ok: bool, reward: str, option: str, value: Any, expected: str) -> None:

@@ -23,7 +23,7 @@ def rollout_metrics(trajectory: Trajectory, scores: RewardScores, advantages: to
     G, gather = group_size, world.gather
     lengths = gather(trajectory.loss_mask.sum(1).float())  # [N]
     truncated = gather(torch.tensor([r == FINISH_LENGTH for r in trajectory.finish_reasons], dtype=torch.float32))
-    total, advantages = gather(scores.total), gather(advantages)
+    total, advantages = gather(scores.total), gather(row_advantages(advantages, trajectory.loss_mask))
     out = {
         "reward/mean": total.mean().item(),
         "reward/std": total.std().item() if total.numel() > 1 else 0.0,
@@ -76,10 +76,20 @@ def episode_metrics(trajectory: Trajectory, world: World) -> dict[str, float]:
     }
 
 
+def row_advantages(advantages: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """[N] advantages as they are, or per-token [N, C] ones (process supervision) as each
+    row's mean over the tokens it trains on."""
+    if advantages.dim() == 1:
+        return advantages
+    mask = loss_mask.to(advantages.device, advantages.dtype)
+    return (advantages * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
 def sample_records(examples: list[Example], trajectory: Trajectory, scores: RewardScores, advantages: torch.Tensor,
                    group_size: int, num_samples: int) -> list[dict[str, Any]]:
     """The first `num_samples` completions with their question, rewards and advantage (samples.jsonl)."""
     out = []
+    advantages = row_advantages(advantages, trajectory.loss_mask)
     for i in range(min(num_samples, len(trajectory.completions))):
         ex = examples[i // group_size]
         out.append({
@@ -89,5 +99,6 @@ def sample_records(examples: list[Example], trajectory: Trajectory, scores: Rewa
             "reward": scores.total[i].item(), "advantage": advantages[i].item(),
             "rewards": {k: (None if math.isnan(v[i].item()) else v[i].item())
                         for k, v in scores.per_function.items()},
+            **({"steps": [list(step) for step in scores.steps[i]]} if scores.steps is not None else {}),
         })
     return out

@@ -4,8 +4,9 @@ One step, as numbered in `train_step` below:
   1. take the next prompts from the data stream (resumable by position)
   2. generate G completions per prompt: a Trajectory (rollout engine)
   3. score them with the reward functions (contained: a failing function never ends the run)
-  4. group-relative advantages (algorithm.group_advantages); truncated completions leave the
-     loss mask when algorithm.mask_truncated_completions
+  4. group-relative advantages (algorithm.group_advantages); with step rewards also per-token
+     process advantages (algorithm.process_advantages, combined by algorithm.advantages);
+     truncated completions leave the loss mask when algorithm.mask_truncated_completions
   5. old log-probs (only when num_iterations > 1) and reference log-probs (only when beta > 0)
   6. num_iterations updates: gradients over micro-batches of the loss built once from the
      config (grpo.update.accumulate_gradients, grpo.loss; the first update also weighs the
@@ -57,6 +58,7 @@ from grpo.rollout import RolloutEngine, SamplingParams, build_engine, engine_nam
 from grpo.rollout.episodes import EpisodeSampler, SingleTurnSampler, build_sampler
 from grpo.serve.client import RemoteReference
 from grpo.step_metrics import rollout_metrics, sample_records
+from grpo.steps import place_steps
 from grpo.tasks import Task, build_task
 from grpo.tasks.base import DataStream, Example
 from grpo.trajectory import FINISH_LENGTH, Trajectory
@@ -183,9 +185,19 @@ class Trainer:
         self.world.gather_weights(self.model)  # fsdp: whole weights until the optimizer step
         # 1.-3. prompts, G completions each, rewards (several rounds with dynamic sampling)
         examples, trajectory, scores, collected = self.collect(lap)
-        # 4. advantages (over whole groups, truncated completions included)
+        # 4. advantages (over whole groups, truncated completions included); step rewards: per token
         a = cfg.algorithm
         advantages = algorithm.group_advantages(scores.total, G, a.scale_rewards, a.advantage_eps)  # [N]
+        process: dict[str, float] = {}
+        if scores.steps is not None:
+            placed = place_steps(self.tokenizer, trajectory.completion_ids, trajectory.completion_mask,
+                                 trajectory.completions, scores.steps, cfg.task.assistant_prefix)
+            per_token = algorithm.process_advantages(placed.rewards, placed.rows, placed.tokens, len(trajectory),
+                                                     trajectory.completion_ids.shape[1], G, a.scale_rewards,
+                                                     a.advantage_eps)  # [N, C]
+            advantages = algorithm.ADVANTAGE_SOURCES[a.advantages](advantages, per_token)  # [N] or [N, C]
+            process = {"process/steps": self.world.sum(len(placed.rows)) / self.world.sum(len(trajectory)),
+                       "process/unplaced": int(self.world.sum(placed.unplaced))}
         trained, masked = trajectory, {}
         if a.mask_truncated_completions:
             trained = trajectory.without_truncated()
@@ -205,7 +217,7 @@ class Trainer:
         lap("update")
         # 8. metrics
         timings["time/step"] = sum(timings.values())
-        metrics = {**rollout_metrics(trajectory, scores, advantages, G, self.world), **collected, **masked,
+        metrics = {**rollout_metrics(trajectory, scores, advantages, G, self.world), **collected, **masked, **process,
                    **update_metrics, **timings,
                    "learning_rate": self.scheduler.get_last_lr()[0],
                    "memory/peak_gb": peak_memory_gb(self.device)}

@@ -81,7 +81,7 @@ def accumulate_gradients(
     """Backward of the whole trajectory's loss into the .grad of `params` (the optimizer's:
     under fsdp the shards), summed over ranks.
 
-    advantages [N]; old_logprobs, ref_logprobs [N, C] or None (None old: the current policy,
+    advantages [N] (or [N, C] per token: process supervision); old_logprobs, ref_logprobs [N, C] or None (None old: the current policy,
     detached, i.e. ratio 1); sampler: the sampler correction's weights of this step (filled
     on its first update), or None. Returns, over all ranks: `loss` (the batch loss) and the
     loss metrics as means over loss-masked tokens (each micro-batch weighted by its share of
@@ -109,7 +109,8 @@ def accumulate_gradients(
         weights = (None if sampler is None else
                    sampler.for_micro_batch(trajectory, mb, logits, logprobs, settings.temperature))
         del logits
-        value, metrics = loss(logprobs, old, advantages[mb.rows].to(device), mb.loss_mask, ref, num_items, weights)
+        adv = advantages[mb.rows] if advantages.dim() == 1 else advantages[mb.rows, :C]  # [b] or [b, C']
+        value, metrics = loss(logprobs, old, adv.to(device), mb.loss_mask, ref, num_items, weights)
         value.backward()
         total_loss += value.item()
         share = mb.loss_mask.sum().item() / num_tokens  # token-weighted means of the micro-batch metrics

@@ -6,6 +6,12 @@ def length_reward(completion, example):
     return len(completion) / 10.0
 
 
+def character_steps(completion, example):
+    """A step reward (config `steps: offsets`): every 3rd character ends a step scored by its
+    length so far, so a random model's completions get steps that differ within a group."""
+    return [(end, (end * 7 % 5) / 4) for end in range(3, len(completion) + 1, 3)]
+
+
 def broken_reward(completion, example):
     raise RuntimeError("this reward is broken on purpose")
 

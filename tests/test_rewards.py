@@ -244,7 +244,7 @@ def test_cosine_options():
 
 def test_registry_names_and_errors():
     assert set(rewards.names()) >= {"format", "tag_count", "accuracy", "overlong", "cosine", "reward_model", "judge"}
-    with pytest.raises(ValueError, match="unknown reward 'acurracy'; registered: accuracy, cosine"):
+    with pytest.raises(ValueError, match="unknown reward 'acurracy'; registered: accuracy, arithmetic_steps, cosine"):
         rewards.get("acurracy")
     with pytest.raises(ValueError, match="reward `format` has no option `pass_scor`; options: pass_score, fail_score"):
         rewards.get("format", pass_scor=1.0)
