@@ -52,6 +52,9 @@ class TrainerState:
     num_updates: int = 0  # optimizer updates made: the policy version that trajectories carry
 
 
+REFERENCE_FILE = "reference.safetensors"  # only in runs whose reference moved (reference.sync_every)
+
+
 def checkpoint_name(step: int) -> str:
     return f"checkpoint-{step:06d}"
 
@@ -141,6 +144,7 @@ class Snapshot:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     rng: list[dict[str, Any]]
+    reference: dict[str, torch.Tensor] | None = None  # a reference moved by reference.sync_every
 
 
 def take_snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, world: Any) -> Snapshot:
@@ -165,6 +169,8 @@ def save_checkpoint(run_dir: str | Path, snapshot: Snapshot, state: TrainerState
     try:
         tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
         save_file(snapshot.weights, tmp / "model.safetensors")
+        if snapshot.reference is not None:
+            save_file(snapshot.reference, tmp / REFERENCE_FILE)
         torch.save({"optimizer": snapshot.optimizer, "scheduler": snapshot.scheduler, "rng": snapshot.rng},
                    tmp / "training_state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1))
@@ -243,15 +249,17 @@ def _damaged(path: Path, e: Exception) -> ValueError:
     )
 
 
-def load_weights(path: str | Path, model: torch.nn.Module) -> None:
-    """Copy a checkpoint's trainable weights into `model` (resume, and `grpo eval` of a checkpoint)."""
+def load_weights(path: str | Path, model: torch.nn.Module, file: str = "model.safetensors") -> None:
+    """Copy a checkpoint's trainable weights into `model` (resume, and `grpo eval` of a checkpoint);
+    file=REFERENCE_FILE: a synced reference's weights (all of them) into the reference model."""
     path = Path(path)
     try:
-        weights = load_file(path / "model.safetensors")
+        weights = load_file(path / file)
     except Exception as e:  # noqa: BLE001 - any unreadable file means the same to the user
         raise _damaged(path, e) from None
     params = dict(model.named_parameters())
-    missing = sorted(set(n for n, p in params.items() if p.requires_grad) - set(weights))
+    everything = file == REFERENCE_FILE  # the reference is frozen: requires_grad says nothing
+    missing = sorted(set(n for n, p in params.items() if p.requires_grad or everything) - set(weights))
     unexpected = sorted(set(weights) - set(params))
     if missing or unexpected:
         raise ValueError(f"checkpoint {str(path)!r} does not match the model: "

@@ -256,6 +256,10 @@ class ReferenceConfig:
         6, "Retries of a failed request (connection error, timeout, 5xx) before the run stops."
     )
     backoff: float = doc(1.0, "Seconds before the first retry; doubled after each (1 s, 6 retries: ~1 min).")
+    sync_every: int = doc(
+        0, "Every N steps move the reference towards the policy (TRL's ref-model sync; iterative RL resets it): "
+        "ref <- sync_mix * policy + (1 - sync_mix) * ref. 0 = never. Needs a local, full-weight reference.")
+    sync_mix: float = doc(1.0, "The mix-up factor of reference.sync_every, in (0, 1]; 1 = a reset to the policy.")
 
 
 @dataclass
@@ -405,6 +409,16 @@ class Config:
         _check(ref.timeout > 0, "reference.timeout", ref.timeout, "a number of seconds > 0")
         _check(ref.max_retries >= 0, "reference.max_retries", ref.max_retries, "an integer >= 0")
         _check(ref.backoff >= 0, "reference.backoff", ref.backoff, "a number of seconds >= 0")
+        _check(ref.sync_every >= 0, "reference.sync_every", ref.sync_every, "an integer >= 0")
+        _check(0 < ref.sync_mix <= 1, "reference.sync_mix", ref.sync_mix, "a number in (0, 1]")
+        if ref.sync_every:
+            why = ("algorithm.beta = 0 loads no reference" if self.algorithm.beta == 0 else
+                   "reference.url serves a reference this run cannot change" if ref.url else
+                   "a LoRA policy's reference is its own base weights (adapters off)" if self.model.lora.enabled
+                   else None)
+            if why:
+                raise ValueError(f"config field `reference.sync_every` = {ref.sync_every} needs a reference "
+                                 f"model of its own in this process: {why}; set it to 0")
         self._validate_processes()
         return self
 

@@ -38,11 +38,44 @@ def graded(graders: list, completions: list[str], examples: list[Example], timeo
     return torch.stack([accuracy, fmt, strict & fmt], dim=1)
 
 
+def step_graders(cfg: Config) -> list:
+    """The run's step (process) rewards, unweighted: held-out step scores are reported for each."""
+    built = [r for r in rewards.build(cfg.rewards, load=False) if getattr(r.fn, "steps", None) is not None]
+    for r in built:
+        if hasattr(r.fn, "load"):
+            r.fn.load()
+    return [r._replace(weight=1.0) for r in built]
+
+
+class StepTally:
+    """Sums of step scores and step counts per step reward, over some completions."""
+
+    def __init__(self, graders: list):
+        self.graders = graders
+        self.sums = {g.name: [0.0, 0] for g in graders}
+
+    def add(self, completions: list[str], examples: list[Example], timeout: float) -> None:
+        for g in self.graders:  # one at a time: scores.steps pools the functions it runs
+            for row in rewards.score([g], completions, examples, timeout).steps:
+                self.sums[g.name][0] += sum(score for _, score in row)
+                self.sums[g.name][1] += len(row)
+
+    def results(self, prefix: str, num_completions: int) -> dict[str, float]:
+        """{prefix}step_score/<name>: the mean over every step (for 0/1 scores, the fraction of
+        steps right); {prefix}steps/<name>: steps per completion."""
+        out = {}
+        for name, (total, count) in self.sums.items():
+            out[f"{prefix}step_score/{name}"] = total / count if count else float("nan")
+            out[f"{prefix}steps/{name}"] = count / max(num_completions, 1)
+        return out
+
+
 def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config,
              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Score `examples`: greedy accuracy, format, mean_length, truncation_rate; with k > 1 also
     pass@k (some of k samples right) and sampled_accuracy (the fraction of samples right);
-    with tools, tool_call_rate (greedy episodes that called one; sampled_tool_call_rate).
+    with tools, tool_call_rate (greedy episodes that called one; sampled_tool_call_rate); with
+    step rewards, step_score/<name> and steps/<name> (StepTally; sampled_ ones over the samples).
     progress(done, total) is called before the first chunk and after each one."""
     if not examples:
         raise ValueError("evaluation needs at least one held-out example (eval.num_examples, task.num_eval)")
@@ -55,12 +88,15 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config,
     lengths, truncated = [], 0
     greedy_grades, sampled_grades = [], []  # [n, 3] and [n, k, 3]: lenient, format, strict
     called = [0, 0]  # greedy and sampled episodes that called a tool
+    steps = step_graders(cfg)
+    greedy_steps, sampled_steps = StepTally(steps), StepTally(steps)
     for start in range(0, len(examples), e.batch_size):
         if progress is not None:
             progress(start, len(examples))
         chunk = examples[start : start + e.batch_size]
         batch = sampler.sample(chunk, greedy)
         greedy_grades.append(graded(graders, batch.completions, chunk, cfg.reward_timeout))
+        greedy_steps.add(batch.completions, chunk, cfg.reward_timeout)
         lengths += batch.loss_mask.sum(1).tolist()  # sampled tokens
         truncated += sum(r == "length" for r in batch.finish_reasons)
         called[0] += calls_a_tool(batch)
@@ -72,6 +108,7 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config,
             repeated = [ex for ex in chunk for _ in range(e.pass_k)]
             grades = graded(graders, batch.completions, repeated, cfg.reward_timeout)
             sampled_grades.append(grades.view(len(chunk), e.pass_k, 3))
+            sampled_steps.add(batch.completions, repeated, cfg.reward_timeout)
     if progress is not None:
         progress(len(examples), len(examples))
     n, g = len(examples), torch.cat(greedy_grades).double()
@@ -89,6 +126,10 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config,
         # the mean over the k samples: accuracy of the sampling policy that training optimizes
         results["sampled_accuracy"] = s[:, :, 0].mean().item()
         results["sampled_strict_accuracy"] = s[:, :, 2].mean().item()
+    if steps:
+        results.update(greedy_steps.results("", n))
+        if e.pass_k > 1:
+            results.update(sampled_steps.results("sampled_", n * e.pass_k))
     if cfg.rollout.tools:
         results["tool_call_rate"] = called[0] / n
         if e.pass_k > 1:

@@ -199,3 +199,16 @@ class LocalReference:
 
     def logprobs(self, batch: Trajectory) -> torch.Tensor:  # [N, C]
         return batch_logprobs(self.model, batch, self.micro_batch_size, self.device, self.temperature)
+
+    @torch.no_grad()
+    def mix_from(self, policy: torch.nn.Module, mix: float) -> None:
+        """ref <- mix * policy + (1 - mix) * ref, parameter by parameter (mix 1: an exact copy).
+        Every rank calls it: a sharded (fsdp) policy parameter is gathered with full_tensor()."""
+        own = dict(self.model.named_parameters())  # deduplicated: tied weights are mixed once
+        for name, param in policy.named_parameters():
+            source = param.full_tensor() if hasattr(param, "full_tensor") else param
+            target = own[name]
+            if mix == 1.0:
+                target.copy_(source.to(target.device, target.dtype))
+            else:
+                target.mul_(1 - mix).add_(source.to(target.device, target.dtype), alpha=mix)

@@ -36,6 +36,7 @@ import torch
 from grpo import algorithm, models, probe, resources, rewards
 from grpo.allocator import keep_freed_memory
 from grpo.checkpoint import (
+    REFERENCE_FILE,
     TrainerState,
     check_run_dir,
     checkpoint_name,
@@ -163,6 +164,8 @@ class Trainer:
         if ckpt is not None:
             state = load_training_state(ckpt, model, optimizer, scheduler, world)
             engine.sync_weights(model, state.num_updates)  # the checkpoint's weights, not model.path's
+            if cfg.reference.sync_every and (Path(ckpt) / REFERENCE_FILE).is_file():
+                load_weights(ckpt, reference.model, REFERENCE_FILE)  # where the syncs had moved it
         correction = SamplerCorrection.from_config(cfg.algorithm, engine_name(cfg.rollout, world.size))
         return cls(cfg, model, tokenizer, reference, engine, sampler, reward_fns, task, loss, correction, optimizer,
                    scheduler, device, state, DataStream(task.train, cfg.seed, state.examples_seen), world)
@@ -211,9 +214,13 @@ class Trainer:
         # 6. policy updates (the first one also weighs the sampler's tokens when the correction is on)
         updates_before = self.state.num_updates
         update_metrics = self.update(trained, advantages, old_logprobs, ref_logprobs)
-        # 7. the next rollout samples from the new weights
+        # 7. the next rollout samples from the new weights; every reference.sync_every steps the
+        # reference moves to them too (iterative RL resets it)
         if self.state.num_updates != updates_before:
             self.engine.sync_weights(self.model, self.state.num_updates)
+        if cfg.reference.sync_every and (self.state.step + 1) % cfg.reference.sync_every == 0:
+            with self.world.full_weights(self.model):
+                self.reference.mix_from(self.model, cfg.reference.sync_mix)
         lap("update")
         # 8. metrics
         timings["time/step"] = sum(timings.values())
@@ -332,6 +339,8 @@ class Trainer:
         """A checkpoint of this step: every rank gathers, rank 0 writes (and returns its path)."""
         self.state.examples_seen = self.data.position
         snapshot = take_snapshot(self.model, self.optimizer, self.scheduler, self.world)
+        if self.cfg.reference.sync_every and self.state.step >= self.cfg.reference.sync_every:
+            snapshot.reference = {n: p.detach().to("cpu", copy=True) for n, p in self.reference.model.named_parameters()}
         self.last_saved = self.state.step
         if not self.world.is_main:
             return None

@@ -265,3 +265,7 @@ def test_training_with_step_rewards(tmp_path, tiny_model_dir, data_file):
     samples = [json.loads(line) for line in (Path(cfg.output_dir) / "samples.jsonl").read_text().splitlines()]
     assert samples and all(isinstance(s["steps"], list) for s in samples)
     assert any(s["advantage"] != 0 for s in samples)  # the per-token advantages reached the records
+    evals = [json.loads(line) for line in (Path(cfg.output_dir) / "eval.jsonl").read_text().splitlines()]
+    last = evals[-1]
+    assert 0 <= last[f"step_score/{steps}"] <= 1 and last[f"steps/{steps}"] > 0  # held-out step scores
+    assert "step_score/arithmetic_steps" in last and "sampled_step_score/arithmetic_steps" not in last  # pass_k 1
