@@ -8,6 +8,7 @@
     grpo check [config.yaml] [overrides...] [--no-model]   can the rewards tell right from wrong?
     grpo report runs/demo                       runs/demo/report.html and runs/demo/plots/*.png
     grpo serve-ref --model PATH [--port 8765]   reference log-probs over HTTP (reference.url)
+    grpo train-rm runs/demo --base PATH --out DIR   a reward model from a run's samples
 
 Every way a command can fail ends in one line on stderr, `grpo <command>: ...`, naming
 what is wrong and where, and an exit status that says what to do next:
@@ -144,6 +145,31 @@ def cmd_serve_ref(args: list[str]) -> int:
         return 2
 
 
+def cmd_train_rm(args: list[str]) -> int:
+    from grpo.reward_training import RewardModelTraining, samples_from_run, train_reward_model
+
+    d = RewardModelTraining()
+    parser = argparse.ArgumentParser(prog="grpo train-rm", description="train an outcome reward model (one "
+                                     "logit) from a run's samples, labelled by one of its rule-based rewards")
+    parser.add_argument("run", help="run directory (config.yaml + samples.jsonl)")
+    parser.add_argument("--base", required=True, help="local model directory to start from (a new head is added)")
+    parser.add_argument("--out", required=True, help="where the reward model is written (a plain HF directory)")
+    parser.add_argument("--label", default="accuracy", help="the reward whose value >= 0.5 marks a right sample")
+    parser.add_argument("--epochs", type=float, default=d.epochs)
+    parser.add_argument("--lr", type=float, default=d.learning_rate)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--max-length", type=int, default=d.max_length)
+    parser.add_argument("--held-out", type=float, default=0.2, help="fraction of samples kept to measure accuracy")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    ns = parser.parse_args(args)
+    if not (ns.epochs > 0 and ns.lr > 0 and ns.batch_size >= 1 and ns.max_length >= 1 and 0 <= ns.held_out < 1):
+        raise ValueError("--epochs, --lr must be > 0, --batch-size, --max-length >= 1, --held-out in [0, 1)")
+    settings = RewardModelTraining(ns.epochs, ns.lr, ns.batch_size, ns.max_length, ns.seed)
+    metrics = train_reward_model(samples_from_run(ns.run, ns.label), ns.base, ns.out, settings, ns.held_out)
+    print(json.dumps(metrics))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; called without argv (as the `grpo` program), it also ends the process
     (see `exit_past_abandoned_calls`)."""
@@ -175,8 +201,16 @@ def exit_past_abandoned_calls(status: int) -> int:
 def run_command(argv: list[str]) -> int:
     if argv[:1] == ["serve-ref"]:  # its own options (and --help): see grpo/serve/server.py
         return cmd_serve_ref(argv[1:])
+    if argv[:1] == ["train-rm"]:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        try:
+            return cmd_train_rm(argv[1:])
+        except ValueError as e:
+            print(f"grpo train-rm: error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
     parser = argparse.ArgumentParser(prog="grpo", description="GRPO training on verifiable rewards")
-    parser.add_argument("command", choices=["train", "eval", "check", "report", "serve-ref"])
+    parser.add_argument("command", choices=["train", "eval", "check", "report", "serve-ref", "train-rm"])
     parser.add_argument("--help-config", action="store_true", help="list every config field")
     parser.add_argument("--no-model", action="store_true", help="grpo check: skip sampling from the model")
     ns, rest = parser.parse_known_args(argv)

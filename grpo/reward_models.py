@@ -95,6 +95,12 @@ def _attach(reward: str, held: _Lazy, batch: Callable[[list[str], list[Example]]
     return one
 
 
+def reward_model_text(tokenizer: Any, prompt: list[dict[str, str]], completion: str) -> str:
+    """What a reward model scores (and `grpo train-rm` trains it on): the chat template over the
+    prompt's messages plus the completion as the assistant turn."""
+    return tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": completion}], tokenize=False)
+
+
 def reward_model(*, path: str, label: int | None = None, device: str = "cpu", dtype: str = "float32",
                  batch_size: int = 8, max_length: int = 2048,
                  timeout: float | None = None) -> Callable[[str, Example], float]:
@@ -135,8 +141,7 @@ def reward_model(*, path: str, label: int | None = None, device: str = "cpu", dt
     def batch(completions: list[str], examples: list[Example]) -> list[float]:
         with held.lock:
             tok, model, index = held.get()
-            texts = [tok.apply_chat_template([*ex.prompt, {"role": "assistant", "content": c}], tokenize=False)
-                     for c, ex in zip(completions, examples, strict=True)]
+            texts = [reward_model_text(tok, ex.prompt, c) for c, ex in zip(completions, examples, strict=True)]
             scores: list[float] = []
             with torch.no_grad():
                 for s in range(0, len(texts), batch_size):
