@@ -29,7 +29,8 @@ import random
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,10 @@ class TrainerState:
     bad_steps_in_a_row: int = 0
     num_skipped_updates: int = 0
     num_updates: int = 0  # optimizer updates made: the policy version that trajectories carry
+    reference_moved: bool = False  # reference.sync_every or iterative RL changed the reference
 
 
-REFERENCE_FILE = "reference.safetensors"  # only in runs whose reference moved (reference.sync_every)
+REFERENCE_FILE = "reference.safetensors"  # only in runs whose reference moved (sync_every, iterative RL)
 
 
 def checkpoint_name(step: int) -> str:
@@ -145,6 +147,7 @@ class Snapshot:
     scheduler: dict[str, Any]
     rng: list[dict[str, Any]]
     reference: dict[str, torch.Tensor] | None = None  # a reference moved by reference.sync_every
+    extra: list[Callable[[Path], None]] = field(default_factory=list)  # write more files into the checkpoint
 
 
 def take_snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, world: Any) -> Snapshot:
@@ -171,6 +174,8 @@ def save_checkpoint(run_dir: str | Path, snapshot: Snapshot, state: TrainerState
         save_file(snapshot.weights, tmp / "model.safetensors")
         if snapshot.reference is not None:
             save_file(snapshot.reference, tmp / REFERENCE_FILE)
+        for write in snapshot.extra:
+            write(tmp)
         torch.save({"optimizer": snapshot.optimizer, "scheduler": snapshot.scheduler, "rng": snapshot.rng},
                    tmp / "training_state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1))

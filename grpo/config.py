@@ -263,6 +263,24 @@ class ReferenceConfig:
 
 
 @dataclass
+class IterativeConfig:
+    retrain_every: int = doc(
+        0, "Iterative RL (DeepSeekMath 4.1.4): every N steps train the reward model further on the newest "
+        "samples (plus replayed older ones), reset the reference to the policy, go on. 0 = off.")
+    reward: str = doc("reward_model", "The entry of `rewards` whose model is retrained (a reward_model reward).")
+    label: str = doc("accuracy", "The rule-based entry of `rewards` that labels each sample (>= 0.5: right); "
+                                 "give it weight 0 to train on the reward model alone, as the paper does.")
+    replay: float = doc(0.1, "Fraction of each retraining's samples replayed from older ones, in [0, 1).")
+    buffer_size: int = doc(4096, "Older samples kept for replay (the oldest are dropped first).")
+    held_out: float = doc(0.2, "Fraction of the newest samples kept out of each retraining to measure the "
+                               "reward model's accuracy before and after it (metrics iterative/rm_accuracy_*).")
+    epochs: float = doc(1.0, "Epochs over each retraining's samples.")
+    learning_rate: float = doc(2e-5, "The reward model's learning rate (transformers' Trainer, AdamW).")
+    batch_size: int = doc(8, "Reward-model training batch size.")
+    reset_reference: bool = doc(True, "Reset the reference to the policy at each retraining (when beta > 0).")
+
+
+@dataclass
 class TrainConfig:
     num_steps: int = doc(100, "Optimizer steps (one generated batch each when num_iterations=1).")
     prompts_per_step: int = doc(2, "Prompts per step; each gets group_size completions.")
@@ -333,6 +351,7 @@ class Config:
     rollout: RolloutConfig = doc(RolloutConfig(), "Sampling.")
     algorithm: AlgorithmConfig = doc(AlgorithmConfig(), "GRPO loss.")
     reference: ReferenceConfig = doc(ReferenceConfig(), "Where reference log-probs come from (beta > 0).")
+    iterative: IterativeConfig = doc(IterativeConfig(), "Iterative RL: the reward model keeps learning.")
     train: TrainConfig = doc(TrainConfig(), "Optimization.")
     eval: EvalConfig = doc(EvalConfig(), "Held-out evaluation.")
     checkpoint: CheckpointConfig = doc(CheckpointConfig(), "Checkpointing.")
@@ -419,8 +438,29 @@ class Config:
             if why:
                 raise ValueError(f"config field `reference.sync_every` = {ref.sync_every} needs a reference "
                                  f"model of its own in this process: {why}; set it to 0")
+        self._validate_iterative()
         self._validate_processes()
         return self
+
+    def _validate_iterative(self) -> None:
+        it = self.iterative
+        _check(it.retrain_every >= 0, "iterative.retrain_every", it.retrain_every, "an integer >= 0")
+        if not it.retrain_every:
+            return
+        names = [spec.name for spec in self.rewards]
+        _check(it.reward in names and it.reward == "reward_model", "iterative.reward", it.reward,
+               "the name of a reward_model entry of `rewards`")
+        _check(it.label in names and it.label != it.reward, "iterative.label", it.label,
+               f"another entry of `rewards` (one of {', '.join(n for n in names if n != it.reward)})")
+        _check(0 <= it.replay < 1, "iterative.replay", it.replay, "a number in [0, 1)")
+        _check(0 <= it.held_out < 1, "iterative.held_out", it.held_out, "a number in [0, 1)")
+        _check(it.buffer_size >= 0, "iterative.buffer_size", it.buffer_size, "an integer >= 0")
+        _check(it.epochs > 0, "iterative.epochs", it.epochs, "a number > 0")
+        _check(it.learning_rate > 0, "iterative.learning_rate", it.learning_rate, "a number > 0")
+        _check(it.batch_size >= 1, "iterative.batch_size", it.batch_size, "an integer >= 1")
+        if it.reset_reference and self.algorithm.beta > 0 and (self.reference.url or self.model.lora.enabled):
+            raise ValueError("config field `iterative.reset_reference` = true needs a reference model of its own "
+                             "in this process (not reference.url, not a LoRA policy's base); set it to false")
 
     def _validate_episodes(self) -> None:
         r = self.rollout

@@ -91,6 +91,7 @@ def _attach(reward: str, held: _Lazy, batch: Callable[[list[str], list[Example]]
     one.__name__ = reward
     one.batch = batch  # type: ignore[attr-defined]
     one.load = load  # type: ignore[attr-defined]
+    one.held = held  # type: ignore[attr-defined]  # the model, for iterative RL's retraining (grpo.iterative)
     one.reward_timeout = timeout  # type: ignore[attr-defined]  # the harness's limit for this one
     return one
 

@@ -51,6 +51,7 @@ from grpo.distributed import World
 from grpo.evaluation import evaluate, merge_results
 from grpo.health import StepWatch
 from grpo.interrupt import Interrupted, StopSignals
+from grpo.iterative import IterativeRL
 from grpo.logging import NullLogger, RunLogger
 from grpo.logprobs import LocalReference, ReferenceModel, batch_logprobs
 from grpo.loss import PolicyLoss, SamplerCorrection
@@ -126,6 +127,7 @@ class Trainer:
     state: TrainerState
     data: DataStream
     world: World
+    iterative: IterativeRL | None = None  # iterative RL: the reward model keeps learning
     last_saved: int | None = field(default=None, init=False)  # the step of the newest checkpoint
 
     @classmethod
@@ -164,11 +166,14 @@ class Trainer:
         if ckpt is not None:
             state = load_training_state(ckpt, model, optimizer, scheduler, world)
             engine.sync_weights(model, state.num_updates)  # the checkpoint's weights, not model.path's
-            if cfg.reference.sync_every and (Path(ckpt) / REFERENCE_FILE).is_file():
-                load_weights(ckpt, reference.model, REFERENCE_FILE)  # where the syncs had moved it
+            if isinstance(reference, LocalReference) and (Path(ckpt) / REFERENCE_FILE).is_file():
+                load_weights(ckpt, reference.model, REFERENCE_FILE)  # where syncs and resets had moved it
+        iterative = IterativeRL.from_config(cfg, reward_fns)
+        if iterative is not None and ckpt is not None:
+            iterative.load(Path(ckpt))
         correction = SamplerCorrection.from_config(cfg.algorithm, engine_name(cfg.rollout, world.size))
         return cls(cfg, model, tokenizer, reference, engine, sampler, reward_fns, task, loss, correction, optimizer,
-                   scheduler, device, state, DataStream(task.train, cfg.seed, state.examples_seen), world)
+                   scheduler, device, state, DataStream(task.train, cfg.seed, state.examples_seen), world, iterative)
 
     # ----------------------------------------------------------------- one step
 
@@ -188,6 +193,9 @@ class Trainer:
         self.world.gather_weights(self.model)  # fsdp: whole weights until the optimizer step
         # 1.-3. prompts, G completions each, rewards (several rounds with dynamic sampling)
         examples, trajectory, scores, collected = self.collect(lap)
+        if self.iterative is not None:  # the reward model learns from these later (iterative RL)
+            self.iterative.observe([ex for ex in examples for _ in range(G)], trajectory.completions,
+                                   scores.per_function[cfg.iterative.label], self.world)
         # 4. advantages (over whole groups, truncated completions included); step rewards: per token
         a = cfg.algorithm
         advantages = algorithm.group_advantages(scores.total, G, a.scale_rewards, a.advantage_eps)  # [N]
@@ -215,21 +223,33 @@ class Trainer:
         updates_before = self.state.num_updates
         update_metrics = self.update(trained, advantages, old_logprobs, ref_logprobs)
         # 7. the next rollout samples from the new weights; every reference.sync_every steps the
-        # reference moves to them too (iterative RL resets it)
+        # reference moves to them too; iterative RL retrains the reward model and resets the reference
         if self.state.num_updates != updates_before:
             self.engine.sync_weights(self.model, self.state.num_updates)
-        if cfg.reference.sync_every and (self.state.step + 1) % cfg.reference.sync_every == 0:
-            with self.world.full_weights(self.model):
-                self.reference.mix_from(self.model, cfg.reference.sync_mix)
+        step = self.state.step + 1
+        if cfg.reference.sync_every and step % cfg.reference.sync_every == 0:
+            self.move_reference(cfg.reference.sync_mix)
+        retrained: dict[str, float] = {}
+        if self.iterative is not None and self.iterative.due(step):
+            retrained = self.iterative.retrain(step)
+            if cfg.iterative.reset_reference and self.reference is not None:
+                self.move_reference(1.0)
         lap("update")
         # 8. metrics
         timings["time/step"] = sum(timings.values())
         metrics = {**rollout_metrics(trajectory, scores, advantages, G, self.world), **collected, **masked, **process,
+                   **retrained,
                    **update_metrics, **timings,
                    "learning_rate": self.scheduler.get_last_lr()[0],
                    "memory/peak_gb": peak_memory_gb(self.device)}
         samples = sample_records(examples, trajectory, scores, advantages, G, cfg.log.num_samples)
         return metrics, samples
+
+    def move_reference(self, mix: float) -> None:
+        """reference <- mix * policy + (1 - mix) * reference (the whole weights, every rank)."""
+        with self.world.full_weights(self.model):
+            self.reference.mix_from(self.model, mix)
+        self.state.reference_moved = True
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams.from_config(self.cfg.rollout)
@@ -339,8 +359,10 @@ class Trainer:
         """A checkpoint of this step: every rank gathers, rank 0 writes (and returns its path)."""
         self.state.examples_seen = self.data.position
         snapshot = take_snapshot(self.model, self.optimizer, self.scheduler, self.world)
-        if self.cfg.reference.sync_every and self.state.step >= self.cfg.reference.sync_every:
+        if self.state.reference_moved:
             snapshot.reference = {n: p.detach().to("cpu", copy=True) for n, p in self.reference.model.named_parameters()}
+        if self.iterative is not None:
+            snapshot.extra.append(self.iterative.save)
         self.last_saved = self.state.step
         if not self.world.is_main:
             return None
