@@ -334,8 +334,8 @@ class Trainer:
         if main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")
-        log = (RunLogger(out, cfg.train.num_steps, start_step=self.state.step, tensorboard=cfg.log.tensorboard,
-                         progress=cfg.log.progress) if main else NullLogger())
+        log = (RunLogger(out, cfg.train.num_steps, start_step=self.state.step, report_to=cfg.log.report_to,
+                         config=cfg, progress=cfg.log.progress) if main else NullLogger())
         watch = StepWatch(cfg)
         results: dict[str, Any] = {}
         # SIGINT / SIGTERM only set stop.requested; the loop stops between steps (grpo.interrupt),
