@@ -1,8 +1,12 @@
 """The Python API (grpo.train / grpo.evaluate): the CLI's Config and loop, with callables."""
 
+import json
+
 import pytest
+import torch
 import yaml
-from cli_runs import quick, tiny_args
+from cli_runs import LENGTH, quick, run_cli, tiny_args
+from tiny import make_tiny_model
 
 import grpo
 from grpo.api import build_config
@@ -95,3 +99,39 @@ def test_a_broken_save_to_disk_directory_is_one_clear_error(tmp_path):
     (broken / "state.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not a readable save_to_disk dataset"):
         build_task(build_config({}, {"task.source": "file", "task.path": str(broken)}).task)
+
+
+def test_train_a_loaded_model_object_with_a_reference_then_resume_from_the_cli(tiny_model_dir, tmp_path, monkeypatch,
+                                                                              capsys):
+    model, tokenizer = make_tiny_model(seed=3)  # built here: no directory behind it
+    model.config._name_or_path = "built-in-a-notebook"
+    tokenizer.padding_side = "right"
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    args = overrides(tmp_path, tiny_model_dir) | {"algorithm.beta": 0.1, "eval.num_examples": 2}
+    del args["model.path"]
+    with quick(monkeypatch):
+        grpo.train(None, model=model, tokenizer=tokenizer, rewards=[LENGTH], **args)
+    run = tmp_path / "run"
+    assert load_config(str(run / "config.yaml")).model.path == str(run / "base_model")
+    given = json.loads((run / "base_model" / "given.json").read_text())  # what the object was
+    assert given["class"] == "transformers.models.llama.modeling_llama.LlamaForCausalLM"
+    assert given["name_or_path"] == "built-in-a-notebook" and given["num_parameters"] == model.num_parameters()
+    # the copy holds the initial weights (the reference's); the object itself was trained
+    from safetensors.torch import load_file
+
+    copy = load_file(run / "base_model" / "model.safetensors")
+    assert all(torch.equal(copy[k], initial[k]) for k in copy)
+    assert any(not torch.equal(v, initial[k]) for k, v in model.state_dict().items())
+    assert tokenizer.padding_side == "right"  # the caller's tokenizer is not changed (grpo pads a copy left)
+    # the run directory stands on its own: the CLI resumes it from the copy
+    status, _, err = run_cli(capsys, "train", str(run / "config.yaml"), "resume=true", "train.num_steps=2")
+    assert status == 0, err
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    with quick(monkeypatch):
+        results = grpo.evaluate(None, str(run / "config.yaml"), model=model, tokenizer=tokenizer,
+                                **{"eval.num_examples": 2})
+    assert results["num_examples"] == 2
+    with pytest.raises(ValueError, match="model= needs its tokenizer"):
+        grpo.train(None, model=model, **args)
+    with pytest.raises(ValueError, match="`model.path`"):
+        grpo.train(None, model=model, tokenizer=tokenizer, **(args | {"model.path": str(tiny_model_dir)}))
