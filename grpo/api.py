@@ -17,6 +17,7 @@ name, a (callable or name, weight) pair or a {name, weight, options} dict.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ def train(config: str | Path | dict | Config | None = None, *, model: Any = None
 
     dataset: a `datasets.Dataset` or `DatasetDict` (its `train` split trains, `test` or
     `validation` is held out), saved into <output_dir>/dataset so the run directory holds
-    its data and resumes from it; or a directory written by `save_to_disk`. The columns are
+    its data and resumes from it; a directory written by `save_to_disk`; or a dataset name
+    (`org/name`, not an existing path) in the local Hugging Face cache, read offline
+    (task.source=hub; task.subset picks its configuration). The columns are
     task.question_field / answer_field, as for files."""
     from grpo.trainer import train as run
 
@@ -120,6 +123,8 @@ def build_config(config: Any, overrides: dict[str, Any], rewards: list | None = 
 def _dataset_fields(dataset: Any, run_dir: Path, resume: bool) -> dict[str, Any]:
     """task.* overrides that read `dataset` as a file task (saving a datasets object first)."""
     if isinstance(dataset, (str, Path)):
+        if not Path(dataset).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(dataset)):
+            return {"task.source": "hub", "task.name": str(dataset)}  # a name in the local HF cache
         return {"task.source": "file", "task.path": str(dataset)}
     import datasets
 

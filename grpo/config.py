@@ -80,10 +80,14 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    source: Literal["reasoning_gym", "file"] = doc(
-        "reasoning_gym", "Where examples come from: a procedural reasoning-gym task or local files."
+    source: Literal["reasoning_gym", "file", "hub"] = doc(
+        "reasoning_gym", "Where examples come from: a procedural reasoning-gym task, local files, or a dataset "
+        "by name in the local Hugging Face cache (hub: offline, never a download; grpo.tasks.hub)."
     )
-    name: str = doc("chain_sum", "reasoning-gym dataset name (source=reasoning_gym).")
+    name: str = doc(
+        "chain_sum", "reasoning-gym dataset name (source=reasoning_gym), or a Hugging Face dataset name such as "
+        "openai/gsm8k (source=hub: its train split trains, test or validation is held out).")
+    subset: str | None = doc(None, "The cached dataset's configuration, e.g. gsm8k's main (source=hub).")
     params: dict[str, Any] = doc({}, "Keyword arguments for the reasoning-gym dataset.")
     num_train: int = doc(1000, "Number of procedural training examples (source=reasoning_gym).")
     num_eval: int = doc(100, "Number of held-out examples (procedural tasks; cap for files).")
@@ -92,9 +96,10 @@ class TaskConfig:
         None, "Training data: a .jsonl, .json, .csv or .parquet file, or a directory written by datasets' "
         "save_to_disk (its train split) (source=file).")
     eval_path: str | None = doc(
-        None, "Held-out data file; null = hold out num_eval rows of `path` (source=file)."
+        None, "Held-out data file; null = hold out num_eval rows of `path` (source=file) or the dataset's test "
+        "split (source=hub)."
     )
-    question_field: str = doc("question", "Column holding the question (source=file).")
+    question_field: str = doc("question", "Column holding the question (source=file or hub).")
     answer_field: str = doc("answer", "Column holding the gold answer; GSM8K `#### 42` is understood.")
     id_field: str | None = doc(None, "Column holding a stable example id; null = file:row.")
     system_prompt: str | None = doc(

@@ -135,3 +135,56 @@ def test_train_a_loaded_model_object_with_a_reference_then_resume_from_the_cli(t
         grpo.train(None, model=model, **args)
     with pytest.raises(ValueError, match="`model.path`"):
         grpo.train(None, model=model, tokenizer=tokenizer, **(args | {"model.path": str(tiny_model_dir)}))
+
+
+def hub_cache_snapshot(home, repo_id, files):
+    """A dataset in huggingface_hub's cache layout, as `hf download --repo-type dataset` leaves it:
+    blobs named by hash, a snapshot of symlinks to them, refs/main naming the snapshot."""
+    import hashlib
+
+    repo = home / "hub" / f"datasets--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    for name, text in files.items():
+        blob = repo / "blobs" / hashlib.sha256(text.encode()).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_text(text)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(blob)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_a_dataset_name_in_the_local_hugging_face_cache_is_read_offline(tmp_path, monkeypatch):
+    import socket
+
+    from grpo.api import _dataset_fields
+    from grpo.tasks import build_task
+
+    def jsonl(rows):
+        return "".join(json.dumps({"q": f"What is {a} + {b}?", "a": str(a + b)}) + "\n" for a, b in rows)
+
+    home = tmp_path / "hf-home"
+    hub_cache_snapshot(home, "acme/sums", {"data/train.jsonl": jsonl([(a, 1) for a in range(10)]),
+                                           "data/test.jsonl": jsonl([(a, 2) for a in range(3)])})
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    connects = []
+
+    def no_network(self, address):
+        connects.append(address)
+        raise OSError("the test allows no network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    columns = {"task.question_field": "q", "task.answer_field": "a", "task.few_shot": 0, "task.num_eval": 2}
+    fields = _dataset_fields("acme/sums", tmp_path / "run", False)  # grpo.train(dataset="acme/sums")
+    assert fields == {"task.source": "hub", "task.name": "acme/sums"}
+    task = build_task(build_config({}, fields | columns).task)
+    assert [ex.id for ex in task.eval] == ["test:0", "test:1"]  # the test split is held out
+    assert len(task.train) == 10 and task.train[3].answer == "4"
+    with pytest.raises(ValueError, match=r"^config field `task.name` = 'acme/nope' \(task.source=hub, offline: "
+                                         r"nothing is downloaded\): it is in neither the hub cache"):
+        build_task(build_config({}, {"task.source": "hub", "task.name": "acme/nope"} | columns).task)
+    with pytest.raises(ValueError, match=r"task.subset"):
+        build_task(build_config({}, fields | columns | {"task.subset": "nope"}).task)
+    assert connects == []
