@@ -33,6 +33,7 @@ import json
 import math
 import netrc
 import os
+import re
 import secrets
 import time
 import urllib.parse
@@ -200,13 +201,20 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in scalars(metrics).items()])
+        self.client.log_batch(self.run_id, metrics=[Metric(mlflow_key(k), v, now, step)
+                                                    for k, v in scalars(metrics).items()])
 
     def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         pass  # samples.jsonl and the report show them; MLflow's tables need pandas conversions per step
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
+
+
+def mlflow_key(key: str) -> str:
+    """A metric name MLflow accepts: letters, digits, `_-. /` and no empty path part. A reward
+    named by file path (`reward//abs/rewards.py:fn/mean`) would otherwise fail the whole batch."""
+    return "/".join(part for part in re.sub(r"[^\w.\- /]", "_", key).split("/") if part)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import yaml
-from cli_runs import LENGTH, quick, run_cli, tiny_args
+from cli_runs import LENGTH, quick, run_cli, tiny_args, write_sums
 from tiny import make_tiny_model
 
 import grpo
@@ -101,17 +101,25 @@ def test_a_broken_save_to_disk_directory_is_one_clear_error(tmp_path):
         build_task(build_config({}, {"task.source": "file", "task.path": str(broken)}).task)
 
 
-def test_train_a_loaded_model_object_with_a_reference_then_resume_from_the_cli(tiny_model_dir, tmp_path, monkeypatch,
-                                                                              capsys):
+def test_the_readme_example_a_loaded_model_a_cached_dataset_and_trackers_then_resume_from_the_cli(
+        tiny_model_dir, tmp_path, monkeypatch, capsys, offline_trackers):
     model, tokenizer = make_tiny_model(seed=3)  # built here: no directory behind it
     model.config._name_or_path = "built-in-a-notebook"
     tokenizer.padding_side = "right"
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    args = overrides(tmp_path, tiny_model_dir) | {"algorithm.beta": 0.1, "eval.num_examples": 2}
-    del args["model.path"]
+    sums = (tmp_path / "sums.jsonl")
+    write_sums(sums)
+    hub_cache_snapshot(tmp_path / "hf-home", "acme/sums", {"train.jsonl": sums.read_text()})
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    args = overrides(tmp_path, tiny_model_dir) | {"algorithm.beta": 0.1, "eval.num_examples": 2,
+                                                  "log.report_to": ["wandb", "mlflow"]}
+    for key in ("model.path", "task.source", "task.path"):
+        del args[key]
     with quick(monkeypatch):
-        grpo.train(None, model=model, tokenizer=tokenizer, rewards=[LENGTH], **args)
+        grpo.train(None, model=model, tokenizer=tokenizer, dataset="acme/sums", rewards=[LENGTH], **args)
     run = tmp_path / "run"
+    assert load_config(str(run / "config.yaml")).task.name == "acme/sums"
     assert load_config(str(run / "config.yaml")).model.path == str(run / "base_model")
     given = json.loads((run / "base_model" / "given.json").read_text())  # what the object was
     assert given["class"] == "transformers.models.llama.modeling_llama.LlamaForCausalLM"
@@ -127,6 +135,14 @@ def test_train_a_loaded_model_object_with_a_reference_then_resume_from_the_cli(t
     status, _, err = run_cli(capsys, "train", str(run / "config.yaml"), "resume=true", "train.num_steps=2")
     assert status == 0, err
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    # both trackers got both steps, the resumed one in the same tracker run
+    from mlflow.tracking import MlflowClient
+    from tracker_files import wandb_history
+
+    assert [row["step"] for row in wandb_history(run) if "loss" in row] == [1, 2]
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow' / 'mlflow.db'}")
+    run_id = json.loads((run / "trackers.json").read_text())["mlflow"]
+    assert [m.step for m in client.get_metric_history(run_id, "reward/mean")] == [1, 2]
     with quick(monkeypatch):
         results = grpo.evaluate(None, str(run / "config.yaml"), model=model, tokenizer=tokenizer,
                                 **{"eval.num_examples": 2})

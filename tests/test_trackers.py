@@ -2,75 +2,19 @@
 through their own formats and clients; missing packages and failing trackers."""
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
+from tracker_files import wandb_config, wandb_history
 
 from grpo import trackers
 from grpo.config import load_config
 from grpo.logging import RunLogger
 
-METRICS = {"reward/mean": 0.25, "loss": 0.5, "kl": float("nan"), "time/step": 1.5}
+METRICS = {"reward/mean": 0.25, "loss": 0.5, "kl": float("nan"), "time/step": 1.5,
+           "reward//abs/rewards.py:length/mean": 0.75}  # a reward named by file path
 SAMPLES = [{"example_id": "sums.jsonl:3", "question": "What is 1 + 2?", "answer": "3",
             "completion": "<answer>3</answer>", "finish_reason": "eos", "reward": 1.0, "advantage": 0.5}]
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """W&B offline and all of its own files (settings, cache) under tmp: nothing reaches a server
-    or the home directory; no MLflow URI of the environment leaks in."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("WANDB_PROJECT", raising=False)
-
-
-def wandb_records(run_dir: Path) -> list:
-    """Every record of the offline run's `run-<id>.wandb` file: W&B's LevelDB-style log (a 7-byte
-    header, then 32 KiB blocks of chunks: crc32 (4 bytes), length (2, little-endian), type (1:
-    full, 2: first, 3: middle, 4: last), data), each record a wandb_internal_pb2.Record."""
-    from wandb.proto import wandb_internal_pb2
-
-    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    data, block, records, pending = path.read_bytes(), 32768, [], b""
-    assert data[:4] == b":W&B"
-    pos = 7
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
-            pos += block - pos % block
-            continue
-        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
-        if kind == 0:
-            break
-        pending += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
-
-
-def wandb_history(run_dir: Path) -> list[dict]:
-    rows = []
-    for r in wandb_records(run_dir):
-        if r.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item})
-    return rows
-
-
-def wandb_config(run_dir: Path) -> dict:
-    """The config as the run record and later config records set it."""
-    out = {}
-    for r in wandb_records(run_dir):
-        kind = r.WhichOneof("record_type")
-        if kind in ("run", "config"):
-            updates = r.run.config.update if kind == "run" else r.config.update
-            out.update({item.key: json.loads(item.value_json) for item in updates})
-    return out
 
 
 def a_run(tmp_path, report_to, start_step=0):
@@ -86,7 +30,7 @@ def a_run(tmp_path, report_to, start_step=0):
     return log
 
 
-def test_wandb_offline_files_hold_every_metric_the_config_and_the_samples(offline, tmp_path):
+def test_wandb_offline_files_hold_every_metric_the_config_and_the_samples(offline_trackers, tmp_path):
     log = a_run(tmp_path, ["wandb"])
     assert log.write_errors == 0
     run = tmp_path / "run"
@@ -105,10 +49,10 @@ def test_wandb_offline_files_hold_every_metric_the_config_and_the_samples(offlin
     assert data["data"][0][data["columns"].index("completion")] == "<answer>3</answer>"
     run_id = json.loads((run / "trackers.json").read_text())["wandb"]
     a_run(tmp_path, ["wandb"], start_step=2)  # resumed: the same W&B run
-    assert {p.name.rsplit("-", 1)[-1] for p in run.glob("wandb/offline-run-*")} == {run_id}
+    assert {p.name.split("-")[3] for p in run.glob("wandb/offline-run-*")} == {run_id}  # offline-run-<time>-<id>[-n]
 
 
-def test_mlflow_local_store_holds_the_metrics_and_the_config(offline, tmp_path):
+def test_mlflow_local_store_holds_the_metrics_and_the_config(offline_trackers, tmp_path):
     from mlflow.tracking import MlflowClient
 
     log = a_run(tmp_path, ["mlflow"])
@@ -122,6 +66,7 @@ def test_mlflow_local_store_holds_the_metrics_and_the_config(offline, tmp_path):
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 0.5), (2, 0.25)]
     assert [m.value for m in client.get_metric_history(run_id, "eval/strict_accuracy")] == [0.5]
     assert client.get_metric_history(run_id, "kl") == []
+    assert [m.value for m in client.get_metric_history(run_id, "reward/abs/rewards.py_length/mean")] == [0.75, 0.75]
     assert (run / "mlflow" / "artifacts").is_dir() and not Path("mlruns").exists()  # nothing in the cwd
     a_run(tmp_path, ["mlflow"], start_step=2)  # resumed: the same MLflow run goes on
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4]
@@ -141,7 +86,7 @@ def test_a_missing_tracker_package_is_a_config_error_naming_the_extra(monkeypatc
         "tensorboard", "mlflow"]
 
 
-def test_a_tracker_failing_at_start_or_mid_run_is_counted_and_the_run_goes_on(offline, tmp_path, monkeypatch, capsys):
+def test_a_tracker_failing_at_start_or_mid_run_is_counted_and_the_run_goes_on(offline_trackers, tmp_path, monkeypatch, capsys):
     calls = []
 
     def broken(self, metrics, step):
