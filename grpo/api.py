@@ -17,35 +17,80 @@ name, a (callable or name, weight) pair or a {name, weight, options} dict.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 from grpo.config import Config, from_dict, read_yaml, to_dict
 
 
-def train(config: str | Path | dict | Config | None = None, *, rewards: list | None = None,
-          tools: list | None = None, dataset: Any = None, **overrides: Any) -> dict[str, Any]:
+def train(config: str | Path | dict | Config | None = None, *, model: Any = None, tokenizer: Any = None,
+          rewards: list | None = None, tools: list | None = None, dataset: Any = None,
+          **overrides: Any) -> dict[str, Any]:
     """Train as `grpo train` does; returns {"before": ..., "after": ...} held-out results.
+
+    model, tokenizer: a loaded transformers model and its tokenizer. The model object is the
+    policy, trained in place (no second copy in memory); its initial weights and the tokenizer
+    are first saved into <output_dir>/base_model (with given.json: its class, name_or_path,
+    size, dtype, device), which model.path then names, so the reference model (beta > 0), the
+    vLLM engine, torchrun's other ranks and `grpo train ... resume=true` from the CLI read that
+    directory. Resuming from Python, pass the same (untrained) model again: a checkpoint holds
+    the trained weights (LoRA: the adapters over the object's weights). model.device and
+    model.dtype: auto keeps the object where it is.
 
     dataset: a `datasets.Dataset` or `DatasetDict` (its `train` split trains, `test` or
     `validation` is held out), saved into <output_dir>/dataset so the run directory holds
-    its data and resumes from it; or a directory written by `save_to_disk`. The columns are
+    its data and resumes from it; a directory written by `save_to_disk`; or a dataset name
+    (`org/name`, not an existing path) in the local Hugging Face cache, read offline
+    (task.source=hub; task.subset picks its configuration). The columns are
     task.question_field / answer_field, as for files."""
     from grpo.trainer import train as run
 
     cfg = build_config(config, overrides, rewards, tools)
     if dataset is not None:
         cfg = build_config(cfg, _dataset_fields(dataset, Path(cfg.output_dir), cfg.resume))
-    return run(cfg)
+    loaded = None
+    if model is not None:
+        from grpo.models import LoadedModel
+
+        loaded = LoadedModel.check(model, tokenizer)
+        base = str(Path(cfg.output_dir) / "base_model")
+        if cfg.model.path not in (None, base):  # a resumed run's config.yaml names the copy
+            raise ValueError(f"model= was given and config field `model.path` = {cfg.model.path!r} too: "
+                             "give one of them (model.path: null with model=)")
+        cfg = build_config(cfg, {"model.path": base})
+    elif tokenizer is not None:
+        raise ValueError("tokenizer= comes with model= (a loaded model); for model.path its own tokenizer is used")
+    return run(cfg, loaded)
 
 
-def evaluate(target: str | Path, config: str | Path | dict | Config | None = None, *,
-             rewards: list | None = None, **overrides: Any) -> dict[str, Any]:
+def evaluate(target: str | Path | None = None, config: str | Path | dict | Config | None = None, *,
+             model: Any = None, tokenizer: Any = None, rewards: list | None = None,
+             **overrides: Any) -> dict[str, Any]:
     """Held-out evaluation as `grpo eval TARGET`: a run directory (its final model, its config),
     a checkpoint (its weights over the run's base model) or a model directory (with `config`,
-    else the defaults)."""
+    else the defaults). Or, instead of a target, a loaded model and its tokenizer, evaluated
+    as they are (nothing saved; rollout.engine auto means shared_prefix here: vLLM needs a
+    directory of weights, and the object's may differ from any on disk)."""
     from grpo.cli import resolve_eval_target
     from grpo.evaluation import run_eval
+
+    if model is not None:
+        from grpo.models import LoadedModel
+
+        if target is not None:
+            raise ValueError("grpo.evaluate takes a target path or model=, not both")
+        loaded = LoadedModel.check(model, tokenizer)
+        # model.path: null, the object is what is evaluated
+        cfg = build_config(config if config is not None else {}, {**overrides, "model.path": None}, rewards, None)
+        if cfg.rollout.engine == "vllm":
+            raise ValueError("config field `rollout.engine` = 'vllm' needs a model directory; with model= use "
+                             "shared_prefix or transformers (or save the model and pass its directory)")
+        if cfg.rollout.engine == "auto":
+            cfg = build_config(cfg, {"rollout.engine": "shared_prefix"})
+        return run_eval(cfg, None, loaded)
+    if target is None:
+        raise ValueError("grpo.evaluate needs a target (a run, checkpoint or model directory) or model=")
 
     run_config, target_overrides, checkpoint = resolve_eval_target(str(target))
     base = config if config is not None else run_config
@@ -78,6 +123,8 @@ def build_config(config: Any, overrides: dict[str, Any], rewards: list | None = 
 def _dataset_fields(dataset: Any, run_dir: Path, resume: bool) -> dict[str, Any]:
     """task.* overrides that read `dataset` as a file task (saving a datasets object first)."""
     if isinstance(dataset, (str, Path)):
+        if not Path(dataset).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(dataset)):
+            return {"task.source": "hub", "task.name": str(dataset)}  # a name in the local HF cache
         return {"task.source": "file", "task.path": str(dataset)}
     import datasets
 

@@ -31,6 +31,7 @@ from grpo.dtypes import DTYPE_NAMES
 from grpo.rollout import ENGINE_NAMES, check_engine
 from grpo.steps import check_split, split_names
 from grpo.tasks.prompts import TEMPLATE_HELP, TOOL_FORMATS, template_error
+from grpo.trackers import TRACKER_NAMES, check_installed
 
 # The allowed values of the Literal fields below: the keys of the tables the code dispatches on.
 KL_ESTIMATOR_NAMES = tuple(KL_ESTIMATORS)
@@ -82,10 +83,14 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    source: Literal["reasoning_gym", "file"] = doc(
-        "reasoning_gym", "Where examples come from: a procedural reasoning-gym task or local files."
+    source: Literal["reasoning_gym", "file", "hub"] = doc(
+        "reasoning_gym", "Where examples come from: a procedural reasoning-gym task, local files, or a dataset "
+        "by name in the local Hugging Face cache (hub: offline, never a download; grpo.tasks.hub)."
     )
-    name: str = doc("chain_sum", "reasoning-gym dataset name (source=reasoning_gym).")
+    name: str = doc(
+        "chain_sum", "reasoning-gym dataset name (source=reasoning_gym), or a Hugging Face dataset name such as "
+        "openai/gsm8k (source=hub: its train split trains, test or validation is held out).")
+    subset: str | None = doc(None, "The cached dataset's configuration, e.g. gsm8k's main (source=hub).")
     params: dict[str, Any] = doc({}, "Keyword arguments for the reasoning-gym dataset.")
     num_train: int = doc(1000, "Number of procedural training examples (source=reasoning_gym).")
     num_eval: int = doc(100, "Number of held-out examples (procedural tasks; cap for files).")
@@ -94,9 +99,10 @@ class TaskConfig:
         None, "Training data: a .jsonl, .json, .csv or .parquet file, or a directory written by datasets' "
         "save_to_disk (its train split) (source=file).")
     eval_path: str | None = doc(
-        None, "Held-out data file; null = hold out num_eval rows of `path` (source=file)."
+        None, "Held-out data file; null = hold out num_eval rows of `path` (source=file) or the dataset's test "
+        "split (source=hub)."
     )
-    question_field: str = doc("question", "Column holding the question (source=file).")
+    question_field: str = doc("question", "Column holding the question (source=file or hub).")
     answer_field: str = doc("answer", "Column holding the gold answer; GSM8K `#### 42` is understood.")
     id_field: str | None = doc(None, "Column holding a stable example id; null = file:row.")
     system_prompt: str | None = doc(
@@ -329,8 +335,31 @@ class CheckpointConfig:
 class LogConfig:
     every: int = doc(1, "Write metrics every N steps.")
     num_samples: int = doc(4, "Completions per step written to samples.jsonl.")
-    tensorboard: bool = doc(True, "Also write TensorBoard event files.")
+    report_to: list[Literal[TRACKER_NAMES]] = doc(
+        ["tensorboard"], "Experiment trackers that also get every metric (grpo.trackers): tensorboard "
+        "(<run>/tensorboard), wandb (the config, metrics and a table of sampled completions; offline files in "
+        "<run>/wandb without W&B credentials or with WANDB_MODE=offline), mlflow (metrics and the config as "
+        "params; MLFLOW_TRACKING_URI, else a sqlite store in <run>/mlflow); [] = none. wandb and mlflow need "
+        "`pip install -e '.[trackers]'`. metrics.jsonl is always written.",
+    )
+    project: str | None = doc(
+        None, "W&B project / MLflow experiment name; null = WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME, else 'grpo'. "
+        "The run's name is output_dir's last component.")
     progress: bool = doc(True, "Show a progress bar on the terminal.")
+
+    @staticmethod
+    def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        """Configs from before report_to (run directories' config.yaml, command lines) say
+        `log.tensorboard: true|false`: it adds tensorboard to report_to, or removes it."""
+        if "tensorboard" not in data:
+            return data
+        data = dict(data)
+        on = data.pop("tensorboard")
+        if not isinstance(on, bool):
+            raise ValueError(f"config field `log.tensorboard` = {on!r} is invalid; expected bool (or use log.report_to)")
+        others = [name for name in data.get("report_to", ["tensorboard"]) if name != "tensorboard"]
+        data["report_to"] = (["tensorboard"] if on else []) + others
+        return data
 
 
 @dataclass
@@ -407,6 +436,9 @@ class Config:
         _check(self.eval.pass_k >= 1, "eval.pass_k", self.eval.pass_k, "an integer >= 1")
         _check(self.eval.num_examples >= 0, "eval.num_examples", self.eval.num_examples, "an integer >= 0")
         _check(self.log.every >= 1, "log.every", self.log.every, "an integer >= 1")
+        _check(len(set(self.log.report_to)) == len(self.log.report_to), "log.report_to", self.log.report_to,
+               "each tracker at most once")
+        check_installed(self.log.report_to)  # a missing package fails now, before any model loads
         tc = self.task
         _check(tc.num_train >= 1, "task.num_train", tc.num_train, "an integer >= 1")
         _check(tc.num_eval >= 0, "task.num_eval", tc.num_eval, "an integer >= 0")

@@ -26,6 +26,8 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass `cls` from a plain dict, checking names and types recursively."""
     if not isinstance(data, dict):
         raise ValueError(f"config section `{prefix.rstrip('.') or '<root>'}` must be a mapping, got {data!r}")
+    if hasattr(cls, "upgrade"):  # a section that still reads an older config's fields
+        data = cls.upgrade(data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)

@@ -152,15 +152,16 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
                                   for key in parts[0] if key != "num_examples"}}
 
 
-def run_eval(cfg: Config, checkpoint: str | None = None) -> dict[str, Any]:
-    """`grpo eval`: load the model (and a checkpoint's weights), evaluate on the eval split."""
+def run_eval(cfg: Config, checkpoint: str | None = None, loaded: Any = None) -> dict[str, Any]:
+    """`grpo eval`: load the model (and a checkpoint's weights), evaluate on the eval split.
+    loaded: a models.LoadedModel evaluated as it is (grpo.evaluate(model=...))."""
     from grpo import models
     from grpo.checkpoint import load_weights
     from grpo.rollout import build_engine
     from grpo.tasks import build_task
 
     task = build_task(cfg.task)
-    model, tokenizer = models.load_policy(cfg.model)
+    model, tokenizer = models.load_policy(cfg.model, loaded)
     if checkpoint is not None:
         load_weights(checkpoint, model)
     engine = build_engine(cfg.rollout, model, tokenizer)

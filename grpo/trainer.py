@@ -131,13 +131,19 @@ class Trainer:
     last_saved: int | None = field(default=None, init=False)  # the step of the newest checkpoint
 
     @classmethod
-    def build(cls, cfg: Config) -> Trainer:
+    def build(cls, cfg: Config, loaded: models.LoadedModel | None = None) -> Trainer:
+        """loaded: a model object (grpo.train(model=...)); cfg.model.path is where its initial
+        weights are copied (rank 0, fresh runs) for the reference, vLLM and resumes to read."""
         check_run_dir(cfg.output_dir, cfg.resume)  # never train over another run's checkpoints
         world = World.init(cfg.train.parallel, cfg.model.device)
+        if loaded is not None:
+            if world.is_main and not (cfg.resume and Path(cfg.model.path).is_dir()):
+                models.save_loaded(loaded, Path(cfg.model.path))
+            world.sum(0.0)  # a barrier: the other ranks read the copy only once it is complete
         seed_everything(cfg.seed)  # the same on every rank: identical initial weights (LoRA too)
         task = build_task(cfg.task)
         reward_fns = rewards.build(cfg.rewards)
-        model, tokenizer = models.load_policy(cfg.model)
+        model, tokenizer = models.load_policy(cfg.model, loaded)
         ckpt = latest_checkpoint(cfg.output_dir) if cfg.resume else None
         if ckpt is not None:
             load_weights(ckpt, model)
@@ -377,8 +383,8 @@ class Trainer:
         if main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")
-        log = (RunLogger(out, cfg.train.num_steps, start_step=self.state.step, tensorboard=cfg.log.tensorboard,
-                         progress=cfg.log.progress) if main else NullLogger())
+        log = (RunLogger(out, cfg.train.num_steps, start_step=self.state.step, report_to=cfg.log.report_to,
+                         config=cfg, progress=cfg.log.progress) if main else NullLogger())
         watch = StepWatch(cfg)
         results: dict[str, Any] = {}
         # SIGINT / SIGTERM only set stop.requested; the loop stops between steps (grpo.interrupt),
@@ -427,8 +433,8 @@ class Trainer:
         return results
 
 
-def train(cfg: Config) -> dict[str, Any]:
-    trainer = Trainer.build(cfg)
+def train(cfg: Config, loaded: models.LoadedModel | None = None) -> dict[str, Any]:
+    trainer = Trainer.build(cfg, loaded)
     try:
         return trainer.run()
     finally:

@@ -1,8 +1,12 @@
 """The Python API (grpo.train / grpo.evaluate): the CLI's Config and loop, with callables."""
 
+import json
+
 import pytest
+import torch
 import yaml
-from cli_runs import quick, tiny_args
+from cli_runs import LENGTH, quick, run_cli, tiny_args, write_sums
+from tiny import make_tiny_model
 
 import grpo
 from grpo.api import build_config
@@ -95,3 +99,108 @@ def test_a_broken_save_to_disk_directory_is_one_clear_error(tmp_path):
     (broken / "state.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not a readable save_to_disk dataset"):
         build_task(build_config({}, {"task.source": "file", "task.path": str(broken)}).task)
+
+
+def test_the_readme_example_a_loaded_model_a_cached_dataset_and_trackers_then_resume_from_the_cli(
+        tiny_model_dir, tmp_path, monkeypatch, capsys, offline_trackers):
+    model, tokenizer = make_tiny_model(seed=3)  # built here: no directory behind it
+    model.config._name_or_path = "built-in-a-notebook"
+    tokenizer.padding_side = "right"
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    sums = (tmp_path / "sums.jsonl")
+    write_sums(sums)
+    hub_cache_snapshot(tmp_path / "hf-home", "acme/sums", {"train.jsonl": sums.read_text()})
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    args = overrides(tmp_path, tiny_model_dir) | {"algorithm.beta": 0.1, "eval.num_examples": 2,
+                                                  "log.report_to": ["wandb", "mlflow"]}
+    for key in ("model.path", "task.source", "task.path"):
+        del args[key]
+    with quick(monkeypatch):
+        grpo.train(None, model=model, tokenizer=tokenizer, dataset="acme/sums", rewards=[LENGTH], **args)
+    run = tmp_path / "run"
+    assert load_config(str(run / "config.yaml")).task.name == "acme/sums"
+    assert load_config(str(run / "config.yaml")).model.path == str(run / "base_model")
+    given = json.loads((run / "base_model" / "given.json").read_text())  # what the object was
+    assert given["class"] == "transformers.models.llama.modeling_llama.LlamaForCausalLM"
+    assert given["name_or_path"] == "built-in-a-notebook" and given["num_parameters"] == model.num_parameters()
+    # the copy holds the initial weights (the reference's); the object itself was trained
+    from safetensors.torch import load_file
+
+    copy = load_file(run / "base_model" / "model.safetensors")
+    assert all(torch.equal(copy[k], initial[k]) for k in copy)
+    assert any(not torch.equal(v, initial[k]) for k, v in model.state_dict().items())
+    assert tokenizer.padding_side == "right"  # the caller's tokenizer is not changed (grpo pads a copy left)
+    # the run directory stands on its own: the CLI resumes it from the copy
+    status, _, err = run_cli(capsys, "train", str(run / "config.yaml"), "resume=true", "train.num_steps=2")
+    assert status == 0, err
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    # both trackers got both steps, the resumed one in the same tracker run
+    from mlflow.tracking import MlflowClient
+    from tracker_files import wandb_history
+
+    assert [row["step"] for row in wandb_history(run) if "loss" in row] == [1, 2]
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow' / 'mlflow.db'}")
+    run_id = json.loads((run / "trackers.json").read_text())["mlflow"]
+    assert [m.step for m in client.get_metric_history(run_id, "reward/mean")] == [1, 2]
+    with quick(monkeypatch):
+        results = grpo.evaluate(None, str(run / "config.yaml"), model=model, tokenizer=tokenizer,
+                                **{"eval.num_examples": 2})
+    assert results["num_examples"] == 2
+    with pytest.raises(ValueError, match="model= needs its tokenizer"):
+        grpo.train(None, model=model, **args)
+    with pytest.raises(ValueError, match="`model.path`"):
+        grpo.train(None, model=model, tokenizer=tokenizer, **(args | {"model.path": str(tiny_model_dir)}))
+
+
+def hub_cache_snapshot(home, repo_id, files):
+    """A dataset in huggingface_hub's cache layout, as `hf download --repo-type dataset` leaves it:
+    blobs named by hash, a snapshot of symlinks to them, refs/main naming the snapshot."""
+    import hashlib
+
+    repo = home / "hub" / f"datasets--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    for name, text in files.items():
+        blob = repo / "blobs" / hashlib.sha256(text.encode()).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_text(text)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(blob)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_a_dataset_name_in_the_local_hugging_face_cache_is_read_offline(tmp_path, monkeypatch):
+    import socket
+
+    from grpo.api import _dataset_fields
+    from grpo.tasks import build_task
+
+    def jsonl(rows):
+        return "".join(json.dumps({"q": f"What is {a} + {b}?", "a": str(a + b)}) + "\n" for a, b in rows)
+
+    home = tmp_path / "hf-home"
+    hub_cache_snapshot(home, "acme/sums", {"data/train.jsonl": jsonl([(a, 1) for a in range(10)]),
+                                           "data/test.jsonl": jsonl([(a, 2) for a in range(3)])})
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    connects = []
+
+    def no_network(self, address):
+        connects.append(address)
+        raise OSError("the test allows no network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    columns = {"task.question_field": "q", "task.answer_field": "a", "task.few_shot": 0, "task.num_eval": 2}
+    fields = _dataset_fields("acme/sums", tmp_path / "run", False)  # grpo.train(dataset="acme/sums")
+    assert fields == {"task.source": "hub", "task.name": "acme/sums"}
+    task = build_task(build_config({}, fields | columns).task)
+    assert [ex.id for ex in task.eval] == ["test:0", "test:1"]  # the test split is held out
+    assert len(task.train) == 10 and task.train[3].answer == "4"
+    with pytest.raises(ValueError, match=r"^config field `task.name` = 'acme/nope' \(task.source=hub, offline: "
+                                         r"nothing is downloaded\): it is in neither the hub cache"):
+        build_task(build_config({}, {"task.source": "hub", "task.name": "acme/nope"} | columns).task)
+    with pytest.raises(ValueError, match=r"task.subset"):
+        build_task(build_config({}, fields | columns | {"task.subset": "nope"}).task)
+    assert connects == []

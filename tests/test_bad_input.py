@@ -204,8 +204,8 @@ def poisoned(monkeypatch):
     left = [-1]
     load = models.load_policy
 
-    def load_policy(cfg):
-        model, tokenizer = load(cfg)
+    def load_policy(cfg, loaded=None):
+        model, tokenizer = load(cfg, loaded)
 
         def hook(module, inputs, output):
             if torch.is_grad_enabled() and left[0] != 0:

@@ -59,7 +59,7 @@ def test_int_is_accepted_for_float_field():
         ("rollout.temperature=0", "`rollout.temperature`"),
         ("train.num_steps=true", "expected int"),
         ("train.learning_rate=fast", "expected float"),
-        ("task.source=hub", "allowed: reasoning_gym, file"),
+        ("task.source=hf", "allowed: reasoning_gym, file, hub"),
         ("task.source=file", "`task.path`"),
         ("rewards=[]", "`rewards`"),
         ("task.few_shot=-1", "`task.few_shot`"),

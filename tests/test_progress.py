@@ -19,7 +19,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 def test_every_field_is_shown_at_80_columns_in_a_terminal(tmp_path):
     script = textwrap.dedent(f"""
         from grpo.logging import RunLogger
-        with RunLogger({str(tmp_path / "run")!r}, 24, tensorboard=False) as log:
+        with RunLogger({str(tmp_path / "run")!r}, 24) as log:
             log.evaluating(50, 100)
             for step in (1, 2, 3):
                 log.log_step(step, {METRICS!r})
@@ -52,7 +52,7 @@ def test_every_field_is_shown_at_80_columns_in_a_terminal(tmp_path):
 
 
 def test_a_log_file_gets_one_plain_line_per_step(tmp_path, capsys):
-    with RunLogger(tmp_path / "run", 3, tensorboard=False) as log:  # stderr is not a terminal under pytest
+    with RunLogger(tmp_path / "run", 3) as log:  # stderr is not a terminal under pytest
         log.evaluating(0, 4)
         for step in (1, 2, 3):
             log.log_step(step, METRICS)

@@ -68,22 +68,25 @@ def make_tokenizer(vocab_size: int = 384, seed: int = 0) -> PreTrainedTokenizerF
     return wrapped
 
 
-def make_tiny_model_dir(
-    path: str | Path,
-    vocab_size: int = 384,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    seed: int = 0,
-    initializer_range: float = 0.2,
-) -> Path:
-    """Write a random tiny LlamaForCausalLM (tied embeddings, fp32) + tokenizer into `path`.
+def make_tiny_model_dir(path: str | Path, vocab_size: int = 384, hidden_size: int = 64, num_layers: int = 2,
+                        seed: int = 0, initializer_range: float = 0.2) -> Path:
+    """Write make_tiny_model's model + tokenizer into `path`."""
+    path = Path(path)
+    model, tokenizer = make_tiny_model(vocab_size, hidden_size, num_layers, seed, initializer_range)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_tiny_model(vocab_size: int = 384, hidden_size: int = 64, num_layers: int = 2, seed: int = 0,
+                    initializer_range: float = 0.2) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A random tiny LlamaForCausalLM (tied embeddings, fp32) and its tokenizer, in memory.
 
     initializer_range 0.2 rather than HF's 0.02: at 0.02 attention barely moves the
     residual stream, the model is a near-uniform bigram model and a test could not tell
     whether padding is masked; at 0.2 the context matters and sampling stays diverse
     (mean next-token entropy ~4.9 nats, uniform would be ~5.9).
     """
-    path = Path(path)
     tokenizer = make_tokenizer(vocab_size, seed)
     eos_id, pad_id, bos_id = (tokenizer.convert_tokens_to_ids(t) for t in (EOS_TOKEN, PAD_TOKEN, BOS_TOKEN))
     config = LlamaConfig(
@@ -103,6 +106,4 @@ def make_tiny_model_dir(
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32)
     model.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return model, tokenizer

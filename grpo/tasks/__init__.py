@@ -2,8 +2,9 @@
 
     task = build_task(cfg.task)   # -> Task(name, train, eval, few_shot)
 
-Two sources: procedural reasoning-gym generators (`procedural.py`) and local data files
-(`files.py`, read by `readers.py`). Both split the same way (base.take_distinct: no question
+Three sources: procedural reasoning-gym generators (`procedural.py`), local data files
+(`files.py`, read by `readers.py`) and datasets by name from the local Hugging Face cache
+(`hub.py`, then read as files are). Both split the same way (base.take_distinct: no question
 in two of train / eval / few-shot) and prompt the same way (base.attach_prompts: system
 prompt, `few_shot` worked examples as prior chat turns, then the question); `prompts.py`
 turns those messages into the text the model continues (chat or plain-text template).
@@ -28,10 +29,10 @@ def build_task(cfg: TaskConfig) -> Task:
         from grpo.tasks.procedural import build_procedural_task
 
         return build_procedural_task(cfg)
-    if cfg.source == "file":
+    if cfg.source in ("file", "hub"):
         from grpo.tasks.files import build_file_task
 
         return build_file_task(cfg)
     raise ValueError(
-        f"config field `task.source` = {cfg.source!r} is invalid; allowed: reasoning_gym, file"
+        f"config field `task.source` = {cfg.source!r} is invalid; allowed: reasoning_gym, file, hub"
     )

@@ -38,30 +38,38 @@ _CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's "<<48/2=24>>" calculator anno
 
 
 def build_file_task(cfg: TaskConfig) -> Task:
-    """Load `cfg.path` (and `cfg.eval_path`), split, and attach prompts."""
-    if cfg.path is None:
+    """Load `cfg.path` (and `cfg.eval_path`), or with source=hub the cached dataset `cfg.name`
+    (grpo.tasks.hub: its test or validation split held out), split, and attach prompts."""
+    held_out = None
+    if cfg.source == "hub":
+        from grpo.tasks.hub import read_cached
+
+        table, held_out = read_cached(cfg.name, cfg.subset)
+        name = cfg.name
+    elif cfg.path is None:
         raise ValueError(
             "config field `task.path` is null: a data file is needed when task.source=file"
         )
-    train_rows = read_examples(cfg.path, cfg, "task.path")
+    else:
+        table, name = read_table(cfg.path, "task.path"), Path(cfg.path).name
+    if cfg.eval_path is not None:
+        held_out = read_table(cfg.eval_path, "task.eval_path")
+    train_rows = read_examples(table, cfg)
     order = list(range(len(train_rows)))
     random.Random(cfg.seed).shuffle(order)
     shuffled = iter([train_rows[i] for i in order])
 
     seen: set[str] = set()
-    if cfg.eval_path is not None:
-        eval_ = take_distinct(
-            iter(read_examples(cfg.eval_path, cfg, "task.eval_path")), cfg.num_eval, seen
-        )
+    if held_out is not None:
+        eval_ = take_distinct(iter(read_examples(held_out, cfg)), cfg.num_eval, seen)
     else:
         eval_ = take_distinct(shuffled, cfg.num_eval, seen)
     shots = take_distinct(shuffled, cfg.few_shot, seen)
     train = [ex for ex in train_rows if question_key(ex.question) not in seen]
 
-    name = Path(cfg.path).name
     if len(shots) < cfg.few_shot or not train:
         raise ValueError(
-            f"data file {cfg.path!r} has {len(train_rows)} rows, too few distinct questions for "
+            f"data {str(table.path)!r} has {len(train_rows)} rows, too few distinct questions for "
             f"{len(eval_)} held-out (task.num_eval = {cfg.num_eval}) plus {cfg.few_shot} worked "
             f"examples (task.few_shot) plus at least one training row; lower those or add rows"
         )
@@ -69,9 +77,8 @@ def build_file_task(cfg: TaskConfig) -> Task:
     return Task(name=name, train=train, eval=eval_, few_shot=shots)
 
 
-def read_examples(path: str, cfg: TaskConfig, field: str) -> list[Example]:
-    """Every row of `path` as an Example (prompt attached later); errors name file and row."""
-    table = read_table(path, field)
+def read_examples(table: Table, cfg: TaskConfig) -> list[Example]:
+    """Every row of `table` as an Example (prompt attached later); errors name file and row."""
     examples, ids = [], {}
     for i, row in enumerate(table.rows):
         question = _text(row, cfg.question_field, "task.question_field", table, i)

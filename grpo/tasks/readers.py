@@ -25,6 +25,7 @@ import io
 import json
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,9 @@ def read_saved_dataset(p: Path, field: str) -> Table:
 
 def _row(i: int) -> str:
     return f"row {i} (0-based)"
+
+
+row_where = _row  # for tables read elsewhere (grpo.tasks.hub)
 
 
 def _read_utf8(p: Path) -> str:
@@ -237,7 +241,9 @@ def _check_parquet(p: Path) -> None:
         raise ValueError(f"data file {str(p)!r} has no rows")
 
 
-def _load(p: Path, builder: str, kwargs: dict[str, Any], hint: str = "") -> Any:
+@contextmanager
+def quiet_datasets():
+    """No progress bars or log lines from datasets for the duration (we say what failed, once)."""
     import datasets
 
     bars_were_on = not datasets.are_progress_bars_disabled()
@@ -245,7 +251,18 @@ def _load(p: Path, builder: str, kwargs: dict[str, Any], hint: str = "") -> Any:
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to load" lines: we say it once
     try:
-        with tempfile.TemporaryDirectory(prefix="grpo-datasets-") as cache_dir:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if bars_were_on:
+            datasets.enable_progress_bars()
+
+
+def _load(p: Path, builder: str, kwargs: dict[str, Any], hint: str = "") -> Any:
+    import datasets
+
+    try:
+        with quiet_datasets(), tempfile.TemporaryDirectory(prefix="grpo-datasets-") as cache_dir:
             return datasets.load_dataset(
                 builder,
                 data_files=str(p),
@@ -260,10 +277,6 @@ def _load(p: Path, builder: str, kwargs: dict[str, Any], hint: str = "") -> Any:
             f"data file {str(p)!r} could not be loaded by datasets "
             f"({type(cause).__name__}: {cause}){hint}"
         ) from e
-    finally:
-        datasets.logging.set_verbosity(verbosity)
-        if bars_were_on:
-            datasets.enable_progress_bars()
 
 
 def _kind(value: Any) -> str:
