@@ -419,7 +419,7 @@ class Config:
         if self.train.parallel == "fsdp" and self.model.lora.enabled:
             raise ValueError("config field `train.parallel` = 'fsdp' does not support model.lora.enabled=true: "
                              "LoRA trains few weights, use train.parallel=ddp")
-        check_engine(self.rollout, world)
+        check_engine(self.rollout)
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:

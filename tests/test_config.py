@@ -120,7 +120,6 @@ MODEL_FREE_RULES = {
                                         "`rollout.vllm`"),
     "prompts not divisible by the processes": (["train.prompts_per_step=3", "train.micro_batch_size=4"], 2,
                                                "divisible by the number of processes (2)"),
-    "vllm in several processes": (["rollout.engine=vllm"], 2, "single training process"),
 }
 
 

@@ -174,12 +174,15 @@ def test_too_long_for_max_model_len_is_a_value_error(engine, policy):
         engine.generate(render(tokenizer)[:1], SamplingParams(1, 0.0, 1.0, 0, 500))
 
 
-def test_multi_process_run_is_refused(policy, monkeypatch):
+def test_multi_process_run_needs_the_process_group_first(policy, monkeypatch):
+    """Under torchrun each engine joins the trainer's process group (tests/test_distributed.py
+    runs two); built before the group exists, it says so instead of starting a world of its own."""
     from grpo.rollout.vllm_engine import VLLMEngine
 
     model, tokenizer = policy
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="single training process"):
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)  # vLLM's one-process group aside
+    with pytest.raises(ValueError, match="join the process group before building the engine"):
         VLLMEngine(model, tokenizer)
 
 

@@ -14,6 +14,13 @@ the engine must be told when the policy changes:
      `logprobs_mode="processed_logprobs"`, i.e. after temperature, top-k and top-p,
      renormalized (vLLM 0.32's CPU sampler supports this mode: `forward_cpu` returns the
      log-softmax of the filtered logits).
+  4. under torchrun every process runs its own engine, on its own device, inside the
+     trainer's process group: vLLM's `external_launcher` executor (supported by vLLM 0.32's
+     CPU build) joins the group the trainer already started instead of starting its own,
+     with tensor parallel size 1, so each rank generates for its own prompts. Its start runs
+     collectives (every rank builds its engine at the same point), and every rank pushes
+     its weights after each optimizer step (FSDP: gathered one tensor at a time). vLLM's
+     shutdown destroys that process group, so `close()` comes after the last collective.
 Prompts go in as token ids and completions come back as token ids; vLLM detokenizes
 nothing unless the run has stop strings (rollout.stop), which vLLM finds in its own
 incremental detokenization (it then loads the directory's tokenizer too). The trajectory is
@@ -33,7 +40,7 @@ from typing import Any
 import torch
 
 from grpo.distributed import launched_world_size
-from grpo.rollout.base import SamplingParams, single_process_only
+from grpo.rollout.base import SamplingParams
 from grpo.rollout.transformers_engine import TransformersEngine
 
 MISSING_VLLM = ("rollout.engine=vllm needs the vllm package: pip install -e .[vllm] (GPU) "
@@ -60,9 +67,10 @@ class VLLMEngine(TransformersEngine):
     max_model_len: prompt plus completion tokens vLLM must hold per sequence; None = the
     model's context. stop_strings: the run samples with stop strings (vLLM then needs its
     tokenizer to detokenize). Other keyword arguments go to vllm.LLM (enforce_eager,
-    gpu_memory_utilization, kv_cache_memory_bytes, seed, ...), over these defaults:
-    the policy's dtype, seed 0, on GPU gpu_memory_utilization 0.3 (the trainer shares
-    the GPU), on CPU a 1 GiB KV cache and enforce_eager (no torch.compile).
+    gpu_memory_utilization, kv_cache_memory_bytes, seed, ...), over these defaults: the
+    policy's dtype, seed = the process's rank (0 in one process), on GPU
+    gpu_memory_utilization 0.3 (the trainer shares the GPU), on CPU a 1 GiB KV cache and
+    enforce_eager (no torch.compile).
     """
 
     decodes_with_policy = False  # vLLM decodes with its own copy of the weights
@@ -72,7 +80,7 @@ class VLLMEngine(TransformersEngine):
                  **engine_options: Any):
         super().__init__(model, tokenizer, max_prompt_tokens)
         vllm = import_vllm()
-        _check_single_process()
+        world = _joined_world()
         self._vllm_sampling_params = vllm.SamplingParams
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
         path = model_path or getattr(base.config, "_name_or_path", None)
@@ -97,6 +105,7 @@ class VLLMEngine(TransformersEngine):
             # measured on the bench step (bench/RESULTS.md): compiled decodes ~10% faster but
             # starts ~87 s later, for the same seconds per training step (sync included)
             options["enforce_eager"] = True
+        options.update(world)  # torchrun: join the trainer's process group, a seed per rank
         options.update(engine_options)
         self.max_model_len = options["max_model_len"]
         start = time.perf_counter()
@@ -106,6 +115,18 @@ class VLLMEngine(TransformersEngine):
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.sync_seconds = 0.0
         self.stop_strings = stop_strings
+        self.joined_world = bool(world)
+
+    def close(self) -> None:
+        """Shut vLLM's engine down (else it shuts down when the process exits). Under torchrun
+        this also destroys the process group it joined: call it after the run's last collective."""
+        client = self.llm.llm_engine.engine_core  # the in-process engine core client
+        if self.joined_world and not torch.distributed.is_initialized():
+            # the group is already gone, and vLLM's teardown of its subgroups would raise
+            # (ValueError: Invalid process group specified); process exit frees the rest
+            client._finalizer.detach()
+            return
+        client.shutdown()
 
     # ------------------------------------------------------------------ weights
 
@@ -181,13 +202,19 @@ class VLLMEngine(TransformersEngine):
         return tokens.to(prompt_ids.device), sampler_logprobs.to(prompt_ids.device)
 
 
-def _check_single_process() -> None:
-    """vLLM in-process sets up its own one-process torch.distributed world: refuse a multi-process run."""
+def _joined_world() -> dict[str, Any]:
+    """The vLLM options of a run of several processes: join the trainer's process group
+    (torchrun's RANK / LOCAL_RANK name this process) with a sampling seed per rank; {} in one process."""
     dist = torch.distributed
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    world = max(world, launched_world_size())
-    if world > 1:
-        raise ValueError(single_process_only(world))
+    joined = dist.is_available() and dist.is_initialized()
+    size = dist.get_world_size() if joined else launched_world_size()
+    if size == 1:
+        return {}
+    if not joined:
+        raise ValueError(f"rollout.engine=vllm in a run of {size} processes (WORLD_SIZE): join the process "
+                         "group before building the engine (grpo.distributed.World.init; Trainer.build does), "
+                         "so that each process's vLLM engine joins it")
+    return {"distributed_executor_backend": "external_launcher", "seed": dist.get_rank()}
 
 
 def _hf_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
@@ -195,7 +222,8 @@ def _hf_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
     the base weights with each adapter's delta B @ A * scale added (nothing is merged in place)."""
     if not hasattr(model, "get_base_model"):
         for name, tensor in model.state_dict().items():
-            yield name, tensor.detach()
+            # fsdp: a shard; every rank gathers the same tensors in the same order
+            yield name, (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).detach()
         return
     from peft.tuners.lora import LoraLayer
 
