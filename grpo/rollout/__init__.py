@@ -23,8 +23,13 @@ ENGINES = {
     "vllm": ("grpo.rollout.vllm_engine", "VLLMEngine"),
 }
 ENGINE_NAMES = ("auto", *ENGINES)  # the values config field `rollout.engine` allows
+# rollout.vllm_lora_sync -> how a LoRA policy's weights reach vLLM (grpo.rollout.vllm_engine)
+LORA_SYNCS = {
+    "merged": "the base weights with B @ A * scale added, through vLLM's in-place weight reload",
+    "adapter": "the adapters alone, loaded by vLLM's LoRA support (enable_lora); the base stays",
+}
 
-__all__ = ["ENGINES", "ENGINE_NAMES", "RolloutEngine", "SamplingParams", "SharedPrefixEngine", "Trajectory",
+__all__ = ["ENGINES", "ENGINE_NAMES", "LORA_SYNCS", "RolloutEngine", "SamplingParams", "SharedPrefixEngine", "Trajectory",
            "TransformersEngine", "VLLMEngine", "build_engine", "check_engine", "engine_name"]
 
 
@@ -59,6 +64,9 @@ def check_engine(cfg: RolloutConfig) -> None:
     if cfg.vllm and name != "vllm":
         raise ValueError(f"config field `rollout.vllm` = {cfg.vllm!r} is set but rollout.engine = {cfg.engine!r}"
                          + (" (auto chose shared_prefix: vllm is not installed)" if cfg.engine == "auto" else ""))
+    if cfg.vllm_lora_sync != "merged" and name != "vllm":
+        raise ValueError(f"config field `rollout.vllm_lora_sync` = {cfg.vllm_lora_sync!r} needs the vllm engine; "
+                         f"rollout.engine = {cfg.engine!r} resolves to {name!r}")
 
 
 def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any) -> RolloutEngine:
@@ -73,6 +81,7 @@ def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any) -> RolloutEngin
     if name == "vllm":
         # vLLM sizes its cache per sequence: the prompt limit plus the completion budget
         max_model_len = None if cfg.max_prompt_tokens is None else cfg.max_prompt_tokens + cfg.episode_tokens
-        options = {"max_model_len": max_model_len, "stop_strings": bool(cfg.stop) or cfg.multi_turn, **cfg.vllm}
+        options = {"max_model_len": max_model_len, "stop_strings": bool(cfg.stop) or cfg.multi_turn,
+                   "lora_sync": cfg.vllm_lora_sync, **cfg.vllm}
         return engine_class(name)(model, tokenizer, max_prompt_tokens=prompt_limit, **options)
     return engine_class(name)(model, tokenizer, max_prompt_tokens=prompt_limit)
