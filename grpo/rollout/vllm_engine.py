@@ -4,11 +4,12 @@ vLLM keeps its own copy of the policy (paged KV cache, fused kernels, torch.comp
 the engine must be told when the policy changes:
   1. at start, `vllm.LLM` loads the policy's HF directory (config, weights, tokenizer);
   2. `sync_weights(model, version)` pushes the policy's current weights (LoRA merged in,
-     with lora_sync=merged, the default) through vLLM's in-place reload (`worker.reload_weights`, which re-runs the CPU weight
-     packing; a bare `model.load_weights` fails once the weights are packed) and drops the
-     prefix cache, whose keys and values the old weights computed. Whoever changes the
-     weights calls it: the trainer after its optimizer step and after loading a
-     checkpoint, `grpo eval` after loading one. The engine never guesses. With
+     with lora_sync=merged, the default) through vLLM's in-place reload
+     (`worker.reload_weights`, which re-runs the CPU weight packing; a bare
+     `model.load_weights` fails once the weights are packed) and drops the prefix cache,
+     whose keys and values the old weights computed. Whoever changes the weights calls it:
+     the trainer after its optimizer step and after loading a checkpoint, `grpo eval` after
+     loading one. The engine never guesses. With
      lora_sync=adapter a LoRA policy sends its adapters only, which vLLM's LoRA support
      (enable_lora) loads in place under one adapter id and applies on top of the base
      weights it loaded at start (bench/vllm_lora_sync.py: on CPU that syncs 7-10x faster and
