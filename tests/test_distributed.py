@@ -225,3 +225,18 @@ def test_two_process_vllm_engines_follow_the_weights_like_one_process(tmp_path, 
     expected = single.generate(render(tokenizer), GREEDY).completion_ids.tolist()
     assert expected != before  # the updates changed what greedy decoding says
     assert ranks[0]["greedy"] == ranks[1]["greedy"] == expected
+
+
+@pytest.mark.vllm
+def test_two_process_lora_run_through_vllm_adapters_ends_cleanly(tmp_path, vllm_model_dir):
+    """`grpo train` under torchrun, a LoRA policy whose adapters go to each rank's vLLM engine
+    (rollout.vllm_lora_sync=adapter): the run ends with its evaluation and final model, the
+    engines shut down after the last collective (no teardown error), importance weights ~1."""
+    pytest.importorskip("vllm")
+    run = tmp_path / "run"
+    proc = torchrun(2, *train_args(tmp_path, vllm_model_dir, run, 2, "rollout.engine=vllm", "model.lora.enabled=true",
+                                   "rollout.vllm_lora_sync=adapter", "rollout.max_prompt_tokens=256"))
+    assert "Invalid process group" not in proc.stderr
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2] and (run / "final" / "adapter").is_dir()
+    assert all(r["is_weight/mean"] == pytest.approx(1.0, abs=1e-3) for r in rows)
