@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import make_tiny_reward_model_dir
 
 SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "chaos.py"
 
@@ -41,6 +42,17 @@ def test_kills_lose_nothing_with_dynamic_sampling(tmp_path):
     odd = Path(__file__).resolve().parent / "rewards_for_tests.py"
     summary = chaos(tmp_path, "--kills", "2", "--override", "algorithm.dynamic_sampling=true",
                     "--override", f"rewards=[{{name: '{odd}:odd_answers_only'}}]", timeout=240)
+    assert summary["kills"] == 2 and summary["all_resumed"] and not summary["final_problems"]
+
+
+def test_kills_lose_nothing_in_iterative_rl(tmp_path):
+    # the reward model is retrained every 2 steps: its weights and samples must resume exactly
+    length = Path(__file__).resolve().parent / "rewards_for_tests.py"
+    rm = make_tiny_reward_model_dir(tmp_path / "rm")
+    summary = chaos(tmp_path, "--kills", "2", "--override", f"rewards=[{{name: '{length}:length_reward', weight: 0}}, "
+                    f"{{name: reward_model, options: {{path: '{rm}'}}}}]", "--override", "iterative.retrain_every=2",
+                    "--override", f"iterative.label={length}:length_reward", "--override", "algorithm.beta=0.1",
+                    timeout=300)
     assert summary["kills"] == 2 and summary["all_resumed"] and not summary["final_problems"]
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_trainer import LENGTH_REWARD, read_metrics, tiny_config
-from tiny import make_tokenizer
-from transformers import LlamaConfig, LlamaForSequenceClassification
+from tiny import make_tiny_reward_model_dir
+from transformers import LlamaForSequenceClassification
 
 from grpo.checkpoint import checkpoint_name
 from grpo.config import load_config
@@ -18,15 +18,7 @@ from grpo.trainer import train
 
 @pytest.fixture(scope="module")
 def rm_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rm")
-    tok = make_tokenizer()
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id, num_labels=1,
-    )).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return make_tiny_reward_model_dir(tmp_path_factory.mktemp("rm"))
 
 
 def iterative_config(tmp_path, tiny_model_dir, data_file, rm_dir, *overrides):

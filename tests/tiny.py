@@ -107,3 +107,18 @@ def make_tiny_model(vocab_size: int = 384, hidden_size: int = 64, num_layers: in
     model = LlamaForCausalLM(config).to(torch.float32)
     model.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
     return model, tokenizer
+
+
+def make_tiny_reward_model_dir(path: str | Path, seed: int = 0) -> Path:
+    """A random one-logit LlamaForSequenceClassification + the tiny tokenizer (a reward model)."""
+    from transformers import LlamaForSequenceClassification
+
+    path = Path(path)
+    tok = make_tokenizer()
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id, num_labels=1,
+    )).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
