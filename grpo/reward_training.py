@@ -116,7 +116,7 @@ def fit(model: Any, tokenizer: Any, samples: list[LabelledSample], settings: Rew
     logit). The global RNG streams are left as they were: the policy's sampling, which shares
     them, continues as if nothing had run (iterative RL resumes exactly)."""
     from datasets import Dataset
-    from transformers import Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from grpo.checkpoint import rng_state, set_rng_state
     from grpo.reward_models import reward_model_text
@@ -134,6 +134,7 @@ def fit(model: Any, tokenizer: Any, samples: list[LabelledSample], settings: Rew
                 save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
                 use_cpu=model.device.type == "cpu", dataloader_num_workers=0)
             trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+            trainer.remove_callback(PrinterCallback)  # its end-of-training dict would land in the run's output
             trainer.train()
     finally:
         set_rng_state(saved)
