@@ -161,11 +161,20 @@ def cmd_train_rm(args: list[str]) -> int:
     parser.add_argument("--max-length", type=int, default=d.max_length)
     parser.add_argument("--held-out", type=float, default=0.2, help="fraction of samples kept to measure accuracy")
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--prm", action="store_true", help="a step-level (process) reward model from the samples' "
+                        "scored steps (grpo.prm_training), for process_reward_model mode token_classification")
+    parser.add_argument("--split", default="newline", help="--prm: the steps the PRM reads (newline, sentence, tag:<text>)")
     ns = parser.parse_args(args)
     if not (ns.epochs > 0 and ns.lr > 0 and ns.batch_size >= 1 and ns.max_length >= 1 and 0 <= ns.held_out < 1):
         raise ValueError("--epochs, --lr must be > 0, --batch-size, --max-length >= 1, --held-out in [0, 1)")
     settings = RewardModelTraining(ns.epochs, ns.lr, ns.batch_size, ns.max_length, ns.seed)
-    metrics = train_reward_model(samples_from_run(ns.run, ns.label), ns.base, ns.out, settings, ns.held_out)
+    if ns.prm:
+        from grpo.prm_training import step_samples_from_run, train_process_reward_model
+
+        metrics = train_process_reward_model(step_samples_from_run(ns.run), ns.base, ns.out, ns.split, settings,
+                                             ns.held_out)
+    else:
+        metrics = train_reward_model(samples_from_run(ns.run, ns.label), ns.base, ns.out, settings, ns.held_out)
     print(json.dumps(metrics))
     return 0
 

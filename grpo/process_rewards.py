@@ -67,6 +67,23 @@ def arithmetic_steps(*, correct_score: float = 1.0, wrong_score: float = 0.0):
     return score
 
 
+def prm_layout(tokenizer: Any, question: str, completion: str, split: str,
+               tag_ids: list[int] | None = None) -> tuple[list[int], list[int], list[int]]:
+    """A PRM's input for one completion: (ids, the position read for each step, the steps' end
+    offsets). `{question} ` then each step of `split`, stripped, + " " (+ the tag's ids), each
+    piece tokenized alone so the positions are exact. `grpo train-rm --prm` trains on it."""
+    ends = step_splits.step_ends(completion, split)
+    ids = tokenizer.encode(f"{question} ", add_special_tokens=False)
+    positions, start = [], 0
+    for end in ends:
+        ids += tokenizer.encode(f"{completion[start:end].strip()} ", add_special_tokens=False)
+        if tag_ids:
+            ids += tag_ids
+        positions.append(len(ids) - 1)
+        start = end
+    return ids, positions, ends
+
+
 # How a process reward model is read: its head class and where its step scores come from.
 PRM_MODES = {
     # a causal LM asked for a good/bad token at each step tag (Math-Shepherd's PRM layout)
@@ -123,15 +140,7 @@ def process_reward_model(*, path: str, mode: str = "causal_lm", split: str = "ne
 
     def layout(tok: Any, read: list[list[int]], completion: str, example: Example):
         """(input ids, positions to read, end offsets) of one completion, or None if it does not fit."""
-        ends = step_splits.step_ends(completion, split)
-        ids = tok.encode(f"{example.question} ", add_special_tokens=False)
-        positions, start = [], 0
-        for end in ends:
-            ids += tok.encode(f"{completion[start:end].strip()} ", add_special_tokens=False)
-            if mode == "causal_lm":
-                ids += read[0]
-            positions.append(len(ids) - 1)
-            start = end
+        ids, positions, ends = prm_layout(tok, example.question, completion, split, read[0] if read else None)
         return (ids, positions, ends) if ends and len(ids) <= max_length else None
 
     def scores_at(model: Any, read: list[list[int]], rows: list[tuple]) -> list[list[float]]:

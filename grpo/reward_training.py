@@ -116,16 +116,22 @@ def fit(model: Any, tokenizer: Any, samples: list[LabelledSample], settings: Rew
     logit). The global RNG streams are left as they were: the policy's sampling, which shares
     them, continues as if nothing had run (iterative RL resumes exactly)."""
     from datasets import Dataset
-    from transformers import PrinterCallback, Trainer, TrainingArguments
 
-    from grpo.checkpoint import rng_state, set_rng_state
     from grpo.reward_models import reward_model_text
 
     texts = [reward_model_text(tokenizer, x.prompt, x.completion) for x in samples]
     enc = tokenizer(texts, truncation=True, max_length=settings.max_length, add_special_tokens=False)
-    data = Dataset.from_dict({**enc, "labels": [[x.label] for x in samples]})
-    saved = rng_state()
     model.config.problem_type = "multi_label_classification"  # one logit: BCE-with-logits
+    _train(model, tokenizer, Dataset.from_dict({**enc, "labels": [[x.label] for x in samples]}), settings)
+
+
+def _train(model: Any, tokenizer: Any, data: Any, settings: RewardModelTraining, collator: Any = None) -> None:
+    """transformers' Trainer over `data`, the global RNG streams restored afterwards."""
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    from grpo.checkpoint import rng_state, set_rng_state
+
+    saved = rng_state()
     try:
         with tempfile.TemporaryDirectory(prefix="grpo-rm-") as scratch:
             args = TrainingArguments(
@@ -133,7 +139,8 @@ def fit(model: Any, tokenizer: Any, samples: list[LabelledSample], settings: Rew
                 per_device_train_batch_size=settings.batch_size, seed=settings.seed, data_seed=settings.seed,
                 save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
                 use_cpu=model.device.type == "cpu", dataloader_num_workers=0)
-            trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+            trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                              data_collator=collator)
             trainer.remove_callback(PrinterCallback)  # its end-of-training dict would land in the run's output
             trainer.train()
     finally:

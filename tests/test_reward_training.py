@@ -57,3 +57,33 @@ def test_train_rm_names_bad_input(tmp_path, tiny_model_dir, data_file, capsys):
     assert f"{run / 'samples.jsonl'}:" in err and "not a JSON record" in err
     assert main(["train-rm", str(tmp_path), "--base", str(tiny_model_dir), "--out", "x"]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_train_rm_prm_learns_the_scored_steps_and_process_reward_model_reads_it(tmp_path, tiny_model_dir, capsys):
+    """Samples whose steps arithmetic_steps scored: each line one equation, right or `= 99`."""
+    from grpo.tasks.base import Example
+
+    check = rewards.get("arithmetic_steps")
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = []
+    for a in range(8):
+        for b in range(6):
+            second = f"{a} + {b} = {a + b}" if (a + b) % 2 else f"{a} + {b} = 99"
+            completion = f"{b} + {a} = {a + b}\n{second}\n"
+            steps = [list(s) for s in check(completion, None)]
+            lines.append({"question": f"What is {a} + {b}?", "completion": completion, "steps": steps})
+    lines.append({"question": "q", "completion": "no steps", "steps": []})  # nothing to learn from: skipped
+    (run / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "prm"
+    assert main(["train-rm", str(run), "--prm", "--split", "newline", "--base", str(tiny_model_dir), "--out",
+                 str(out), "--epochs", "15", "--lr", "3e-3", "--held-out", "0.25"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["num_train"] + metrics["num_held_out"] == 48 and metrics["steps"] == 96
+    assert metrics["held_out_step_accuracy_after"] >= 0.9
+    fn = rewards.get("process_reward_model", path=str(out), mode="token_classification", split="newline")
+    scores = [s for _, s in fn("3 + 4 = 7\n4 + 3 = 99\n", Example("x", [], "7", {"question": "What is 3 + 4?"}))]
+    assert scores[0] > 0.5 > scores[1]
+    assert main(["train-rm", str(run), "--prm", "--split", "offsets", "--base", str(tiny_model_dir),
+                 "--out", str(out)]) == 2
+    assert "--split" in capsys.readouterr().err
