@@ -38,7 +38,7 @@ class TokenSequences:
 class Trajectory(TokenSequences):
     """G samples for each of the prompts, N = num_prompts * G rows ordered group by group
     (rows 0..G-1 are prompt 0's). Tensors live on the model's device (sampler_logprobs,
-    policy_version and token_rewards on any device).
+    policy_version on any device).
 
     prompt_ids:       [N, P] long, left-padded with the pad id
     prompt_mask:      [N, P] long, 1 = prompt token, 0 = padding
@@ -60,9 +60,6 @@ class Trajectory(TokenSequences):
     finish_reasons:   why each row stopped: "eos" (an EOS token), "stop" (a stop string,
                       rollout.stop), "length" (the token budget: per turn or per episode) or
                       "max_turns" (an episode still going after rollout.max_turns turns)
-    token_rewards:    [N, C] float32 or None: rewards given to single tokens (a step's score
-                      at the token where the step ends; 0 elsewhere) by process rewards,
-                      summed into per-token advantages; None when every reward is per row.
     episodes:         multi-turn rollouts only (else None): each row's messages after the
                       prompt, {"role", "content"} (assistant turns as sampled; tool and
                       environment replies with "name" and "error" where they have them)
@@ -75,7 +72,6 @@ class Trajectory(TokenSequences):
     policy_version: torch.Tensor
     completions: list[str]
     finish_reasons: list[str]
-    token_rewards: torch.Tensor | None = None
     episodes: list[list[dict]] | None = None
 
     def __post_init__(self) -> None:
@@ -85,9 +81,6 @@ class Trajectory(TokenSequences):
         assert shape[0] == n == len(self.completions) == len(self.finish_reasons) == self.policy_version.shape[0]
         assert not (self.loss_mask.bool() & ~self.completion_mask.bool()).any(), "loss_mask outside completion_mask"
         assert self.episodes is None or len(self.episodes) == n
-        if self.token_rewards is not None and self.token_rewards.shape != shape:
-            raise ValueError(f"token_rewards has shape {tuple(self.token_rewards.shape)}; the completions "
-                             f"have {tuple(shape)}")
 
     @property
     def num_generated_tokens(self) -> int:
@@ -119,7 +112,7 @@ class Trajectory(TokenSequences):
     @classmethod
     def cat(cls, parts: list[Trajectory], pad_id: int) -> Trajectory:
         """Rows of several trajectories in order, prompts left-padded and completions
-        right-padded to the widest (pad_id in the ids, 0 in masks, log-probs and rewards)."""
+        right-padded to the widest (pad_id in the ids, 0 in masks and log-probs)."""
         if len(parts) == 1:
             return parts[0]
         P = max(t.prompt_ids.shape[1] for t in parts)
@@ -131,10 +124,6 @@ class Trajectory(TokenSequences):
         def right(x: torch.Tensor, value: float) -> torch.Tensor:
             return torch.nn.functional.pad(x, (0, C - x.shape[1]), value=value)
 
-        def rewards(t: Trajectory) -> torch.Tensor:
-            return t.token_rewards if t.token_rewards is not None else torch.zeros(t.completion_ids.shape)
-
-        any_rewards = any(t.token_rewards is not None for t in parts)
         return cls(
             prompt_ids=torch.cat([left(t.prompt_ids, pad_id) for t in parts]),
             prompt_mask=torch.cat([left(t.prompt_mask, 0) for t in parts]),
@@ -146,5 +135,4 @@ class Trajectory(TokenSequences):
             completions=[c for t in parts for c in t.completions],
             finish_reasons=[r for t in parts for r in t.finish_reasons],
             episodes=[e for t in parts for e in t.episodes] if all(t.episodes is not None for t in parts) else None,
-            token_rewards=torch.cat([right(rewards(t), 0.0) for t in parts]) if any_rewards else None,
         )

@@ -29,15 +29,17 @@ def test_trajectories_and_scores_concatenate_with_padding():
                            ["a"], ["eos"], version=1)
     b = sampled_trajectory(torch.tensor([[8]]), torch.tensor([[1]]), torch.tensor([[9, 2]]), torch.tensor([[1, 1]]),
                            ["b"], ["length"], version=2)
-    b.token_rewards = torch.tensor([[0.0, 1.0]])
     t = Trajectory.cat([a, b], pad_id=0)
     assert t.prompt_ids.tolist() == [[5, 6], [0, 8]] and t.prompt_mask.tolist() == [[1, 1], [0, 1]]
     assert t.completion_ids.tolist() == [[7, 0], [9, 2]] and t.loss_mask.tolist() == [[1, 0], [1, 1]]
-    assert t.token_rewards.tolist() == [[0.0, 0.0], [0.0, 1.0]] and t.policy_version.tolist() == [1, 2]
+    assert t.policy_version.tolist() == [1, 2]
     assert t.completions == ["a", "b"] and t.finish_reasons == ["eos", "length"]
     s = RewardScores.cat([RewardScores(torch.tensor([1.0, 2.0]), {"f": torch.tensor([1.0, 2.0])}, {"f": 1}),
                           RewardScores(torch.tensor([3.0]), {"f": torch.tensor([3.0])}, {"f": 2})])
     assert s.total.tolist() == [1.0, 2.0, 3.0] and s.errors == {"f": 3}
+    stepped = RewardScores.cat([RewardScores(torch.zeros(1), {}, {}, [[(3, 1.0)]]),
+                                RewardScores(torch.zeros(2), {}, {}, [[], [(1, 0.5)]])])
+    assert stepped.steps == [[(3, 1.0)], [], [(1, 0.5)]]
     assert s.select([2, 0]).per_function["f"].tolist() == [3.0, 1.0]
 
 

@@ -5,6 +5,7 @@ import torch
 from trajectories import SAMPLING_CASES, render, sampled_trajectory, sampler_logprob_error
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from grpo.reward_harness import RewardScores
 from grpo.rollout import SharedPrefixEngine, TransformersEngine
 
 QUESTIONS = ["What is 3 + 4?", "What is 12 + 30 + 7? Think step by step.", "1 + 1"]
@@ -61,22 +62,17 @@ def hand_trajectory(**kw):
                               **kw)
 
 
-def test_select_keeps_every_field_token_rewards_included():
+def test_select_keeps_every_field_and_the_scores_their_steps():
     t = hand_trajectory()
-    t.token_rewards = torch.tensor([[0.0, 1.0, 0.0, 0.5], [0.0, 2.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]])
     t.loss_mask[0, 1] = 0  # an inserted token
     part = t.select([2, 0])
     assert part.completions == ["c2", "c0"] and part.finish_reasons == ["eos", "length"]
-    assert part.token_rewards.tolist() == [[3.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.5]]
+    steps = [[(2, 0.5)], [(1, 2.0)], [(1, 3.0)]]  # process rewards travel with the scores
+    scores = RewardScores(torch.zeros(3), {}, {}, steps).select([2, 0])
+    assert scores.steps == [[(1, 3.0)], [(2, 0.5)]]
     assert part.loss_mask.tolist() == [[1, 0, 0, 0], [1, 0, 1, 1]]
     assert part.num_generated_tokens == 4
     assert t.select(slice(1, 3)).completions == ["c1", "c2"]
-
-
-def test_token_rewards_must_match_the_completions():
-    t = hand_trajectory()
-    with pytest.raises(ValueError, match="token_rewards has shape"):
-        type(t)(**{**t.__dict__, "token_rewards": torch.zeros(3, 5)})
 
 
 def test_loss_mask_outside_the_sequence_is_refused():
