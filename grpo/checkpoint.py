@@ -89,10 +89,16 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> None:
         )
 
 
+def parameter_state(model: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters (trainable_only: those the optimizer changes: all of them,
+    or only LoRA adapters). A copy: under fsdp the gathered weights are views into one
+    communication buffer."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
+            if p.requires_grad or not trainable_only}
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters the optimizer changes (all of them, or only LoRA adapters)."""
-    # a copy: under fsdp the gathered weights are views into one communication buffer
-    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    return parameter_state(model, trainable_only=True)
 
 
 # What numpy's pickled uint32 ndarray (its MT19937 key) needs, and nothing more: checkpoints
@@ -254,17 +260,17 @@ def _damaged(path: Path, e: Exception) -> ValueError:
     )
 
 
-def load_weights(path: str | Path, model: torch.nn.Module, file: str = "model.safetensors") -> None:
+def load_weights(path: str | Path, model: torch.nn.Module, file: str = "model.safetensors",
+                 every_parameter: bool = False) -> None:
     """Copy a checkpoint's trainable weights into `model` (resume, and `grpo eval` of a checkpoint);
-    file=REFERENCE_FILE: a synced reference's weights (all of them) into the reference model."""
+    with every_parameter, all of them must be in `file` (a frozen reference, a reward model)."""
     path = Path(path)
     try:
         weights = load_file(path / file)
     except Exception as e:  # noqa: BLE001 - any unreadable file means the same to the user
         raise _damaged(path, e) from None
     params = dict(model.named_parameters())
-    everything = file == REFERENCE_FILE  # the reference is frozen: requires_grad says nothing
-    missing = sorted(set(n for n, p in params.items() if p.requires_grad or everything) - set(weights))
+    missing = sorted(set(n for n, p in params.items() if p.requires_grad or every_parameter) - set(weights))
     unexpected = sorted(set(weights) - set(params))
     if missing or unexpected:
         raise ValueError(f"checkpoint {str(path)!r} does not match the model: "

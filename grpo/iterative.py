@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from grpo.checkpoint import load_weights, parameter_state
 from grpo.reward_training import LabelledSample, RewardModelTraining, accuracy_of, fit
 
 RM_FILE, SAMPLES_FILE = "reward_model.safetensors", "iterative.json"
@@ -89,7 +90,7 @@ class IterativeRL:
     def save(self, directory: Path) -> None:
         with self.held.lock:
             _, model, _ = self.held.get()
-            save_file({n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}, directory / RM_FILE)
+            save_file(parameter_state(model), directory / RM_FILE)
         (directory / SAMPLES_FILE).write_text(json.dumps(
             {"fresh": [asdict(x) for x in self.fresh], "buffer": [asdict(x) for x in self.buffer]}))
 
@@ -98,18 +99,12 @@ class IterativeRL:
         if not (directory / RM_FILE).is_file():
             return
         try:
-            weights = load_file(directory / RM_FILE)
             saved = json.loads((directory / SAMPLES_FILE).read_text())
             self.fresh = [LabelledSample(**x) for x in saved["fresh"]]
             self.buffer = [LabelledSample(**x) for x in saved["buffer"]]
         except Exception as e:  # noqa: BLE001 - any unreadable file means the same to the user
-            raise ValueError(f"checkpoint {str(directory)!r}: its reward model or samples cannot be read "
+            raise ValueError(f"checkpoint {str(directory)!r}: its iterative-RL samples cannot be read "
                              f"({type(e).__name__}: {e}); resume from an earlier checkpoint") from None
-        with self.held.lock, torch.no_grad():
+        with self.held.lock:
             _, model, _ = self.held.get()
-            params = dict(model.named_parameters())
-            if set(weights) != set(params):
-                raise ValueError(f"checkpoint {str(directory)!r}: its reward model does not match "
-                                 f"iterative.reward's model")
-            for name, tensor in weights.items():
-                params[name].copy_(tensor)
+            load_weights(directory, model, RM_FILE, every_parameter=True)

@@ -43,6 +43,7 @@ from grpo.checkpoint import (
     latest_checkpoint,
     load_training_state,
     load_weights,
+    parameter_state,
     save_checkpoint,
     take_snapshot,
 )
@@ -173,7 +174,7 @@ class Trainer:
             state = load_training_state(ckpt, model, optimizer, scheduler, world)
             engine.sync_weights(model, state.num_updates)  # the checkpoint's weights, not model.path's
             if isinstance(reference, LocalReference) and (Path(ckpt) / REFERENCE_FILE).is_file():
-                load_weights(ckpt, reference.model, REFERENCE_FILE)  # where syncs and resets had moved it
+                load_weights(ckpt, reference.model, REFERENCE_FILE, every_parameter=True)  # where syncs moved it
         iterative = IterativeRL.from_config(cfg, reward_fns)
         if iterative is not None and ckpt is not None:
             iterative.load(Path(ckpt))
@@ -366,7 +367,7 @@ class Trainer:
         self.state.examples_seen = self.data.position
         snapshot = take_snapshot(self.model, self.optimizer, self.scheduler, self.world)
         if self.state.reference_moved:
-            snapshot.reference = {n: p.detach().to("cpu", copy=True) for n, p in self.reference.model.named_parameters()}
+            snapshot.reference = parameter_state(self.reference.model)
         if self.iterative is not None:
             snapshot.extra.append(self.iterative.save)
         self.last_saved = self.state.step
