@@ -38,13 +38,16 @@ def graded(graders: list, completions: list[str], examples: list[Example], timeo
     return torch.stack([accuracy, fmt, strict & fmt], dim=1)
 
 
-def step_graders(cfg: Config) -> list:
-    """The run's step (process) rewards, unweighted: held-out step scores are reported for each."""
-    built = [r for r in rewards.build(cfg.rewards, load=False) if getattr(r.fn, "steps", None) is not None]
-    for r in built:
+def step_graders(cfg: Config, built: list | None = None) -> list:
+    """The run's step (process) rewards, unweighted: held-out step scores are reported for each.
+    built: the run's reward functions when it has them (a reward model is not loaded twice)."""
+    if built is None:
+        built = rewards.build(cfg.rewards, load=False)
+    steps = [r for r in built if getattr(r.fn, "steps", None) is not None]
+    for r in steps:
         if hasattr(r.fn, "load"):
             r.fn.load()
-    return [r._replace(weight=1.0) for r in built]
+    return [r._replace(weight=1.0) for r in steps]
 
 
 class StepTally:
@@ -71,12 +74,13 @@ class StepTally:
 
 
 def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config,
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[int, int], None] | None = None, reward_fns: list | None = None) -> dict[str, Any]:
     """Score `examples`: greedy accuracy, format, mean_length, truncation_rate; with k > 1 also
     pass@k (some of k samples right) and sampled_accuracy (the fraction of samples right);
     with tools, tool_call_rate (greedy episodes that called one; sampled_tool_call_rate); with
     step rewards, step_score/<name> and steps/<name> (StepTally; sampled_ ones over the samples).
-    progress(done, total) is called before the first chunk and after each one."""
+    progress(done, total) is called before the first chunk and after each one; reward_fns: the
+    run's built rewards (else built from cfg), for the step scores."""
     if not examples:
         raise ValueError("evaluation needs at least one held-out example (eval.num_examples, task.num_eval)")
     e = cfg.eval
@@ -88,7 +92,7 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config,
     lengths, truncated = [], 0
     greedy_grades, sampled_grades = [], []  # [n, 3] and [n, k, 3]: lenient, format, strict
     called = [0, 0]  # greedy and sampled episodes that called a tool
-    steps = step_graders(cfg)
+    steps = step_graders(cfg, reward_fns)
     greedy_steps, sampled_steps = StepTally(steps), StepTally(steps)
     for start in range(0, len(examples), e.batch_size):
         if progress is not None:

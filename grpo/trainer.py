@@ -348,7 +348,7 @@ class Trainer:
         examples = self.task.eval[: self.cfg.eval.num_examples]
         mine = examples[self.world.rank :: self.world.size]
         with self.world.full_weights(self.model):  # fsdp: generation runs no collectives
-            results = evaluate(self.engine, self.tokenizer, mine, self.cfg, progress) if mine else None
+            results = evaluate(self.engine, self.tokenizer, mine, self.cfg, progress, self.reward_fns) if mine else None
         return merge_results([r for r in self.world.gather_objects(results) if r is not None])
 
     def first_run_check(self, out: Path | None) -> list[str]:
