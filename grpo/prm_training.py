@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from grpo.process_rewards import prm_layout
-from grpo.reward_training import RewardModelTraining, _records, _train
+from grpo.reward_training import RewardModelTraining, read_records, train_with_trainer
 
 IGNORE = -100  # tokens without a step label: out of the loss
 
@@ -33,7 +33,7 @@ def step_samples_from_run(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise ValueError(f"{str(run_dir)!r} is not a run directory: it needs samples.jsonl")
     out = []
-    for number, record in _records(path):
+    for number, record in read_records(path):
         steps = record.get("steps") if isinstance(record, dict) else None
         if not steps:
             continue
@@ -108,7 +108,8 @@ def train_process_reward_model(samples: list[dict[str, Any]], base: str | Path, 
     metrics: dict[str, Any] = {"num_train": len(train), "num_held_out": len(test), "steps": len(steps),
                                "right_step_fraction": sum(steps) / len(steps),
                                "held_out_step_accuracy_before": step_accuracy(model, test, settings.batch_size)}
-    _train(model, tokenizer, Dataset.from_list(train), settings, DataCollatorForTokenClassification(tokenizer))
+    collator = DataCollatorForTokenClassification(tokenizer)  # pads the labels with IGNORE
+    train_with_trainer(model, tokenizer, Dataset.from_list(train), settings, collator)
     metrics["held_out_step_accuracy_after"] = step_accuracy(model, test, settings.batch_size)
     out = Path(out)
     model.save_pretrained(out)

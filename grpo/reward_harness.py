@@ -147,7 +147,7 @@ def _as_steps(value: Any, completion: str, split: str) -> step_splits.Steps | _F
         return _Failure(str(e))
 
 
-def _as_score(value: Any, index: int = 0) -> float | _Failure:
+def _as_score(value: Any) -> float | _Failure:
     """A finite float, or the reason the value is not one."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
@@ -176,7 +176,8 @@ class _Run:
         self.n = len(completions)
         self.batched = hasattr(fn, "batch")
         split = getattr(fn, "steps", None)
-        self.convert = _as_score if split is None else (lambda value, i: _as_steps(value, completions[i], split))
+        self.convert = ((lambda value, i: _as_score(value)) if split is None  # value, row -> outcome
+                        else (lambda value, i: _as_steps(value, completions[i], split)))
         self.outcomes: list[Any] = [_Failure("not run")] * self.n
         self.lock = threading.Lock()
         self.done = threading.Event()

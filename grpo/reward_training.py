@@ -62,7 +62,7 @@ def samples_from_run(run_dir: str | Path, label: str = "accuracy") -> list[Label
     task = build_task(load_config(str(run / "config.yaml")).task)
     by_id = {ex.id: ex for ex in [*task.train, *task.eval, *task.few_shot]}
     out = []
-    for number, record in _records(path):
+    for number, record in read_records(path):
         where = f"{path}:{number}"
         if not isinstance(record, dict) or not isinstance(record.get("completion"), str):
             raise ValueError(f"{where}: a sample needs a string `completion`")
@@ -82,7 +82,8 @@ def samples_from_run(run_dir: str | Path, label: str = "accuracy") -> list[Label
     return out
 
 
-def _records(path: Path):
+def read_records(path: Path):
+    """(line number, JSON value) of each non-blank line; a line that is not JSON names file:line."""
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -122,10 +123,11 @@ def fit(model: Any, tokenizer: Any, samples: list[LabelledSample], settings: Rew
     texts = [reward_model_text(tokenizer, x.prompt, x.completion) for x in samples]
     enc = tokenizer(texts, truncation=True, max_length=settings.max_length, add_special_tokens=False)
     model.config.problem_type = "multi_label_classification"  # one logit: BCE-with-logits
-    _train(model, tokenizer, Dataset.from_dict({**enc, "labels": [[x.label] for x in samples]}), settings)
+    train_with_trainer(model, tokenizer, Dataset.from_dict({**enc, "labels": [[x.label] for x in samples]}), settings)
 
 
-def _train(model: Any, tokenizer: Any, data: Any, settings: RewardModelTraining, collator: Any = None) -> None:
+def train_with_trainer(model: Any, tokenizer: Any, data: Any, settings: RewardModelTraining,
+                       collator: Any = None) -> None:
     """transformers' Trainer over `data`, the global RNG streams restored afterwards."""
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
