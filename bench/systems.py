@@ -78,6 +78,7 @@ def run_grpo(steps: int) -> dict:
         f"algorithm.beta={w['beta']}", f"algorithm.epsilon={w['epsilon']}", "algorithm.loss_type=grpo",
         f"train.learning_rate={w['learning_rate']}", "train.adam_betas=[0.9, 0.999]",
         f"train.micro_batch_size={w['micro_batch_size']}", "task.num_train=10", "task.num_eval=1",
+        f"model.precision={w.get('precision', 'float32')}",
         "log.progress=false", "log.tensorboard=false",
     ])
     trainer = Trainer.build(cfg)

@@ -28,6 +28,7 @@ from grpo.algorithm import (
 )
 from grpo.distributed import launched_world_size
 from grpo.dtypes import DTYPE_NAMES
+from grpo.precision import PRECISION_NAMES
 from grpo.rollout import ENGINE_NAMES, LORA_SYNCS, check_engine
 from grpo.steps import check_split, split_names
 from grpo.tasks.prompts import TEMPLATE_HELP, TOOL_FORMATS, template_error
@@ -75,7 +76,14 @@ class ModelConfig:
         "SmolLM2-135M-Instruct (converted once into the cache).",
     )
     dtype: Literal[DTYPE_NAMES] = doc(
-        "auto", "Weight dtype; auto = float32 on CPU, bfloat16 on CUDA."
+        "auto", "Dtype of the trained weights and optimizer state (the master weights); auto = float32. "
+        "bfloat16 / float16 also compute in that dtype (model.precision is then ignored).",
+    )
+    precision: Literal[PRECISION_NAMES] = doc(
+        "auto", "Dtype the policy's forwards and backward and the reference's forward compute in (torch.autocast; "
+        "log-probs and the loss stay float32). auto: on CPU a ~30 ms product in float32 and bfloat16 at start, "
+        "bfloat16 if it is >= 1.5x faster on this machine, else float32; on CUDA bfloat16 where supported "
+        "(grpo.precision; the choice is written to <run>/precision.json and kept on resume).",
     )
     device: str = doc("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
     gradient_checkpointing: bool = doc(False, "Recompute activations in backward to save memory.")
@@ -159,6 +167,11 @@ class RolloutConfig:
         "loaded by vLLM's LoRA support; the base weights stay). Measured on CPU (bench/vllm_lora_sync.py): "
         "adapter syncs 7-10x faster but vLLM's CPU LoRA kernels generate 2.6-3x slower, so merged is the default."
     )
+    precision: Literal[PRECISION_NAMES] = doc(
+        "auto", "Dtype a rollout's products run in (the decode's linear layers: a bf16 copy of them on CPU, "
+        "autocast elsewhere; the vLLM engine's dtype); auto = model.precision's choice. Below float32 the "
+        "sampler's log-probs differ from the trainer's and algorithm.sampler_correction auto corrects for it.",
+    )
     group_size: int = doc(8, "G: completions sampled per prompt (>= 2).")
     temperature: float = doc(1.0, "Sampling temperature (> 0).")
     top_p: float = doc(1.0, "Nucleus sampling mass in (0, 1].")
@@ -234,8 +247,8 @@ class AlgorithmConfig:
     sampler_correction: Literal[SAMPLER_CORRECTION_NAMES] = doc(
         "auto", "Correct for the sampler's distribution q differing from the trainer's pi_old with "
         "importance weights w = pi_old/q: truncate (TIS, weight min(w, cap)), mask (MIS, weight 0 "
-        "outside [1/cap, cap]), none; auto = truncate for rollout.engine vllm, none otherwise (those "
-        "sample with the trainer's own weights).")
+        "outside [1/cap, cap]), none; auto = truncate for rollout.engine vllm or where rollouts or the trainer "
+        "compute below float32 (grpo.precision), none otherwise (the trainer's own weights and numerics).")
     sampler_correction_level: Literal[SAMPLER_CORRECTION_LEVELS] = doc(
         "token", "w per token, or per completion (exp of the mean token log-ratio).")
     sampler_correction_cap: float = doc(2.0, "The cap C of sampler_correction (> 1).")

@@ -19,6 +19,8 @@ Models with gradient checkpointing keep no cache in training; they take the plai
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -196,9 +198,11 @@ class LocalReference:
     micro_batch_size: int
     device: torch.device
     temperature: float
+    autocast: Callable[[], AbstractContextManager] = nullcontext  # the compute dtype (grpo.precision)
 
     def logprobs(self, batch: Trajectory) -> torch.Tensor:  # [N, C]
-        return batch_logprobs(self.model, batch, self.micro_batch_size, self.device, self.temperature)
+        with self.autocast():
+            return batch_logprobs(self.model, batch, self.micro_batch_size, self.device, self.temperature)
 
     @torch.no_grad()
     def mix_from(self, policy: torch.nn.Module, mix: float) -> None:

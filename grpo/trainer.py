@@ -56,6 +56,9 @@ from grpo.iterative import IterativeRL
 from grpo.logging import NullLogger, RunLogger
 from grpo.logprobs import LocalReference, ReferenceModel, batch_logprobs
 from grpo.loss import PolicyLoss, SamplerCorrection
+from grpo.precision import Precision, start_on_grid
+from grpo.precision import resolve as resolve_precision
+from grpo.precision import save as save_precision
 from grpo.reward_harness import RewardScores, WeightedReward
 from grpo.rollout import RolloutEngine, SamplingParams, build_engine, engine_name
 from grpo.rollout.episodes import EpisodeSampler, SingleTurnSampler, build_sampler
@@ -128,6 +131,7 @@ class Trainer:
     state: TrainerState
     data: DataStream
     world: World
+    precision: Precision  # what forwards, backward and rollouts compute in (grpo.precision)
     iterative: IterativeRL | None = None  # iterative RL: the reward model keeps learning
     last_saved: int | None = field(default=None, init=False)  # the step of the newest checkpoint
 
@@ -154,14 +158,19 @@ class Trainer:
         if device.type == "cpu":
             keep_freed_memory()  # no page faults for each step's tensors (grpo/allocator.py)
         loss = PolicyLoss.from_config(cfg.algorithm, cfg.rollout.episode_tokens)
+        # the compute dtype (measured on this machine under auto); a resumed run keeps its choice
+        precision = resolve_precision(cfg.model.precision, cfg.rollout.precision, next(model.parameters()).dtype,
+                                      device, world, Path(cfg.output_dir) if ckpt is not None else None)
+        if ckpt is None:
+            start_on_grid(model, precision)  # bf16 compute: the master weights start where the forwards see them
         # With beta = 0 the reference model is never loaded (memory and time).
         reference = None
         if loss.needs_reference and cfg.reference.url:  # served by `grpo serve-ref`, elsewhere
             reference = RemoteReference.from_config(cfg.reference, cfg.rollout.temperature)
         elif loss.needs_reference:
-            reference = LocalReference(models.load_reference(cfg.model, model), cfg.train.micro_batch_size,
-                                       device, cfg.rollout.temperature)
-        engine = build_engine(cfg.rollout, model, tokenizer)
+            reference = LocalReference(models.load_reference(cfg.model, model, precision.compute),
+                                       cfg.train.micro_batch_size, device, cfg.rollout.temperature, precision.autocast)
+        engine = build_engine(cfg.rollout, model, tokenizer, precision.rollout)
         params = [p for p in model.parameters() if p.requires_grad]
         # fused: one kernel over all parameters (bundled model on CPU: 0.08 s per step against 0.29)
         optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, betas=tuple(cfg.train.adam_betas),
@@ -178,9 +187,10 @@ class Trainer:
         iterative = IterativeRL.from_config(cfg, reward_fns)
         if iterative is not None and ckpt is not None:
             iterative.load(Path(ckpt))
-        correction = SamplerCorrection.from_config(cfg.algorithm, engine_name(cfg.rollout))
+        correction = SamplerCorrection.from_config(cfg.algorithm, engine_name(cfg.rollout), precision.lowered)
         return cls(cfg, model, tokenizer, reference, engine, sampler, reward_fns, task, loss, correction, optimizer,
-                   scheduler, device, state, DataStream(task.train, cfg.seed, state.examples_seen), world, iterative)
+                   scheduler, device, state, DataStream(task.train, cfg.seed, state.examples_seen), world, precision,
+                   iterative)
 
     # ----------------------------------------------------------------- one step
 
@@ -222,8 +232,9 @@ class Trainer:
             masked = {"truncated_masked": int(self.world.sum(trajectory.finish_reasons.count(FINISH_LENGTH)))}
         # 5. old and reference log-probs, no grad
         mbs, temp = cfg.train.micro_batch_size, cfg.rollout.temperature
-        old_logprobs = (batch_logprobs(self.model, trained, mbs, self.device, temp)
-                        if a.num_iterations > 1 else None)
+        with self.precision.autocast():
+            old_logprobs = (batch_logprobs(self.model, trained, mbs, self.device, temp)
+                            if a.num_iterations > 1 else None)
         ref_logprobs = self.reference.logprobs(trained) if self.reference is not None else None
         lap("logprobs")
         # 6. policy updates (the first one also weighs the sampler's tokens when the correction is on)
@@ -318,7 +329,8 @@ class Trainer:
         fractions, ratio, KL) is the plain mean over the iterations; entropy is the first
         iteration's, the policy that sampled."""
         cfg = self.cfg
-        settings = UpdateSettings(cfg.train.micro_batch_size, cfg.rollout.temperature, self.device)
+        settings = UpdateSettings(cfg.train.micro_batch_size, cfg.rollout.temperature, self.device,
+                                  self.precision.autocast)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]  # fsdp: the shards
         per_iteration = []
         # pi_old for the correction is the policy of the first update, under the sampler's distribution
@@ -384,6 +396,7 @@ class Trainer:
         if main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")
+            save_precision(self.precision, out)
         log = (RunLogger(out, cfg.train.num_steps, start_step=self.state.step, report_to=cfg.log.report_to,
                          config=cfg, progress=cfg.log.progress) if main else NullLogger())
         watch = StepWatch(cfg)
@@ -391,6 +404,7 @@ class Trainer:
         # SIGINT / SIGTERM only set stop.requested; the loop stops between steps (grpo.interrupt),
         # on every rank once any rank got one.
         with StopSignals() as stop, log:  # the logger closes on the way out, whatever happens
+            log.print(self.precision.describe())
             if self.state.step == 0 and cfg.train.first_run_check:
                 for message in self.first_run_check(out if main else None):
                     log.print(f"warning (first-run check): {message}")

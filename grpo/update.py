@@ -16,6 +16,8 @@ step. Neither knows a loss type by name (grpo.loss) or touches an engine.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +40,7 @@ class UpdateSettings:
     micro_batch_size: int
     temperature: float  # the sampling temperature: log-probs are of logits / temperature
     device: torch.device
+    autocast: Callable[[], AbstractContextManager] = nullcontext  # forwards in the compute dtype (grpo.precision)
 
 
 @dataclass
@@ -88,6 +91,17 @@ def accumulate_gradients(
     them), plus `entropy` when asked and the correction's metrics on the update that filled
     its weights.
     """
+    # One autocast region over every micro-batch: its cache keeps each weight's bf16 cast for the
+    # whole update (a region per micro-batch would cast all weights again for each).
+    with settings.autocast():
+        return _accumulate(model, params, trajectory, advantages, old_logprobs, ref_logprobs, loss, world, settings,
+                           with_entropy, sampler)
+
+
+def _accumulate(model: torch.nn.Module, params: list[torch.nn.Parameter], trajectory: Trajectory,
+                advantages: torch.Tensor, old_logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None,
+                loss: PolicyLoss, world: World, settings: UpdateSettings, with_entropy: bool,
+                sampler: SamplerWeights | None) -> dict[str, float]:
     device = settings.device
     # Global normalizers: the micro-batch losses of every rank add up to the whole batch's.
     num_items = world.sum(loss.local_items(trajectory.loss_mask))
@@ -101,7 +115,7 @@ def accumulate_gradients(
         world.gradient_sync(model, prompts is None and i == len(chunks) - 1)  # the last backward
         mb = make_micro_batch(trajectory, rows, device)
         logits = completion_logits(model, trajectory, mb, prompts)  # [b, C', V]
-        logprobs = algorithm.token_logprobs(logits, mb.completion_ids, settings.temperature)
+        logprobs = algorithm.token_logprobs(logits, mb.completion_ids, settings.temperature)  # float32
         entropy = algorithm.token_entropy(logits.detach(), settings.temperature) if with_entropy else None
         C = logprobs.shape[1]
         old = logprobs.detach() if old_logprobs is None else old_logprobs[mb.rows, :C].to(device)

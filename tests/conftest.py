@@ -6,6 +6,19 @@ import pytest
 from tiny import make_tiny_model_dir
 
 
+@pytest.fixture(autouse=True)
+def float32_auto_precision(monkeypatch):
+    """`model.precision: auto` measures the machine (grpo.precision): tests pin its answer to
+    float32 so that a result never depends on the host's bf16 speed. The tests of the choice
+    itself (tests/test_precision.py) call the real measurement through `real_auto_compute`."""
+    import torch
+
+    from grpo import precision
+
+    monkeypatch.setattr(precision, "real_auto_compute", precision.auto_compute, raising=False)
+    monkeypatch.setattr(precision, "auto_compute", lambda device, world=None: (torch.float32, {}, "pinned by tests"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A random tiny Llama + ChatML tokenizer on disk (see tests/tiny.py); built once per session."""

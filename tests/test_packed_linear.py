@@ -64,15 +64,15 @@ def test_greedy_generation_gives_the_same_tokens_with_and_without_reordering(tin
     seen = []
 
     @contextlib.contextmanager
-    def recording(m):
-        with packed_linears(m):
+    def recording(m, dtype):
+        with packed_linears(m, dtype):
             seen.append(len(patched(m)))
             yield
 
-    monkeypatch.setattr(hf, "packed_linears", recording)
+    monkeypatch.setattr(hf, "rollout_linears", recording)
     packed = engine.generate(prompts, greedy)
     assert seen[0] > 0  # the engine did take the reordered path
-    monkeypatch.setattr(hf, "packed_linears", lambda m: torch.no_grad())
+    monkeypatch.setattr(hf, "rollout_linears", lambda m, dtype: torch.no_grad())
     plain = engine.generate(prompts, greedy)
     assert torch.equal(packed.completion_ids, plain.completion_ids)
     assert packed.completions == plain.completions

@@ -69,8 +69,9 @@ def check_engine(cfg: RolloutConfig) -> None:
                          f"rollout.engine = {cfg.engine!r} resolves to {name!r}")
 
 
-def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any) -> RolloutEngine:
-    """The engine named by rollout.engine, generating with `model` (the policy itself). Under
+def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any, dtype: Any = None) -> RolloutEngine:
+    """The engine named by rollout.engine, generating with `model` (the policy itself), its
+    products in `dtype` (grpo.precision's rollout dtype; None = the weights' own). Under
     torchrun every rank builds its engine at the same point: vLLM's start runs collectives."""
     check_engine(cfg)
     name = engine_name(cfg)
@@ -82,6 +83,7 @@ def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any) -> RolloutEngin
         # vLLM sizes its cache per sequence: the prompt limit plus the completion budget
         max_model_len = None if cfg.max_prompt_tokens is None else cfg.max_prompt_tokens + cfg.episode_tokens
         options = {"max_model_len": max_model_len, "stop_strings": bool(cfg.stop) or cfg.multi_turn,
-                   "lora_sync": cfg.vllm_lora_sync, **cfg.vllm}
+                   "lora_sync": cfg.vllm_lora_sync, "dtype": dtype, **cfg.vllm}  # rollout.vllm.dtype wins
         return engine_class(name)(model, tokenizer, max_prompt_tokens=prompt_limit, **options)
-    return engine_class(name)(model, tokenizer, max_prompt_tokens=prompt_limit)
+    dtype = dtype or next(model.parameters()).dtype
+    return engine_class(name)(model, tokenizer, max_prompt_tokens=prompt_limit, dtype=dtype)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from grpo.packed_linear import packed_linears
+from grpo.packed_linear import rollout_linears
 from grpo.rollout.base import (
     FINISH_EOS,
     FINISH_LENGTH,
@@ -32,13 +32,16 @@ class TransformersEngine:
     """Engine over a (possibly peft-wrapped) causal LM and its tokenizer.
 
     max_prompt_tokens: prompts longer than this raise ValueError; None = the model's
-    context (max_position_embeddings) minus max_new_tokens.
+    context (max_position_embeddings) minus max_new_tokens. dtype: what the linear layers of a
+    rollout compute in (rollout.precision; grpo.packed_linear.rollout_linears).
     """
 
     decodes_with_policy = True  # the policy module itself runs the decode (not a copy elsewhere)
 
-    def __init__(self, model: Any, tokenizer: Any, max_prompt_tokens: int | None = None):
+    def __init__(self, model: Any, tokenizer: Any, max_prompt_tokens: int | None = None,
+                 dtype: torch.dtype = torch.float32):
         self.model = model
+        self.dtype = dtype
         self.version = 0  # optimizer updates the sampling weights have seen (sync_weights)
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
@@ -73,7 +76,7 @@ class TransformersEngine:
         P = max(len(p) for p in prompts)
         unique_ids = torch.tensor([[self.pad_id] * (P - len(p)) + p for p in prompts], device=device)  # [B, P]
         unique_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], device=device)  # [B, P]
-        reordered = packed_linears(self.model) if self.decodes_with_policy else nullcontext()
+        reordered = rollout_linears(self.model, self.dtype) if self.decodes_with_policy else nullcontext()
         with _eval_mode(self.model), torch.no_grad(), _seeded(params.seed, device), reordered:
             # no_grad, not inference_mode: the ids feed later forwards that need autograd
             completion_ids, logprobs = self._sample(unique_ids, unique_mask, params)  # [N, C] each

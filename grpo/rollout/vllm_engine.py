@@ -78,8 +78,8 @@ class VLLMEngine(TransformersEngine):
     model's context. stop_strings: the run samples with stop strings (vLLM then needs its
     tokenizer to detokenize). lora_sync: a key of grpo.rollout.LORA_SYNCS (rollout.vllm_lora_sync),
     what a LoRA policy's syncs send. Other keyword arguments go to vllm.LLM (enforce_eager,
-    gpu_memory_utilization, kv_cache_memory_bytes, seed, ...), over these defaults: the
-    policy's dtype, seed = the process's rank (0 in one process), on GPU
+    gpu_memory_utilization, kv_cache_memory_bytes, seed, ...), over these defaults: dtype
+    (rollout.precision's, else the policy's), seed = the process's rank (0 in one process), on GPU
     gpu_memory_utilization 0.3 (the trainer shares the GPU), on CPU a 1 GiB KV cache and
     enforce_eager (no torch.compile).
     """
@@ -88,7 +88,7 @@ class VLLMEngine(TransformersEngine):
 
     def __init__(self, model: Any, tokenizer: Any, max_prompt_tokens: int | None = None,
                  max_model_len: int | None = None, model_path: str | None = None, stop_strings: bool = False,
-                 lora_sync: str = "merged", **engine_options: Any):
+                 lora_sync: str = "merged", dtype: torch.dtype | str | None = None, **engine_options: Any):
         super().__init__(model, tokenizer, max_prompt_tokens)
         vllm = import_vllm()
         world = _joined_world()
@@ -99,7 +99,7 @@ class VLLMEngine(TransformersEngine):
             raise ValueError(f"the vllm engine needs the policy's HF directory; got {path!r} "
                              "(pass model_path)")
         device = next(model.parameters()).device
-        dtype = next(base.parameters()).dtype
+        dtype = dtype or next(base.parameters()).dtype  # rollout.precision; synced weights are cast to it
         options: dict[str, Any] = dict(
             model=str(path),
             dtype=str(dtype).removeprefix("torch."),
