@@ -75,8 +75,10 @@ class PolicyLoss:
 class SamplerCorrection:
     """Importance weights pi_old / q for the tokens an engine sampled (mode none: no weights).
 
-    `auto` resolves here, once: truncate for the vllm engine (its own copy of the weights, its
-    own kernels and dtype), none for the engines that sample with the trainer's own module.
+    `auto` resolves here, once: truncate for the vllm and server engines (their own copy of
+    the weights, their own kernels and dtype) and for asynchronous generation (max_staleness >
+    0: q is an older policy than pi_old), none for the engines that sample with the trainer's
+    own module.
     """
 
     mode: str  # none | truncate | mask
@@ -84,10 +86,10 @@ class SamplerCorrection:
     cap: float
 
     @classmethod
-    def from_config(cls, a: AlgorithmConfig, engine: str) -> SamplerCorrection:
+    def from_config(cls, a: AlgorithmConfig, engine: str, max_staleness: int = 0) -> SamplerCorrection:
         mode = a.sampler_correction
         if mode == "auto":
-            mode = "truncate" if engine == "vllm" else "none"
+            mode = "truncate" if engine in ("vllm", "server") or max_staleness > 0 else "none"
         return cls(mode, a.sampler_correction_level, a.sampler_correction_cap)
 
     @property
