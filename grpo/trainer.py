@@ -328,7 +328,7 @@ class Trainer:
                                             lambda examples: self.sampler.sample(examples, self.sampling_params()),
                                             k // cfg.algorithm.num_iterations, cfg.train.prompts_per_step,
                                             self.engine.refresh)
-        arrived = self.pipeline.next()
+        arrived = self.pipeline.next(cfg.train.num_steps - self.state.step)
         lap("generation")  # the time the loop waited for it
         trajectory, version = arrived.trajectory, self.state.num_updates
         ages = staleness(trajectory.policy_version, version, k)

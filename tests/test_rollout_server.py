@@ -4,6 +4,7 @@ generation (rollout.max_staleness), on loopback with the tiny model."""
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -175,16 +176,19 @@ def test_async_runs_keep_the_staleness_bound_and_resume_in_the_same_order(tmp_pa
     assert [r["trained_version"] for r in records] == [0, 1, 2, 3, 4]
     metrics = read_metrics(full.output_dir)
     assert all(m["async/staleness_max"] <= 2 for m in metrics) and "is_weight/mean" in metrics[0]  # correction on
-    # stopped after step 2 (rollouts for steps 3 and 4 in flight), resumed: the same prompts in the same order
+    # resumed from the checkpoint of step 1, when step 2's rollouts were in flight: they are dropped
+    # and generated again from the checkpoint's weights; the prompts and their order are the same
     half = async_config(tmp_path / "half", tiny_model_dir, data_file, server.url, "train.num_steps=2")
     train(half)
+    shutil.rmtree(Path(half.output_dir) / "checkpoint-000002")
     resumed = async_config(tmp_path / "half", tiny_model_dir, data_file, server.url, "train.num_steps=5",
                            "resume=true")
     train(resumed)
     again = rollouts(half.output_dir)
     assert [r["example_ids"] for r in again] == [r["example_ids"] for r in records]
     assert [r["step"] for r in again] == [1, 2, 3, 4, 5]
-    assert again[2]["policy_versions"] == [2] * 8  # regenerated from the checkpoint's weights
+    assert records[1]["policy_versions"] == [0] * 8  # generated ahead, before the first update
+    assert again[1]["policy_versions"] == [1] * 8  # generated again from the checkpoint's weights
 
 
 @pytest.mark.parametrize("overrides, field", [

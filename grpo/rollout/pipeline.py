@@ -102,9 +102,10 @@ class RolloutPipeline:
         """Stream positions taken for batches not yet trained on."""
         return len(self.in_flight) * self.stride
 
-    def next(self) -> Arrived:
-        """Step s's batch; batches up to s + lag are requested first (after this step's weights)."""
-        while len(self.in_flight) < self.lag + 1:
+    def next(self, remaining: int) -> Arrived:
+        """Step s's batch; batches up to s + lag are requested first (after this step's weights),
+        none past the run's last step (`remaining`: steps left, this one included)."""
+        while len(self.in_flight) < min(self.lag + 1, remaining):
             examples = self.take_prompts()
             self.in_flight.append((examples, self.executor.submit(self._timed, examples)))
         examples, future = self.in_flight.popleft()
