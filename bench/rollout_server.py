@@ -65,6 +65,7 @@ def run_steps(name: str, steps: int, overrides: list[str], out: Path) -> dict:
     keys = ("time/step", "time/generation", "time/rewards", "time/logprobs", "time/update", "async/staleness_mean",
             "async/generation_seconds")
     result = {k: round(statistics.median(m[k] for m in metrics), 2) for k in keys if k in metrics[0]}
+    result["tokens_generated"] = sum(m["tokens_generated"] for m in metrics)  # steps 2-5: lengths differ by run
     result["wall_seconds"] = round(wall, 1)
     print(name, result, flush=True)
     return result

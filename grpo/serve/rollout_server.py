@@ -235,6 +235,8 @@ def main(argv: list[str]) -> int:
                         "shared_prefix, transformers or vllm")
     parser.add_argument("--vllm", default="{}", help="JSON keyword arguments for vllm.LLM (engine vllm), e.g. "
                         "'{\"tensor_parallel_size\": 2, \"gpu_memory_utilization\": 0.9}'")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the server's sampling (requests without a seed draw from it, in arrival order)")
     parser.add_argument("--token-env", default="GRPO_ROLLOUT_TOKEN", help="environment variable with the bearer token")
     parser.add_argument("--group-timeout", type=float, default=120.0,
                         help="seconds to wait for the trainer's side of a weight group or push")
@@ -246,6 +248,7 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         raise ValueError(f"--vllm = {ns.vllm!r} is not JSON: {e}") from None
     token = require_token(ns.token_env, "rollout.token_env")
+    torch.manual_seed(ns.seed)  # a lockstep run through a fresh server samples reproducibly
     service, group_port = build_service(ns.model, engine=ns.engine, device=ns.device, dtype=ns.dtype, host=ns.host,
                                         group_port=ns.port + 1 if ns.group_port is None else ns.group_port,
                                         engine_options=vllm_options, group_timeout=ns.group_timeout)
