@@ -1,4 +1,4 @@
-"""`grpo train | eval | check | report | serve-ref`.
+"""`grpo train | eval | check | report | serve-ref | serve-rollout | train-rm`.
 
     grpo train [overrides...]                   the demo recipe (configs/demo.yaml)
     grpo train configs/gsm8k.yaml train.num_steps=200 algorithm.beta=0.04
@@ -8,6 +8,7 @@
     grpo check [config.yaml] [overrides...] [--no-model]   can the rewards tell right from wrong?
     grpo report runs/demo                       runs/demo/report.html and runs/demo/plots/*.png
     grpo serve-ref --model PATH [--port 8765]   reference log-probs over HTTP (reference.url)
+    grpo serve-rollout --model PATH [--port 8766]   generation over HTTP (rollout.engine=server)
     grpo train-rm runs/demo --base PATH --out DIR   a reward model from a run's samples
 
 Every way a command can fail ends in one line on stderr, `grpo <command>: ...`, naming
@@ -131,17 +132,18 @@ def cmd_help_config() -> int:
     return 0
 
 
-def cmd_serve_ref(args: list[str]) -> int:
+def cmd_serve(name: str, module: str, args: list[str]) -> int:
+    """`grpo serve-ref` (grpo.serve.server) or `grpo serve-rollout` (grpo.serve.rollout_server)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        from grpo.serve.server import main as serve_main
+        serve_main = __import__(module, fromlist=["main"]).main
     except ImportError as e:
-        print(f"grpo serve-ref: error: {e}; install the server with `pip install grpo[serve]`", file=sys.stderr)
+        print(f"grpo {name}: error: {e}; install the server with `pip install grpo[serve]`", file=sys.stderr)
         return 2
     try:
         return serve_main(args)
     except ValueError as e:
-        print(f"grpo serve-ref: error: {e}", file=sys.stderr)
+        print(f"grpo {name}: error: {e}", file=sys.stderr)
         return 2
 
 
@@ -209,7 +211,9 @@ def exit_past_abandoned_calls(status: int) -> int:
 
 def run_command(argv: list[str]) -> int:
     if argv[:1] == ["serve-ref"]:  # its own options (and --help): see grpo/serve/server.py
-        return cmd_serve_ref(argv[1:])
+        return cmd_serve("serve-ref", "grpo.serve.server", argv[1:])
+    if argv[:1] == ["serve-rollout"]:  # see grpo/serve/rollout_server.py
+        return cmd_serve("serve-rollout", "grpo.serve.rollout_server", argv[1:])
     if argv[:1] == ["train-rm"]:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -219,7 +223,8 @@ def run_command(argv: list[str]) -> int:
             print(f"grpo train-rm: error: {' '.join(str(e).split())}", file=sys.stderr)
             return 2
     parser = argparse.ArgumentParser(prog="grpo", description="GRPO training on verifiable rewards")
-    parser.add_argument("command", choices=["train", "eval", "check", "report", "serve-ref", "train-rm"])
+    parser.add_argument("command", choices=["train", "eval", "check", "report", "serve-ref", "serve-rollout",
+                                                 "train-rm"])
     parser.add_argument("--help-config", action="store_true", help="list every config field")
     parser.add_argument("--no-model", action="store_true", help="grpo check: skip sampling from the model")
     ns, rest = parser.parse_known_args(argv)

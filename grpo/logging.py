@@ -100,7 +100,8 @@ class RunLogger:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
         self.samples_path = self.dir / "samples.jsonl"
-        for path in (self.metrics_path, self.samples_path):
+        self.rollouts_path = self.dir / "rollouts.jsonl"  # asynchronous runs: what each step trained on
+        for path in (self.metrics_path, self.samples_path, self.rollouts_path):
             truncate_jsonl(path, start_step)
         # An evaluation at the resume step is redone when it is the one before training (step 0)
         # or the one after it (step total_steps); one in between preceded its checkpoint and stays.
@@ -175,6 +176,10 @@ class RunLogger:
         if samples:
             self._append(self.samples_path, [{"step": step, **sample} for sample in samples], essential=False)
             self._to_trackers("log_samples", step, samples)
+
+    def log_rollouts(self, step: int, order: dict[str, Any]) -> None:
+        """The data order: a step's example ids and the policy version of each of its samples."""
+        self._append(self.rollouts_path, [{"step": step, **order}], essential=True)
 
     def log_eval(self, step: int, results: dict[str, Any]) -> None:
         self._append(self.dir / "eval.jsonl", [{"step": step, **results}], essential=True)

@@ -75,11 +75,12 @@ class PolicyLoss:
 class SamplerCorrection:
     """Importance weights pi_old / q for the tokens an engine sampled (mode none: no weights).
 
-    `auto` resolves here, once: truncate for the vllm engine (its own copy of the weights, its
-    own kernels and dtype) and wherever rollouts or the trainer compute below float32
-    (grpo.precision: bf16 rounding separates the sampler's log-probs from the trainer's, mean
-    |difference| ~0.02 per token measured on the bundled model), none for the engines that
-    sample with the trainer's own module in float32.
+    `auto` resolves here, once: truncate for the vllm and server engines (their own copy of
+    the weights, their own kernels and dtype), for asynchronous generation (max_staleness >
+    0: q is an older policy than pi_old) and wherever rollouts or the trainer compute below
+    float32 (grpo.precision: bf16 rounding separates the sampler's log-probs from the
+    trainer's, mean |difference| ~0.02 per token measured on the bundled model), none for
+    the engines that sample with the trainer's own module in float32.
     """
 
     mode: str  # none | truncate | mask
@@ -87,11 +88,12 @@ class SamplerCorrection:
     cap: float
 
     @classmethod
-    def from_config(cls, a: AlgorithmConfig, engine: str, lowered: bool = False) -> SamplerCorrection:
+    def from_config(cls, a: AlgorithmConfig, engine: str, max_staleness: int = 0,
+                    lowered: bool = False) -> SamplerCorrection:
         """lowered: something computes below float32 (grpo.precision.Precision.lowered)."""
         mode = a.sampler_correction
         if mode == "auto":
-            mode = "truncate" if engine == "vllm" or lowered else "none"
+            mode = "truncate" if engine in ("vllm", "server") or max_staleness > 0 or lowered else "none"
         return cls(mode, a.sampler_correction_level, a.sampler_correction_cap)
 
     @property

@@ -16,6 +16,8 @@ One step, as numbered in `train_step` below:
   8. metrics and sample completions to the run directory
 and, at their intervals, held-out evaluation and an atomic checkpoint. Under torchrun each
 process runs this same loop on its share of the prompts (grpo.distributed: `self.world`).
+With rollout.max_staleness > 0, steps 1-2 take a batch that a background thread generated
+while earlier steps trained (grpo.rollout.pipeline: at most max_staleness updates old).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from grpo.precision import save as save_precision
 from grpo.reward_harness import RewardScores, WeightedReward
 from grpo.rollout import RolloutEngine, SamplingParams, build_engine, engine_name
 from grpo.rollout.episodes import EpisodeSampler, SingleTurnSampler, build_sampler
+from grpo.rollout.pipeline import RolloutPipeline, staleness
 from grpo.serve.client import RemoteReference
 from grpo.step_metrics import rollout_metrics, sample_records
 from grpo.steps import place_steps
@@ -134,6 +137,8 @@ class Trainer:
     precision: Precision  # what forwards, backward and rollouts compute in (grpo.precision)
     iterative: IterativeRL | None = None  # iterative RL: the reward model keeps learning
     last_saved: int | None = field(default=None, init=False)  # the step of the newest checkpoint
+    pipeline: RolloutPipeline | None = field(default=None, init=False)  # max_staleness > 0: rollouts in flight
+    trained_order: dict[str, Any] | None = field(default=None, init=False)  # async: the last step's data order
 
     @classmethod
     def build(cls, cfg: Config, loaded: models.LoadedModel | None = None) -> Trainer:
@@ -187,7 +192,8 @@ class Trainer:
         iterative = IterativeRL.from_config(cfg, reward_fns)
         if iterative is not None and ckpt is not None:
             iterative.load(Path(ckpt))
-        correction = SamplerCorrection.from_config(cfg.algorithm, engine_name(cfg.rollout), precision.lowered)
+        correction = SamplerCorrection.from_config(cfg.algorithm, engine_name(cfg.rollout), cfg.rollout.max_staleness,
+                                                   precision.lowered)
         return cls(cfg, model, tokenizer, reference, engine, sampler, reward_fns, task, loss, correction, optimizer,
                    scheduler, device, state, DataStream(task.train, cfg.seed, state.examples_seen), world, precision,
                    iterative)
@@ -283,6 +289,8 @@ class Trainer:
         group with signal trains on its last round as it is (advantages 0: only the KL term).
         """
         cfg, a, G, world = self.cfg, self.cfg.algorithm, self.cfg.rollout.group_size, self.world
+        if cfg.rollout.max_staleness > 0:
+            return self.collect_ahead(lap)
         share = cfg.train.prompts_per_step // world.size
         kept: list[tuple[list[Example], Trajectory, RewardScores]] = []
         num_kept = num_dropped = rounds = 0
@@ -322,6 +330,26 @@ class Trainer:
                 {"dynamic/rounds": rounds, "dynamic/prompts_drawn": drawn,
                  "dynamic/groups_dropped": world.sum(num_dropped) / drawn,
                  "dynamic/groups_with_signal": int(world.sum(num_kept))})
+
+    def collect_ahead(self, lap) -> tuple[list[Example], Trajectory, RewardScores, dict[str, float]]:
+        """Steps 1-3 with rollout.max_staleness > 0: this step's batch from the pipeline (the next
+        steps' are requested now, after the last push), scored on arrival."""
+        cfg, k = self.cfg, self.cfg.rollout.max_staleness
+        if self.pipeline is None:
+            self.pipeline = RolloutPipeline(lambda: self.world.shard(self.data.take(cfg.train.prompts_per_step)),
+                                            lambda examples: self.sampler.sample(examples, self.sampling_params()),
+                                            k // cfg.algorithm.num_iterations, cfg.train.prompts_per_step,
+                                            self.engine.refresh)
+        arrived = self.pipeline.next(cfg.train.num_steps - self.state.step)
+        lap("generation")  # the time the loop waited for it
+        trajectory, version = arrived.trajectory, self.state.num_updates
+        ages = staleness(trajectory.policy_version, version, k)
+        grouped = [ex for ex in arrived.examples for _ in range(cfg.rollout.group_size)]
+        scores = rewards.score(self.reward_fns, trajectory.completions, grouped, cfg.reward_timeout)
+        lap("rewards")
+        self.trained_order = {"trained_version": version, "example_ids": [ex.id for ex in arrived.examples],
+                              "policy_versions": trajectory.policy_version.tolist()}
+        return arrived.examples, trajectory, scores, {**ages, "async/generation_seconds": arrived.generation_seconds}
 
     def update(self, trajectory: Trajectory, advantages: torch.Tensor, old_logprobs: torch.Tensor | None,
                ref_logprobs: torch.Tensor | None) -> dict[str, float]:
@@ -376,7 +404,8 @@ class Trainer:
 
     def save(self) -> Path | None:
         """A checkpoint of this step: every rank gathers, rank 0 writes (and returns its path)."""
-        self.state.examples_seen = self.data.position
+        # rollouts in flight are dropped: a resumed run requests their prompts again
+        self.state.examples_seen = self.data.position - (self.pipeline.prompts_in_flight if self.pipeline else 0)
         snapshot = take_snapshot(self.model, self.optimizer, self.scheduler, self.world)
         if self.state.reference_moved:
             snapshot.reference = parameter_state(self.reference.model)
@@ -415,6 +444,8 @@ class Trainer:
                 metrics, samples = self.train_step()
                 self.state.step += 1
                 step = self.state.step
+                if self.trained_order is not None:  # async: every step's prompts and sample versions
+                    log.log_rollouts(step, self.trained_order)
                 if step % cfg.log.every == 0 or step == cfg.train.num_steps:
                     log.log_step(step, metrics)
                     log.log_samples(step, samples)
@@ -453,5 +484,7 @@ def train(cfg: Config, loaded: models.LoadedModel | None = None) -> dict[str, An
     try:
         return trainer.run()
     finally:
+        if trainer.pipeline is not None:
+            trainer.pipeline.close()
         trainer.engine.close()  # first: vLLM's shutdown under torchrun also ends the process group
         trainer.world.close()

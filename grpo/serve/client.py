@@ -10,7 +10,6 @@ server's limits) are not, since asking again cannot help.
 from __future__ import annotations
 
 import http.client
-import json
 import logging
 import os
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from grpo.config import ReferenceConfig
+from grpo.serve.common import error_text
 from grpo.serve.protocol import LOGPROBS_PATH, decode_response, encode_request
 
 log = logging.getLogger("grpo.serve")
@@ -69,7 +69,7 @@ class RemoteReference:
                 with urllib.request.urlopen(request, timeout=self.timeout) as reply:
                     return reply.read()
             except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code}: {_error_text(e)}"
+                last = f"HTTP {e.code}: {error_text(e)}"
                 if e.code < 500 and e.code not in RETRIED_STATUS:
                     raise ReferenceServerError(f"reference server {endpoint} refused the request: {last}") from None
             except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
@@ -84,14 +84,3 @@ class RemoteReference:
             f"{time.monotonic() - start:.0f} s (reference.max_retries={self.max_retries}); last failure: {last}"
         )
 
-
-def _error_text(e: urllib.error.HTTPError) -> str:
-    """The server's {"error": ...} message, or the raw start of the body."""
-    try:
-        raw = e.read()
-    except OSError:
-        return e.reason
-    try:
-        return str(json.loads(raw)["error"])
-    except (ValueError, KeyError, TypeError):
-        return raw[:200].decode("utf-8", "replace") or str(e.reason)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 from safetensors.torch import load, save
 
+from grpo.serve.common import BadRequest
 from grpo.trajectory import TokenSequences
 
 LOGPROBS_PATH = "/v1/logprobs"
@@ -43,14 +44,6 @@ class Limits:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-class BadRequest(ValueError):
-    """A request the server refuses; `status` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def encode_request(batch: TokenSequences, temperature: float) -> bytes:

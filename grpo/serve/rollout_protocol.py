@@ -1,0 +1,147 @@
+"""The rollout server's wire format: safetensors (tensors, plus JSON in its metadata) and
+JSON, never pickle. Every request is checked here before it reaches the engine.
+
+    POST /v1/generate     Authorization: Bearer <token>
+      safetensors {prompt_ids [sum of lengths] int64, prompt_lengths [B] int64}, the prompts'
+      token ids one after another; metadata "request": JSON {group_size, temperature, top_p,
+      top_k, max_new_tokens, seed, stop, min_version}
+      200: safetensors {completion_ids, completion_mask, loss_mask [N, C] int64,
+           sampler_logprobs [N, C] float32, policy_version [N] int64}, N = B * group_size in
+           group order; metadata "reply": JSON {completions, finish_reasons, instance}
+      409: the server's weights are older than min_version (it restarted: push them again)
+    POST /v1/session      JSON {"session": "<hex>"}: join a weight group under that name
+    POST /v1/weights      JSON {"session", "version", "tensors": [{name, shape, dtype}, ...]}:
+      receive these tensors over the session's group (grpo.serve.weights), then swap them in
+      between two generations; later samples carry `version`
+    GET /health -> JSON {status, instance, version, group_port, limits} (no token needed)
+
+`instance` is a random id drawn when the server starts: a trainer that sees it change knows
+the server restarted and lost the weights it was sent.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from safetensors.torch import load, save
+
+from grpo.rollout.base import SamplingParams
+from grpo.serve.common import BadRequest
+from grpo.serve.protocol import HEALTH_PATH, Limits
+from grpo.serve.weights import DTYPES, TensorSpec
+
+GENERATE_PATH, SESSION_PATH, WEIGHTS_PATH = "/v1/generate", "/v1/session", "/v1/weights"
+__all__ = ["GENERATE_PATH", "HEALTH_PATH", "SESSION_PATH", "WEIGHTS_PATH", "Limits"]
+REPLY_TENSORS = {"completion_ids": torch.int64, "completion_mask": torch.int64, "loss_mask": torch.int64,
+                 "sampler_logprobs": torch.float32, "policy_version": torch.int64}
+
+
+def metadata(body: bytes) -> dict[str, str]:
+    """A safetensors file's string metadata (its JSON header's `__metadata__`)."""
+    (size,) = struct.unpack("<Q", body[:8])
+    header = json.loads(body[8 : 8 + size])
+    return header.get("__metadata__") or {}
+
+
+def _parse(body: bytes, key: str) -> tuple[dict[str, torch.Tensor], Any]:
+    try:
+        tensors = load(body)
+        return tensors, json.loads(metadata(body)[key])
+    except Exception as e:  # noqa: BLE001 - the parsers' error types are not public API
+        raise BadRequest(400, f"the body is not a safetensors file with `{key}` metadata ({type(e).__name__}: {e})") from None
+
+
+def encode_generate(prompts: list[list[int]], params: SamplingParams, min_version: int) -> bytes:
+    flat = torch.tensor([i for p in prompts for i in p], dtype=torch.int64)
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int64)
+    request = {**asdict(params), "stop": list(params.stop), "min_version": min_version}
+    return save({"prompt_ids": flat, "prompt_lengths": lengths}, metadata={"request": json.dumps(request)})
+
+
+def decode_generate(body: bytes, limits: Limits, vocab_size: int) -> tuple[list[list[int]], SamplingParams, int]:
+    """(prompts as token ids, sampling params, min_version); BadRequest naming what is wrong."""
+    tensors, request = _parse(body, "request")
+    flat, lengths = tensors.get("prompt_ids"), tensors.get("prompt_lengths")
+    if flat is None or lengths is None or flat.dtype != torch.int64 or lengths.dtype != torch.int64 \
+            or flat.dim() != 1 or lengths.dim() != 1:
+        raise BadRequest(400, "prompt_ids and prompt_lengths must be 1-D int64 tensors")
+    if not isinstance(request, dict):
+        raise BadRequest(400, "the request metadata must be a JSON object")
+    fields = ("group_size", "temperature", "top_p", "top_k", "max_new_tokens", "seed", "stop")
+    try:
+        params = SamplingParams(**{k: request[k] for k in fields} | {"stop": tuple(request["stop"])})
+        min_version = int(request["min_version"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadRequest(400, f"bad sampling parameters: {type(e).__name__}: {e}") from None
+    B = lengths.shape[0]
+    if B < 1 or (lengths < 1).any() or int(lengths.sum()) != flat.shape[0]:
+        raise BadRequest(400, "every prompt needs >= 1 token and prompt_lengths must sum to len(prompt_ids)")
+    rows, tokens = B * params.group_size, B * params.group_size * (int(lengths.max()) + params.max_new_tokens)
+    if rows > limits.max_rows or tokens > limits.max_tokens:
+        raise BadRequest(413, f"{rows} rows and up to {tokens} tokens are over the server's limits "
+                              f"(max_rows={limits.max_rows}, max_tokens={limits.max_tokens})")
+    if flat.min() < 0 or flat.max() >= vocab_size:
+        raise BadRequest(400, f"prompt_ids holds ids outside [0, {vocab_size}) (another tokenizer?)")
+    return [p.tolist() for p in flat.split(lengths.tolist())], params, min_version
+
+
+def encode_reply(trajectory: Any, instance: str) -> bytes:
+    tensors = {name: getattr(trajectory, name).detach().to("cpu", dtype).contiguous()
+               for name, dtype in REPLY_TENSORS.items()}
+    reply = {"completions": [str(c) for c in trajectory.completions],
+             "finish_reasons": list(trajectory.finish_reasons), "instance": instance}
+    return save(tensors, metadata={"reply": json.dumps(reply)})
+
+
+def decode_reply(body: bytes, num_rows: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """The reply's tensors and JSON; ValueError when it is not what was asked for."""
+    try:
+        tensors, reply = _parse(body, "reply")
+    except BadRequest as e:
+        raise ValueError(str(e)) from None
+    for name, dtype in REPLY_TENSORS.items():
+        t = tensors.get(name)
+        if t is None or t.dtype != dtype or t.shape[0] != num_rows:
+            raise ValueError(f"the reply's {name} is not {dtype} with {num_rows} rows")
+    if len(reply.get("completions", [])) != num_rows or len(reply.get("finish_reasons", [])) != num_rows:
+        raise ValueError(f"the reply does not hold {num_rows} completions and finish reasons")
+    return tensors, reply
+
+
+def decode_session(body: bytes) -> str:
+    session = _json(body).get("session")
+    if not (isinstance(session, str) and 1 <= len(session) <= 64 and session.isalnum()):
+        raise BadRequest(400, "session must be 1-64 letters and digits")
+    return session
+
+
+def decode_weights(body: bytes) -> tuple[str, int, list[TensorSpec]]:
+    """(session, version, tensor specs) of a weight announcement."""
+    data = _json(body)
+    session = decode_session(body)
+    version, specs = data.get("version"), data.get("tensors")
+    if not isinstance(version, int) or version < 0 or not isinstance(specs, list) or not specs:
+        raise BadRequest(400, "version must be an integer >= 0 and tensors a non-empty list")
+    out = []
+    for s in specs:
+        ok = (isinstance(s, dict) and isinstance(s.get("name"), str) and s.get("dtype") in DTYPES
+              and isinstance(s.get("shape"), list) and all(isinstance(n, int) and n >= 0 for n in s["shape"]))
+        if not ok:
+            raise BadRequest(400, f"bad tensor spec {str(s)[:200]}: expected {{name, shape, dtype in "
+                                  f"{', '.join(DTYPES)}}}")
+        out.append(TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]))
+    return session, version, out
+
+
+def _json(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(400, f"the body is not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise BadRequest(400, "the body must be a JSON object")
+    return data
