@@ -1,6 +1,10 @@
 """One system's benchmark run in its own process: `python bench/systems.py grpo|trl --steps 8 --out f.json`.
 
 `python bench/systems.py make-prompts` writes bench/prompts.jsonl (the fixed prompt file).
+WORK["model"] picks the model: `bundled` (SmolLM2-135M-Instruct) or a shape of SHAPES, a
+model of that architecture with random weights (seed 0) built from its config and the bundled
+tokenizer, written once under the cache (speed needs the shape, not trained weights; nothing
+is downloaded). Random weights never emit EOS, so every completion runs to max_new_tokens.
 Each run: 1 warm-up step, then `steps` timed steps; per step the seconds per phase, tokens
 generated, prompt/completion token counts (for the floor) and the mean reward.
 """
@@ -48,6 +52,51 @@ def prompt_token_counts(tokenizer, examples: list[Example]) -> list[int]:
     return [len(tokenizer(PromptFormat().render(tokenizer, ex), add_special_tokens=False)["input_ids"]) for ex in examples]
 
 
+# Configs of public models' shapes (their config.json values; weights random).
+SHAPES = {
+    "smollm2-360m": ("LlamaConfig", dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                                         num_attention_heads=15, num_key_value_heads=5, vocab_size=49152,
+                                         max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                                         tie_word_embeddings=True)),
+    "qwen2.5-0.5b": ("Qwen2Config", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                                         max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                                         tie_word_embeddings=True)),
+}
+
+
+def model_dir(name: str) -> Path:
+    """The HF directory of WORK["model"]: the bundled model, or a random model of a SHAPES shape."""
+    from grpo.models import bundled_model_dir, cache_root
+
+    if name == "bundled":
+        return bundled_model_dir()
+    out = cache_root() / "bench-shapes" / name
+    if not (out / "config.json").is_file():
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kind, fields = SHAPES[name]
+        tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+        config = getattr(transformers, kind)(**fields, bos_token_id=tokenizer.bos_token_id,
+                                             eos_token_id=tokenizer.eos_token_id)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        tmp = out.with_name(out.name + ".tmp")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(out)
+    return out
+
+
+def num_params(path: Path) -> int:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    return sum(p.numel() for p in model.parameters())  # tied weights once
+
+
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -70,8 +119,9 @@ def run_grpo(steps: int) -> dict:
 
     t0 = time.time()
     w = WORK
+    path = model_dir(w.get("model", "bundled"))
     cfg = load_config(None, [
-        f"output_dir={tempfile.mkdtemp()}", f"seed={w['seed']}", f"rollout.engine={w.get('engine', 'shared_prefix')}",
+        f"model.path={path}", f"output_dir={tempfile.mkdtemp()}", f"seed={w['seed']}", f"rollout.engine={w.get('engine', 'shared_prefix')}",
         *([f"rollout.vllm={json.dumps(w['vllm'])}"] if "vllm" in w else []),
         f"rollout.group_size={w['group_size']}", f"rollout.max_new_tokens={w['max_new_tokens']}",
         f"rollout.temperature={w['temperature']}", f"train.prompts_per_step={w['prompts_per_step']}",
@@ -99,7 +149,8 @@ def run_grpo(steps: int) -> dict:
             "completion_tokens": m["tokens_generated"], "max_completion": m["completion_length/max"],
         })
         print(f"grpo step {i}: {m['time/step']:.1f} s, reward {m['reward/mean']:.2f}", flush=True)
-    return {"steps": records, "peak_rss_gib": peak_rss_gib(), "startup_s": startup}
+    return {"steps": records, "peak_rss_gib": peak_rss_gib(), "startup_s": startup, "num_params": num_params(path),
+            "precision": trainer.precision.record()}
 
 
 def run_trl(steps: int) -> dict:
@@ -107,12 +158,10 @@ def run_trl(steps: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from grpo.models import bundled_model_dir
-
     t0 = time.time()
     w = WORK
     timers: dict[str, float] = defaultdict(float)
-    path = bundled_model_dir()
+    path = model_dir(w.get("model", "bundled"))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     examples = load_prompts()
@@ -184,13 +233,15 @@ def run_trl(steps: int) -> dict:
         top_p=1.0, top_k=0, beta=w["beta"], epsilon=w["epsilon"], loss_type="grpo", num_iterations=1,
         learning_rate=w["learning_rate"], lr_scheduler_type="constant", seed=w["seed"], max_steps=steps + 1,
         logging_steps=1, report_to="none", use_cpu=True, save_strategy="no", shuffle_dataset=False,
-        gradient_checkpointing=False, bf16=False, fp16=False, max_grad_norm=1.0, disable_tqdm=True,
+        gradient_checkpointing=False, bf16=w.get("trl_bf16", False), fp16=False,
+        **({"use_vllm": True, "vllm_mode": "colocate", "vllm_enable_sleep_mode": False} if w.get("trl_vllm") else {}), max_grad_norm=1.0, disable_tqdm=True,
     )
     trainer = GRPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                           reward_funcs=[reward_func("format"), reward_func("accuracy")], callbacks=[clock])
     startup = time.time() - t0
     trainer.train()
-    return {"steps": records, "peak_rss_gib": peak_rss_gib(), "startup_s": startup}
+    return {"steps": records, "peak_rss_gib": peak_rss_gib(), "startup_s": startup, "num_params": num_params(path),
+            "precision": {"compute": "bfloat16" if w.get("trl_bf16") else "float32"}}
 
 
 def main() -> None:

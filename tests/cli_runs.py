@@ -28,6 +28,7 @@ def tiny_args(tmp_path: Path, model_dir: Path) -> list[str]:
         "task.system_prompt=''", f"rewards=[{{name: '{LENGTH}'}}, {{name: format}}]", "rollout.group_size=4",
         "rollout.max_new_tokens=4", "train.prompts_per_step=2", "train.micro_batch_size=8",
         "train.num_steps=1", "train.learning_rate=1e-3", "eval.num_examples=0", "log.progress=false",
+        "model.precision=float32",  # a subprocess: conftest's pin of `auto` does not reach it
         "log.tensorboard=false", "checkpoint.every=1", f"output_dir={tmp_path / 'run'}",
     ]
 

@@ -37,7 +37,7 @@ def record_gradients(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 def main(out: str, overrides: list[str]) -> None:
-    cfg = load_config(None, overrides)
+    cfg = load_config(None, ["model.precision=float32", *overrides])  # as the in-process runs (tests/conftest.py)
     trainer = Trainer.build(cfg)
     world, G = trainer.world, cfg.rollout.group_size
     grads = record_gradients(trainer)

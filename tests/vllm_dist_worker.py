@@ -29,7 +29,7 @@ def render(tokenizer) -> list[str]:
 
 
 def main(out: Path, overrides: list[str]) -> None:
-    cfg = load_config(None, overrides)
+    cfg = load_config(None, ["model.precision=float32", *overrides])  # as the in-process runs (tests/conftest.py)
     trainer = Trainer.build(cfg)
     world = trainer.world
     steps = []
