@@ -58,7 +58,7 @@ from grpo.iterative import IterativeRL
 from grpo.logging import NullLogger, RunLogger
 from grpo.logprobs import LocalReference, ReferenceModel, batch_logprobs
 from grpo.loss import PolicyLoss, SamplerCorrection
-from grpo.precision import Precision, start_on_grid
+from grpo.precision import Precision, dither_master_weights
 from grpo.precision import resolve as resolve_precision
 from grpo.precision import save as save_precision
 from grpo.reward_harness import RewardScores, WeightedReward
@@ -167,7 +167,7 @@ class Trainer:
         precision = resolve_precision(cfg.model.precision, cfg.rollout.precision, next(model.parameters()).dtype,
                                       device, world, Path(cfg.output_dir) if ckpt is not None else None)
         if ckpt is None:
-            start_on_grid(model, precision)  # bf16 compute: the master weights start where the forwards see them
+            dither_master_weights(model, precision)  # bf16 compute: updates reach the forwards from the start
         # With beta = 0 the reference model is never loaded (memory and time).
         reference = None
         if loss.needs_reference and cfg.reference.url:  # served by `grpo serve-ref`, elsewhere

@@ -89,15 +89,25 @@ def test_a_bf16_packed_linear_takes_and_returns_float32():
     assert torch.equal(y, exact)
 
 
-def test_master_weights_start_on_the_bf16_grid():
-    layer = torch.nn.Linear(2, 2, bias=False)
-    halfway = torch.tensor(1.0 + 2**-8)  # exactly between the bf16 values 1 and 1 + 2**-7
+def test_master_weights_are_dithered_inside_their_bf16_rounding_interval():
+    torch.manual_seed(0)
+    halfway = 1.0 + 2**-8  # exactly between the bf16 values 1 and 1 + 2**-7: a tie
+    layer = torch.nn.Linear(2, 1000, bias=False)
     with torch.no_grad():
-        layer.weight.copy_(torch.tensor([[1.0, halfway], [0.5, -2.0]]))
-    changed = precision.start_on_grid(layer, precision.Precision(torch.bfloat16, torch.bfloat16))
-    assert changed == 1 and layer.weight.dtype == torch.float32
-    assert torch.equal(layer.weight, layer.weight.bfloat16().float())
-    assert precision.start_on_grid(layer, precision.Precision()) == 0
+        layer.weight[:, 0] = halfway
+        layer.weight[:, 1] = 0.0
+    before = layer.weight.detach().clone()
+    changed = precision.dither_master_weights(layer, precision.Precision(torch.bfloat16, torch.bfloat16))
+    w = layer.weight.detach()
+    assert w.dtype == torch.float32 and changed >= 1000
+    assert torch.equal(w.bfloat16(), before.bfloat16())  # the bf16 view is still round(w): the same model
+    assert (w[:, 0] != halfway).all() and (w[:, 0] - 1.0).abs().max() < 2**-8  # off the tie, around 1
+    assert w[:, 0].std() > 2**-10  # spread over the interval, not moved to one point
+    # an update far below the bf16 step now reaches the bf16 view in expectation
+    step = 2**-12  # an eighth of the step of 2**-7 above 1 (a quarter of the one below)
+    moved = ((w[:, 0] + step).bfloat16().float() - w[:, 0].bfloat16().float()).mean()
+    assert 0.5 * step < moved < 2 * step
+    assert precision.dither_master_weights(layer, precision.Precision()) == 0  # float32: untouched
 
 
 def test_a_bf16_run_trains_float32_master_weights_and_corrects_its_sampler(tmp_path, tiny_model_dir, data_file):
