@@ -157,17 +157,17 @@ class Trainer:
         ckpt = latest_checkpoint(cfg.output_dir) if cfg.resume else None
         if ckpt is not None:
             load_weights(ckpt, model)
-        world.prepare(model)  # ddp: rank 0's weights everywhere; fsdp: shard
-        world.seed_sampling(cfg.seed)  # each rank samples its own completions
         device = next(model.parameters()).device
-        if device.type == "cpu":
-            keep_freed_memory()  # no page faults for each step's tensors (grpo/allocator.py)
-        loss = PolicyLoss.from_config(cfg.algorithm, cfg.rollout.episode_tokens)
         # the compute dtype (measured on this machine under auto); a resumed run keeps its choice
         precision = resolve_precision(cfg.model.precision, cfg.rollout.precision, next(model.parameters()).dtype,
                                       device, world, Path(cfg.output_dir) if ckpt is not None else None)
-        if ckpt is None:
+        if ckpt is None:  # before prepare: on plain tensors, the same random stream on every rank
             dither_master_weights(model, precision)  # bf16 compute: updates reach the forwards from the start
+        world.prepare(model)  # ddp: rank 0's weights everywhere; fsdp: shard
+        world.seed_sampling(cfg.seed)  # each rank samples its own completions
+        if device.type == "cpu":
+            keep_freed_memory()  # no page faults for each step's tensors (grpo/allocator.py)
+        loss = PolicyLoss.from_config(cfg.algorithm, cfg.rollout.episode_tokens)
         # With beta = 0 the reference model is never loaded (memory and time).
         reference = None
         if loss.needs_reference and cfg.reference.url:  # served by `grpo serve-ref`, elsewhere
