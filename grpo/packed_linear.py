@@ -51,8 +51,7 @@ def _packed_forward(layer: nn.Linear, packed: torch.Tensor, dtype: torch.dtype):
     def forward(x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.dtype != torch.float32:
             return plain(x)
-        if dtype == torch.float32:
-            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        # .to() returns the tensor itself when the dtype already matches (the float32 copy)
         return torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, bias, "none", [], "").to(x.dtype)
 
     return forward
@@ -94,7 +93,7 @@ def rollout_linears(model: nn.Module, dtype: torch.dtype = torch.float32) -> Ite
     packable = weight.device.type == "cpu" and weight.dtype == torch.float32 and dtype in PACKED_DTYPES
     if packable:
         context = packed_linears(model, dtype)
-    elif dtype != weight.dtype:
+    elif weight.dtype == torch.float32 and dtype != torch.float32:  # autocast only ever lowers
         context = torch.autocast(weight.device.type, dtype=dtype)
     else:
         context = nullcontext()

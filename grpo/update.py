@@ -94,47 +94,39 @@ def accumulate_gradients(
     # One autocast region over every micro-batch: its cache keeps each weight's bf16 cast for the
     # whole update (a region per micro-batch would cast all weights again for each).
     with settings.autocast():
-        return _accumulate(model, params, trajectory, advantages, old_logprobs, ref_logprobs, loss, world, settings,
-                           with_entropy, sampler)
-
-
-def _accumulate(model: torch.nn.Module, params: list[torch.nn.Parameter], trajectory: Trajectory,
-                advantages: torch.Tensor, old_logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None,
-                loss: PolicyLoss, world: World, settings: UpdateSettings, with_entropy: bool,
-                sampler: SamplerWeights | None) -> dict[str, float]:
-    device = settings.device
-    # Global normalizers: the micro-batch losses of every rank add up to the whole batch's.
-    num_items = world.sum(loss.local_items(trajectory.loss_mask))
-    num_tokens = max(world.sum(float(trajectory.loss_mask.sum().item())), 1.0)
-    sums: dict[str, float] = {}
-    total_loss = 0.0
-    world.gather_weights(model)
-    prompts = prompt_cache(model, trajectory, device)  # each distinct prompt once per update
-    chunks = length_sorted_rows(trajectory, settings.micro_batch_size)
-    for i, rows in enumerate(chunks):
-        world.gradient_sync(model, prompts is None and i == len(chunks) - 1)  # the last backward
-        mb = make_micro_batch(trajectory, rows, device)
-        logits = completion_logits(model, trajectory, mb, prompts)  # [b, C', V]
-        logprobs = algorithm.token_logprobs(logits, mb.completion_ids, settings.temperature)  # float32
-        entropy = algorithm.token_entropy(logits.detach(), settings.temperature) if with_entropy else None
-        C = logprobs.shape[1]
-        old = logprobs.detach() if old_logprobs is None else old_logprobs[mb.rows, :C].to(device)
-        ref = None if ref_logprobs is None else ref_logprobs[mb.rows, :C].to(device)
-        weights = (None if sampler is None else
-                   sampler.for_micro_batch(trajectory, mb, logits, logprobs, settings.temperature))
-        del logits
-        adv = advantages[mb.rows] if advantages.dim() == 1 else advantages[mb.rows, :C]  # [b] or [b, C']
-        value, metrics = loss(logprobs, old, adv.to(device), mb.loss_mask, ref, num_items, weights)
-        value.backward()
-        total_loss += value.item()
-        share = mb.loss_mask.sum().item() / num_tokens  # token-weighted means of the micro-batch metrics
-        if entropy is not None:
-            metrics["entropy"] = algorithm.masked_mean(entropy, mb.loss_mask)
-        for key, v in metrics.items():
-            sums[key] = sums.get(key, 0.0) + v.item() * share
-    if prompts is not None:
-        world.gradient_sync(model, True)
-        prompts.backward()  # the prompts' share of the gradient, summed over micro-batches
+        device = settings.device
+        # Global normalizers: the micro-batch losses of every rank add up to the whole batch's.
+        num_items = world.sum(loss.local_items(trajectory.loss_mask))
+        num_tokens = max(world.sum(float(trajectory.loss_mask.sum().item())), 1.0)
+        sums: dict[str, float] = {}
+        total_loss = 0.0
+        world.gather_weights(model)
+        prompts = prompt_cache(model, trajectory, device)  # each distinct prompt once per update
+        chunks = length_sorted_rows(trajectory, settings.micro_batch_size)
+        for i, rows in enumerate(chunks):
+            world.gradient_sync(model, prompts is None and i == len(chunks) - 1)  # the last backward
+            mb = make_micro_batch(trajectory, rows, device)
+            logits = completion_logits(model, trajectory, mb, prompts)  # [b, C', V]
+            logprobs = algorithm.token_logprobs(logits, mb.completion_ids, settings.temperature)  # float32
+            entropy = algorithm.token_entropy(logits.detach(), settings.temperature) if with_entropy else None
+            C = logprobs.shape[1]
+            old = logprobs.detach() if old_logprobs is None else old_logprobs[mb.rows, :C].to(device)
+            ref = None if ref_logprobs is None else ref_logprobs[mb.rows, :C].to(device)
+            weights = (None if sampler is None else
+                       sampler.for_micro_batch(trajectory, mb, logits, logprobs, settings.temperature))
+            del logits
+            adv = advantages[mb.rows] if advantages.dim() == 1 else advantages[mb.rows, :C]  # [b] or [b, C']
+            value, metrics = loss(logprobs, old, adv.to(device), mb.loss_mask, ref, num_items, weights)
+            value.backward()
+            total_loss += value.item()
+            share = mb.loss_mask.sum().item() / num_tokens  # token-weighted means of the micro-batch metrics
+            if entropy is not None:
+                metrics["entropy"] = algorithm.masked_mean(entropy, mb.loss_mask)
+            for key, v in metrics.items():
+                sums[key] = sums.get(key, 0.0) + v.item() * share
+        if prompts is not None:
+            world.gradient_sync(model, True)
+            prompts.backward()  # the prompts' share of the gradient, summed over micro-batches
     world.reduce_gradients(params)  # ddp: sum over ranks; fsdp did it in the last backward
     world.release_weights(model)
     out = {"loss": world.sum(total_loss), **{k: world.sum(v) for k, v in sorted(sums.items())}}
