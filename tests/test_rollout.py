@@ -212,6 +212,19 @@ def test_sample_next_token_filters_by_hand():
     torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03, rtol=0)
 
 
+def test_inverse_cdf_draw_by_hand():
+    from grpo.rollout.shared_prefix import inverse_cdf_draw
+
+    # cdf [0.125, 0.375, 0.375, 1.0] (exact in binary): token 2 (probability 0) is never drawn
+    probs = torch.tensor([[0.125, 0.25, 0.0, 0.625]]).repeat(5, 1)
+    u = torch.tensor([[0.0625], [0.125], [0.375], [0.99], [1.0 - 2**-53]], dtype=torch.float64)
+    assert inverse_cdf_draw(probs, u).squeeze(1).tolist() == [0, 1, 3, 3, 3]
+    # unnormalized rows, and a last token of probability 0 that rounding must not reach
+    probs = torch.tensor([[2.0, 6.0, 0.0]])
+    for value, token in [(0.2, 0), (0.25, 1), (1.0 - 2**-53, 1)]:
+        assert inverse_cdf_draw(probs, torch.tensor([[value]], dtype=torch.float64)).item() == token
+
+
 def test_shared_prefix_samples_follow_the_model_distribution(tiny_model_dir):
     # first sampled token of many completions vs the model's next-token distribution
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -30,7 +30,7 @@ from grpo.rollout.transformers_engine import TransformersEngine
 def sample_next_token(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row from logits [n, V] -> (tokens [n] long, their log-probabilities [n]).
 
-    greedy: argmax (log-probability 0: all mass on that token). Otherwise a multinomial draw
+    greedy: argmax (log-probability 0: all mass on that token). Otherwise a draw (inverse_cdf_draw)
     from softmax(algorithm.sampling_logits(...)): temperature, then top_k, then top_p; the
     log-probability is the drawn token's under that truncated, renormalized distribution.
     """
@@ -38,8 +38,26 @@ def sample_next_token(logits: torch.Tensor, params: SamplingParams) -> tuple[tor
         token = logits.argmax(dim=-1)
         return token, torch.zeros(token.shape, dtype=torch.float32, device=token.device)
     z = sampling_logits(logits, params.temperature, params.top_k, params.top_p)  # [n, V]
-    token = torch.multinomial(torch.softmax(z, dim=-1), 1)  # [n, 1]
+    uniforms = torch.rand(z.shape[0], 1, dtype=torch.float64, device=z.device)
+    token = inverse_cdf_draw(torch.softmax(z, dim=-1), uniforms)  # [n, 1]
     return token.squeeze(-1), (z.gather(1, token) - torch.logsumexp(z, dim=-1, keepdim=True)).squeeze(-1)
+
+
+def inverse_cdf_draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One index per row of probs [n, V] (rows need not sum to 1) from uniforms [n, 1] in [0, 1).
+
+    The index i with cdf[i-1] <= u * cdf[V-1] < cdf[i], cdf = cumsum(probs) in float64: an
+    exact draw from the row's categorical distribution with one random number per row.
+    `torch.multinomial` draws an exponential per vocabulary entry instead: 27 ms against 1 ms
+    for 16 rows of the bundled model's 49,152 (measured), a third of a decode step. A token of
+    probability 0 is never drawn (its cdf equals the one before it); u * total is kept below
+    the total so that rounding cannot step past the last token.
+    # probs [0.125, 0.25, 0, 0.625]: cdf [0.125, 0.375, 0.375, 1]; u 0.0625 -> 0, 0.125 -> 1, 0.375 -> 3
+    """
+    cdf = probs.double().cumsum(-1)  # [n, V]
+    total = cdf[:, -1:]
+    target = torch.minimum(uniforms.double() * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True)  # [n, 1]
 
 
 def common_prefix_length(prompt_ids: torch.Tensor, lengths: torch.Tensor) -> int:
