@@ -117,9 +117,15 @@ class PromptCache:
         """(first logits [b, 1, V], prompt mask [b, P'], last prompt position [b, 1], cache of b rows)."""
         index = self.row_prompt[rows].to(self.prompt_ids.device)  # [b]
         first_logits, kv = self._leaves[0], self._leaves[1:]
-        layers = [(kv[2 * i][index], kv[2 * i + 1][index]) for i in range(len(kv) // 2)]
+        # index_select, not kv[index]: the backward of advanced indexing (index_put_ with
+        # accumulate) adds the rows of a shared prompt in a thread-dependent order on CPU, so two
+        # identical runs differed in the last bits of the prompt's gradient (and exact resume
+        # with them); index_select's backward (index_add_) adds them in index order.
+        layers = [(kv[2 * i].index_select(0, index), kv[2 * i + 1].index_select(0, index))
+                  for i in range(len(kv) // 2)]
         cache = DynamicCache(ddp_cache_data=layers, config=self.config)
-        return first_logits[index][:, None], self.prompt_mask[index], self.positions[index, -1:], cache
+        return (first_logits.index_select(0, index)[:, None], self.prompt_mask[index], self.positions[index, -1:],
+                cache)
 
 
 def completion_logits(model: torch.nn.Module, batch: TokenSequences, mb: MicroBatch,
