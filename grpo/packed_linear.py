@@ -57,12 +57,79 @@ def _packed_forward(layer: nn.Linear, packed: torch.Tensor, dtype: torch.dtype):
     return forward
 
 
+# Linear layers of one module that read the same input in every architecture using these
+# names (Llama, Qwen2, Mistral, ...): their products run as one (see _SiblingProduct).
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class _SiblingProduct:
+    """One reordered weight [sum of outs, in] for sibling layers: the first sibling's call
+    computes all their outputs for its input, each sibling then takes its slice.
+
+    A decode step multiplies a few rows by every weight, so a product costs mostly its call:
+    measured (16 rows, bf16, 2 threads) q+k+v 90+67+67 us apart against 125 us as one, gate+up
+    168+168 against 255 us; a decode step of the bundled model makes 90 calls fewer: median decode
+    step 45-57 against 52-73 ms in bf16, 58-71 against 68-73 ms in fp32 (4 alternating rounds,
+    one process, 16 rows; the host is noisy, every round favoured the fused product). A sibling
+    called with another input than the one its slice was computed from (tensor identity) gets
+    the product recomputed for that input: never a stale or mismatched slice.
+    """
+
+    def __init__(self, layers: list[nn.Linear], dtype: torch.dtype):
+        weight = torch.cat([layer.weight.detach() for layer in layers]).to(dtype)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight)
+        biases = [layer.bias for layer in layers]
+        self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases]).to(dtype)
+        self.sizes, self.dtype = [layer.out_features for layer in layers], dtype
+        self.input: torch.Tensor | None = None
+        self.slices: list[torch.Tensor | None] = [None] * len(layers)
+
+    def slice_for(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if self.input is not x or self.slices[index] is None:
+            product = torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, self.bias, "none", [], "")
+            self.input, self.slices = x, list(product.to(x.dtype).split(self.sizes, dim=-1))
+        out, self.slices[index] = self.slices[index], None
+        if all(s is None for s in self.slices):
+            self.input = None  # every sibling has its slice: hold no activations past the call
+        return out
+
+
+def _sibling_forward(layer: nn.Linear, product: _SiblingProduct, index: int):
+    plain = type(layer).forward.__get__(layer)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.dtype != torch.float32:
+            return plain(x)
+        return product.slice_for(index, x)
+
+    forward.product = product  # what the siblings share (tests look at it)
+    return forward
+
+
+def _sibling_groups(model: nn.Module) -> list[list[nn.Linear]]:
+    groups = []
+    for module in model.modules():
+        for names in SIBLINGS:
+            layers = [getattr(module, name, None) for name in names]
+            if (all(_packable(layer) and "forward" not in vars(layer) for layer in layers)
+                    and len({layer.in_features for layer in layers}) == 1
+                    and len({layer.bias is None for layer in layers}) == 1):
+                groups.append(layers)
+    return groups
+
+
 def _pack(model: nn.Module, dtype: torch.dtype) -> list[nn.Module]:
-    layers = [m for m in model.modules() if _packable(m) and "forward" not in vars(m)]
-    for layer in layers:
+    packed = []
+    for group in _sibling_groups(model):
+        product = _SiblingProduct(group, dtype)
+        for index, layer in enumerate(group):
+            layer.forward = _sibling_forward(layer, product, index)
+        packed += group
+    for layer in [m for m in model.modules() if _packable(m) and "forward" not in vars(m)]:
         weight = layer.weight.detach().to(dtype)
         layer.forward = _packed_forward(layer, torch.ops.mkldnn._reorder_linear_weight(weight), dtype)
-    return layers
+        packed.append(layer)
+    return packed
 
 
 def _unpack(layers: list[nn.Module]) -> None:

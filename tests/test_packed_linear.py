@@ -76,3 +76,19 @@ def test_greedy_generation_gives_the_same_tokens_with_and_without_reordering(tin
     plain = engine.generate(prompts, greedy)
     assert torch.equal(packed.completion_ids, plain.completion_ids)
     assert packed.completions == plain.completions
+
+
+def test_sibling_layers_share_one_product_and_any_input_gets_its_own_result(model):
+    attention = model.model.layers[0].self_attn
+    x, other = torch.randn(3, attention.q_proj.in_features), torch.randn(3, attention.q_proj.in_features)
+    with torch.no_grad():
+        expected = [layer(t) for layer, t in ((attention.q_proj, x), (attention.k_proj, other), (attention.v_proj, x))]
+        with packed_linears(model):
+            products = {id(layer.forward.product) for layer in (attention.q_proj, attention.k_proj, attention.v_proj)}
+            mlp = model.model.layers[0].mlp
+            assert len(products) == 1 and mlp.gate_proj.forward.product is mlp.up_proj.forward.product
+            assert not hasattr(attention.o_proj.forward, "product")  # reads another input: its own product
+            # k_proj reads another input than q_proj did: its slice is recomputed, never taken stale
+            got = [attention.q_proj(x), attention.k_proj(other), attention.v_proj(x)]
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
