@@ -198,7 +198,7 @@ class _Run:
             results = self._call_batch()
             with self.lock:
                 if self.token is token:
-                    self.outcomes = results
+                    self.outcomes = [self._timed_out()] * self.n if self._overran() else results
                     self.index = self.n
                     self.done.set()
             return
@@ -210,7 +210,7 @@ class _Run:
             with self.lock:
                 if self.token is not token:
                     return
-                self.outcomes[i] = outcome
+                self.outcomes[i] = self._timed_out() if self._overran() else outcome
                 self.index, self.started = i + 1, time.monotonic()
                 if i + 1 == self.n:
                     self.done.set()
@@ -224,6 +224,14 @@ class _Run:
             return [_Failure(f"batch call returned {len(values)} values for {self.n} completions")] * self.n
         return [self.convert(v, i) for i, v in enumerate(values)]
 
+    def _overran(self) -> bool:
+        # A call that returns after its deadline counts as timed out even when the watcher has
+        # not looked yet: the outcome must not depend on which thread the scheduler ran first.
+        return self.timeout is not None and time.monotonic() - self.started >= self.timeout
+
+    def _timed_out(self, abandoned: bool = False) -> _Failure:
+        return _Failure(f"timed out after {self.timeout:g} s" + (" (its thread is abandoned)" if abandoned else ""))
+
     def deadline(self, now: float) -> float | None:
         """Abandon the call in progress if it overran; the next deadline (None when finished)."""
         timeout = self.timeout
@@ -236,7 +244,7 @@ class _Run:
                 return self.started + timeout
             failed = range(self.n) if self.batched else [self.index]
             for i in failed:
-                self.outcomes[i] = _Failure(f"timed out after {timeout:g} s (its thread is abandoned)")
+                self.outcomes[i] = self._timed_out(abandoned=True)
             abandon(self.thread)
             if failed[-1] + 1 >= self.n:
                 self.token = object()
