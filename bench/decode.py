@@ -7,10 +7,10 @@ greedy so every row decodes the same number of steps, up to 96 new tokens; best 
 after a warm-up. Variants, each adding one thing to the one before:
   generate      transformers' model.generate (G copies of each prompt, repeat_kv attention)
   shared        grpo's shared_prefix engine: each prompt prefilled once, cache shared by G rows
-  +gqa          grouped-query SDPA without key/value copies (grpo.attention)
+  +gqa          grouped-query SDPA without key/value copies (grpo.compute.attention)
   +prealloc     decode cache written in place instead of concatenated (PreallocatedLayer)
   +packed       linear layers through oneDNN with weights reordered once per rollout
-                (grpo.packed_linear)
+                (grpo.compute.packed_linear)
 The last one is what grpo runs. Greedy tokens are printed so a variant that changed the
 result would show.
 """
@@ -33,7 +33,7 @@ def measure(variant: str) -> dict:
 
     import grpo.rollout.shared_prefix as shared_prefix
     import grpo.rollout.transformers_engine as hf
-    from grpo import models
+    from grpo.compute import models
     from grpo.config import load_config
     from grpo.rollout import SamplingParams, build_engine
     from grpo.tasks.base import Example

@@ -87,7 +87,7 @@ def bench_steps(steps: int, port: int) -> dict:
 
 
 def bench_push(port: int, repeats: int = 5) -> dict:
-    from grpo import models
+    from grpo.compute import models
     from grpo.config import ModelConfig
     from grpo.rollout.server_engine import ServerEngine
 
@@ -120,7 +120,7 @@ def push_bytes(model: torch.nn.Module) -> int:
 def bench_bytes() -> dict:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from grpo import models
+    from grpo.compute import models
     from grpo.config import ModelConfig
 
     bundled, _ = models.load_policy(ModelConfig())

@@ -4,7 +4,7 @@
     .venv/bin/python bench/serve_load.py --clients 8 --requests 5 --read-timeout 5   # the CI version
 
 1. The server runs as the real CLI (`python -m grpo.cli serve-ref`) on loopback, serving a
-   tiny random Llama (tests/tiny.py), in its own process so its memory can be read
+   tiny random Llama (tests/support/tiny.py), in its own process so its memory can be read
    (/proc/PID/status: VmRSS sampled every 50 ms, VmHWM the peak).
 2. Slow clients connect first and never finish: --slow send their body a byte at a time,
    --slow-headers their headers a byte at a time. Each must be cut off by the server (it
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import importlib.util
 import json
 import os
 import socket
@@ -43,10 +42,10 @@ TEMPERATURE = 0.7
 def tiny_model(work: Path) -> Path:
     path = work / "tiny"
     if not (path / "config.json").exists():
-        spec = importlib.util.spec_from_file_location("tiny", ROOT / "tests" / "tiny.py")
-        tiny = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(tiny)
-        tiny.make_tiny_model_dir(path)
+        sys.path.insert(0, str(ROOT))  # the checkout's tests.support
+        from tests.support.tiny import make_tiny_model_dir
+
+        make_tiny_model_dir(path)
     return path
 
 
@@ -186,10 +185,10 @@ def percentile(values, q):
 def run(ns, work: Path) -> dict:
     import torch
 
+    from grpo.compute.models import load_frozen
     from grpo.config import ModelConfig
-    from grpo.logprobs import LocalReference
-    from grpo.models import load_frozen
     from grpo.serve.protocol import encode_request
+    from grpo.training.logprobs import LocalReference
 
     model_dir = tiny_model(work)
     model = load_frozen(ModelConfig(path=str(model_dir), device="cpu"))

@@ -67,7 +67,7 @@ SHAPES = {
 
 def model_dir(name: str) -> Path:
     """The HF directory of WORK["model"]: the bundled model, or a random model of a SHAPES shape."""
-    from grpo.models import bundled_model_dir, cache_root
+    from grpo.compute.models import bundled_model_dir, cache_root
 
     if name == "bundled":
         return bundled_model_dir()
@@ -115,7 +115,7 @@ class InOrder:
 
 def run_grpo(steps: int) -> dict:
     from grpo.config import load_config
-    from grpo.trainer import Trainer
+    from grpo.training.trainer import Trainer
 
     t0 = time.time()
     w = WORK

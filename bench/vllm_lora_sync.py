@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from grpo import models
+from grpo.compute import models
 from grpo.config import Config
 from grpo.rollout import SamplingParams, VLLMEngine
 

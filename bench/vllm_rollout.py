@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from grpo import models
+from grpo.compute import models
 from grpo.config import Config
 from grpo.rollout import SamplingParams, SharedPrefixEngine, VLLMEngine
 

@@ -44,14 +44,14 @@ def train(config: str | Path | dict | Config | None = None, *, model: Any = None
     (`org/name`, not an existing path) in the local Hugging Face cache, read offline
     (task.source=hub; task.subset picks its configuration). The columns are
     task.question_field / answer_field, as for files."""
-    from grpo.trainer import train as run
+    from grpo.training.trainer import train as run
 
     cfg = build_config(config, overrides, rewards, tools)
     if dataset is not None:
         cfg = build_config(cfg, _dataset_fields(dataset, Path(cfg.output_dir), cfg.resume))
     loaded = None
     if model is not None:
-        from grpo.models import LoadedModel
+        from grpo.compute.models import LoadedModel
 
         loaded = LoadedModel.check(model, tokenizer)
         base = str(Path(cfg.output_dir) / "base_model")
@@ -76,7 +76,7 @@ def evaluate(target: str | Path | None = None, config: str | Path | dict | Confi
     from grpo.evaluation import run_eval
 
     if model is not None:
-        from grpo.models import LoadedModel
+        from grpo.compute.models import LoadedModel
 
         if target is not None:
             raise ValueError("grpo.evaluate takes a target path or model=, not both")
@@ -114,7 +114,7 @@ def build_config(config: Any, overrides: dict[str, Any], rewards: list | None = 
     if rewards is not None:
         data["rewards"] = [_reward_spec(r) for r in rewards]
     if tools is not None:
-        from grpo.tools import register_function
+        from grpo.episodes.tools import register_function
 
         data.setdefault("rollout", {})["tools"] = [register_function(t) if callable(t) else t for t in tools]
     return from_dict(Config, data).validate()

@@ -19,7 +19,7 @@ what is wrong and where, and an exit status that says what to do next:
   2    the input is wrong (config, data, model, checkpoint), the run cannot fit (memory,
        context), or training diverged (train.max_bad_steps): rerunning unchanged won't help
   130  SIGINT, 143 SIGTERM: stopped after the current step with a checkpoint saved (a second
-       signal stops at once); rerun with resume=true (see grpo.interrupt)
+       signal stops at once); rerun with resume=true (see grpo.training.interrupt)
 A traceback means a bug in grpo.
 """
 
@@ -53,7 +53,7 @@ def split_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args: list[str]) -> int:
-    from grpo.trainer import train
+    from grpo.training.trainer import train
 
     path, overrides = split_args(args)
     cfg = load_config(path or str(find_demo_config()), overrides)  # no file: the demo recipe
@@ -108,8 +108,8 @@ def cmd_eval(args: list[str]) -> int:
 
 
 def cmd_check(args: list[str], use_model: bool = True) -> int:
-    """Exit status 1 when the rewards cannot tell right from wrong (see grpo.check)."""
-    from grpo.check import print_result, run_check
+    """Exit status 1 when the rewards cannot tell right from wrong (see grpo.guards.check)."""
+    from grpo.guards.check import print_result, run_check
 
     path, overrides = split_args(args)
     result = run_check(load_config(path or str(find_demo_config()), overrides), use_model=use_model)
@@ -118,7 +118,7 @@ def cmd_check(args: list[str], use_model: bool = True) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    from grpo.report import write_report
+    from grpo.record.report import write_report
 
     if len(args) != 1:
         raise ValueError("usage: grpo report RUN_DIR")
@@ -148,7 +148,7 @@ def cmd_serve(name: str, module: str, args: list[str]) -> int:
 
 
 def cmd_train_rm(args: list[str]) -> int:
-    from grpo.reward_training import RewardModelTraining, samples_from_run, train_reward_model
+    from grpo.reward_model.training import RewardModelTraining, samples_from_run, train_reward_model
 
     d = RewardModelTraining()
     parser = argparse.ArgumentParser(prog="grpo train-rm", description="train an outcome reward model (one "
@@ -164,14 +164,14 @@ def cmd_train_rm(args: list[str]) -> int:
     parser.add_argument("--held-out", type=float, default=0.2, help="fraction of samples kept to measure accuracy")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--prm", action="store_true", help="a step-level (process) reward model from the samples' "
-                        "scored steps (grpo.prm_training), for process_reward_model mode token_classification")
+                        "scored steps (grpo.reward_model.prm), for process_reward_model mode token_classification")
     parser.add_argument("--split", default="newline", help="--prm: the steps the PRM reads (newline, sentence, tag:<text>)")
     ns = parser.parse_args(args)
     if not (ns.epochs > 0 and ns.lr > 0 and ns.batch_size >= 1 and ns.max_length >= 1 and 0 <= ns.held_out < 1):
         raise ValueError("--epochs, --lr must be > 0, --batch-size, --max-length >= 1, --held-out in [0, 1)")
     settings = RewardModelTraining(ns.epochs, ns.lr, ns.batch_size, ns.max_length, ns.seed)
     if ns.prm:
-        from grpo.prm_training import step_samples_from_run, train_process_reward_model
+        from grpo.reward_model.prm import step_samples_from_run, train_process_reward_model
 
         metrics = train_process_reward_model(step_samples_from_run(ns.run), ns.base, ns.out, ns.split, settings,
                                              ns.held_out)
@@ -191,12 +191,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def exit_past_abandoned_calls(status: int) -> int:
     """`status`, or the process ends here with it when reward or tool calls abandoned after
-    their timeout still run (grpo.abandoned): CPython cannot stop them, and the interpreter's
+    their timeout still run (grpo.plugins.abandoned): CPython cannot stop them, and the interpreter's
     shutdown, tearing torch down under a thread still inside it, aborts with "terminate
     called without an active exception" (a core dump instead of the run's exit status).
     Everything the run wrote is already closed; stdout and stderr are flushed, then the
     process ends at once."""
-    abandoned = sys.modules.get("grpo.abandoned")
+    abandoned = sys.modules.get("grpo.plugins.abandoned")
     running = abandoned.running() if abandoned is not None else 0
     if not running:
         return status
@@ -247,9 +247,9 @@ def run_command(argv: list[str]) -> int:
 
 def describe_failure(e: BaseException) -> tuple[int, str] | None:
     """(exit status, message) for the failures a user can act on; None for a bug."""
-    from grpo.interrupt import Interrupted
+    from grpo.training.interrupt import Interrupted
 
-    trainer = sys.modules.get("grpo.trainer")  # imported only if training started
+    trainer = sys.modules.get("grpo.training.trainer")  # imported only if training started
     if isinstance(e, Interrupted):
         return e.exit_code, str(e)
     if isinstance(e, KeyboardInterrupt):

@@ -17,8 +17,8 @@ import torch
 
 from grpo import rewards
 from grpo.config import Config, RewardSpec
+from grpo.episodes.turns import build_sampler
 from grpo.rollout import SamplingParams
-from grpo.rollout.episodes import build_sampler
 from grpo.tasks.base import Example
 
 
@@ -159,10 +159,10 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
 def run_eval(cfg: Config, checkpoint: str | None = None, loaded: Any = None) -> dict[str, Any]:
     """`grpo eval`: load the model (and a checkpoint's weights), evaluate on the eval split.
     loaded: a models.LoadedModel evaluated as it is (grpo.evaluate(model=...))."""
-    from grpo import models
-    from grpo.checkpoint import load_weights
+    from grpo.compute import models
     from grpo.rollout import build_engine
     from grpo.tasks import build_task
+    from grpo.training.checkpoint import load_weights
 
     task = build_task(cfg.task)
     model, tokenizer = models.load_policy(cfg.model, loaded)

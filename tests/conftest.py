@@ -3,17 +3,18 @@
 import json
 
 import pytest
-from tiny import make_tiny_model_dir
+
+from tests.support.tiny import make_tiny_model_dir
 
 
 @pytest.fixture(autouse=True)
 def float32_auto_precision(monkeypatch):
-    """`model.precision: auto` measures the machine (grpo.precision): tests pin its answer to
+    """`model.precision: auto` measures the machine (grpo.compute.precision): tests pin its answer to
     float32 so that a result never depends on the host's bf16 speed. The tests of the choice
-    itself (tests/test_precision.py) call the real measurement through `real_auto_compute`."""
+    itself (tests/compute/test_precision.py) call the real measurement through `real_auto_compute`."""
     import torch
 
-    from grpo import precision
+    from grpo.compute import precision
 
     monkeypatch.setattr(precision, "real_auto_compute", precision.auto_compute, raising=False)
     monkeypatch.setattr(precision, "auto_compute", lambda device, world=None: (torch.float32, {}, "pinned by tests"))
@@ -21,14 +22,14 @@ def float32_auto_precision(monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    """A random tiny Llama + ChatML tokenizer on disk (see tests/tiny.py); built once per session."""
+    """A random tiny Llama + ChatML tokenizer on disk (see tests/support/tiny.py); built once per session."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory, tiny_model_dir):
-    """A finished 3-step training run of the tiny model (see tests/run_dirs.py); made once per session."""
-    from run_dirs import make_tiny_run
+    """A finished 3-step training run of the tiny model (see tests/support/run_dirs.py); made once per session."""
+    from tests.support.run_dirs import make_tiny_run
 
     return make_tiny_run(tmp_path_factory.mktemp("tiny_run") / "run", tiny_model_dir)
 

@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 import yaml
-from cli_runs import LENGTH, quick, run_cli, tiny_args, write_sums
-from tiny import make_tiny_model
 
 import grpo
 from grpo.api import build_config
 from grpo.config import load_config
-from grpo.tools import load_tool
+from grpo.episodes.tools import load_tool
+from tests.support.cli_runs import LENGTH, quick, run_cli, tiny_args, write_sums
+from tests.support.tiny import make_tiny_model
 
 
 def overrides(tmp_path, model_dir):
@@ -137,7 +137,8 @@ def test_the_readme_example_a_loaded_model_a_cached_dataset_and_trackers_then_re
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     # both trackers got both steps, the resumed one in the same tracker run
     from mlflow.tracking import MlflowClient
-    from tracker_files import wandb_history
+
+    from tests.support.tracker_files import wandb_history
 
     assert [row["step"] for row in wandb_history(run) if "loss" in row] == [1, 2]
     client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow' / 'mlflow.db'}")

@@ -2,11 +2,16 @@
 
 import pytest
 import torch
-from trajectories import SAMPLING_CASES, render, sampled_trajectory, sampler_logprob_error
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grpo.reward_harness import RewardScores
+from grpo.rewards.harness import RewardScores
 from grpo.rollout import SharedPrefixEngine, TransformersEngine
+from tests.support.trajectories import (
+    SAMPLING_CASES,
+    render,
+    sampled_trajectory,
+    sampler_logprob_error,
+)
 
 QUESTIONS = ["What is 3 + 4?", "What is 12 + 30 + 7? Think step by step.", "1 + 1"]
 # fp32 on CPU; measured (both engines): at most 4.8e-6 (T=1), 6.0e-6 (T=0.7), 6.7e-6 (T=0.7, top_k 5,
@@ -32,8 +37,8 @@ def test_sampler_logprobs_equal_a_recomputation_under_the_sampling_distribution(
 
 def test_truncation_changes_the_log_probs(policy):
     # the recomputation must apply the truncation: without it the same tokens score lower
-    from grpo.logprobs import batch_logprobs
     from grpo.rollout import SamplingParams
+    from grpo.training.logprobs import batch_logprobs
 
     model, tokenizer = policy
     trajectory = SharedPrefixEngine(model, tokenizer).generate(

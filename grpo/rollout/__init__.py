@@ -76,7 +76,7 @@ def check_engine(cfg: RolloutConfig) -> None:
 
 def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any, dtype: Any = None) -> RolloutEngine:
     """The engine named by rollout.engine, generating with `model` (the policy itself), its
-    products in `dtype` (grpo.precision's rollout dtype; None = the weights' own). Under
+    products in `dtype` (grpo.compute.precision's rollout dtype; None = the weights' own). Under
     torchrun every rank builds its engine at the same point: vLLM's start runs collectives."""
     check_engine(cfg)
     name = engine_name(cfg)

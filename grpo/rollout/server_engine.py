@@ -5,7 +5,7 @@ prompts as token ids and build the Trajectory from the reply (ids exactly as the
 engine sampled them, its sampler log-probs, finish reasons, the policy version it sampled
 with); `sync_weights` announces the policy's weights over HTTP and broadcasts them in the
 two-member group of grpo.serve.weights (LoRA merged in, as for vLLM). Episodes run through
-it unchanged: grpo.rollout.episodes drives `generate_tokens` turn by turn.
+it unchanged: grpo.episodes.turns drives `generate_tokens` turn by turn.
 
 Recovery: every reply names the server instance that made it. When the server is gone
 (connection refused or reset, a timeout, a 5xx), restarted (a new instance, or 409: its

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from grpo.packed_linear import rollout_linears
+from grpo.compute.packed_linear import rollout_linears
 from grpo.rollout.base import (
     FINISH_EOS,
     FINISH_LENGTH,
@@ -33,7 +33,7 @@ class TransformersEngine:
 
     max_prompt_tokens: prompts longer than this raise ValueError; None = the model's
     context (max_position_embeddings) minus max_new_tokens. dtype: what the linear layers of a
-    rollout compute in (rollout.precision; grpo.packed_linear.rollout_linears).
+    rollout compute in (rollout.precision; grpo.compute.packed_linear.rollout_linears).
     """
 
     decodes_with_policy = True  # the policy module itself runs the decode (not a copy elsewhere)

@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from grpo.distributed import launched_world_size
+from grpo.compute.distributed import launched_world_size
 from grpo.rollout import LORA_SYNCS
 from grpo.rollout.base import SamplingParams
 from grpo.rollout.transformers_engine import TransformersEngine
@@ -234,7 +234,7 @@ def _joined_world() -> dict[str, Any]:
         return {}
     if not joined:
         raise ValueError(f"rollout.engine=vllm in a run of {size} processes (WORLD_SIZE): join the process "
-                         "group before building the engine (grpo.distributed.World.init; Trainer.build does), "
+                         "group before building the engine (grpo.compute.distributed.World.init; Trainer.build does), "
                          "so that each process's vLLM engine joins it")
     return {"distributed_executor_backend": "external_launcher", "seed": dist.get_rank()}
 

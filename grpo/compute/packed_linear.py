@@ -1,0 +1,181 @@
+"""Linear layers that run oneDNN with weights reordered once, for no-grad forwards on CPU.
+
+Decoding multiplies a few rows (the completions still generating) by every weight matrix of
+the model, once per token. torch's default CPU path (MKL sgemm on the plain weight) runs
+such skinny products far below the machine's matmul rate; oneDNN with the weight reordered
+ahead of time into its blocked layout does not. Measured on the bundled model (2-core CPU,
+fp32, the 211 linear layers of one decode step): 16 rows 87-102 -> 54-59 ms, 4 rows 78-80 ->
+33-34 ms, 1 row 40-41 -> 28-30 ms (bench/RESULTS.md). The reorder costs one pass over the weights
+(~0.3 s for the bundled model) and a second copy of them while it lasts, so it is used
+where many forwards run on the same weights: one rollout (`packed_linears(model)`; the
+policy's weights change after every optimizer step, so they are reordered on entry and the
+copy dropped on exit). The reference's log-prob pass multiplies hundreds of rows at once,
+where the plain path is already fast: reordering its weights measured 1.76-1.85 against
+1.85-1.93 s per pass, not worth 0.5 GB more memory, so it is not done.
+
+Only no-grad forwards use the reordered copy: with autograd enabled a layer runs its own
+`forward`, so gradients are never computed through (or against) a stale copy. Weights that
+are not plain fp32 CPU tensors (CUDA, bf16, sharded DTensors) keep the ordinary path.
+
+rollout.precision bfloat16 (grpo.compute.precision) reorders a bf16 copy instead: only the products
+run in bf16, activations, norms, attention and sampling stay float32. Measured on a host with
+avx512_bf16 (2 threads, one decode step's 210 layer products of the bundled model, 16 rows):
+fp32 packed 24.8 ms + LM head 8.3 ms, bf16 packed 12.5 + 3.6 ms (4 rows: 11.7 + 4.8 against
+10.7 + 3.1 ms); on a host without fast bf16 `auto` never asks for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch import nn
+
+
+def _packable(layer: nn.Module) -> bool:
+    weight = getattr(layer, "weight", None)
+    # exactly nn.Linear: a subclass may compute something else in its forward
+    return (type(layer) is nn.Linear and type(weight) in (torch.Tensor, nn.Parameter)
+            and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and torch.backends.mkldnn.is_available())
+
+
+def _packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """x @ W^T + b through the reordered W (held in `dtype`), returned in x's dtype: a bf16 copy
+    takes float32 x and returns float32 (the rest of the model stays float32: only the
+    products run in bf16). .to() returns the tensor itself when the dtype already matches."""
+    return torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, bias, "none", [], "").to(x.dtype)
+
+
+def _no_grad_forward(layer: nn.Linear, fast: Callable[[torch.Tensor], torch.Tensor]):
+    """layer's forward: `fast(x)` for a float32 input when no gradient is wanted, else the layer's own."""
+    plain = type(layer).forward.__get__(layer)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.dtype != torch.float32:
+            return plain(x)
+        return fast(x)
+
+    return forward
+
+
+def _packed_forward(layer: nn.Linear, packed: torch.Tensor, dtype: torch.dtype):
+    bias = None if layer.bias is None else layer.bias.detach().to(dtype)
+    return _no_grad_forward(layer, lambda x: _packed_product(x, packed, bias, dtype))
+
+
+# Linear layers of one module that read the same input in every architecture using these
+# names (Llama, Qwen2, Mistral, ...): their products run as one (see _SiblingProduct).
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class _SiblingProduct:
+    """One reordered weight [sum of outs, in] for sibling layers: the first sibling's call
+    computes all their outputs for its input, each sibling then takes its slice.
+
+    A decode step multiplies a few rows by every weight, so a product costs mostly its call:
+    measured (16 rows, bf16, 2 threads) q+k+v 90+67+67 us apart against 125 us as one, gate+up
+    168+168 against 255 us; a decode step of the bundled model makes 90 calls fewer: median decode
+    step 45-57 against 52-73 ms in bf16, 58-71 against 68-73 ms in fp32 (4 alternating rounds,
+    one process, 16 rows; the host is noisy, every round favoured the fused product). A sibling
+    called with another input than the one its slice was computed from (tensor identity) gets
+    the product recomputed for that input: never a stale or mismatched slice.
+    """
+
+    def __init__(self, layers: list[nn.Linear], dtype: torch.dtype):
+        weight = torch.cat([layer.weight.detach() for layer in layers]).to(dtype)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight)
+        biases = [layer.bias for layer in layers]
+        self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases]).to(dtype)
+        self.sizes, self.dtype = [layer.out_features for layer in layers], dtype
+        self.input: torch.Tensor | None = None
+        self.slices: list[torch.Tensor | None] = [None] * len(layers)
+
+    def slice_for(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if self.input is not x or self.slices[index] is None:
+            product = _packed_product(x, self.packed, self.bias, self.dtype)
+            self.input, self.slices = x, list(product.split(self.sizes, dim=-1))
+        out, self.slices[index] = self.slices[index], None
+        if all(s is None for s in self.slices):
+            self.input = None  # every sibling has its slice: hold no activations past the call
+        return out
+
+
+def _sibling_forward(layer: nn.Linear, product: _SiblingProduct, index: int):
+    forward = _no_grad_forward(layer, lambda x: product.slice_for(index, x))
+    forward.product = product  # what the siblings share (tests look at it)
+    return forward
+
+
+def _sibling_groups(model: nn.Module) -> list[list[nn.Linear]]:
+    groups = []
+    for module in model.modules():
+        for names in SIBLINGS:
+            layers = [getattr(module, name, None) for name in names]
+            if (all(_packable(layer) and "forward" not in vars(layer) for layer in layers)
+                    and len({layer.in_features for layer in layers}) == 1
+                    and len({layer.bias is None for layer in layers}) == 1):
+                groups.append(layers)
+    return groups
+
+
+def _pack(model: nn.Module, dtype: torch.dtype) -> list[nn.Module]:
+    packed = []
+    for group in _sibling_groups(model):
+        product = _SiblingProduct(group, dtype)
+        for index, layer in enumerate(group):
+            layer.forward = _sibling_forward(layer, product, index)
+        packed += group
+    for layer in [m for m in model.modules() if _packable(m) and "forward" not in vars(m)]:
+        weight = layer.weight.detach().to(dtype)
+        layer.forward = _packed_forward(layer, torch.ops.mkldnn._reorder_linear_weight(weight), dtype)
+        packed.append(layer)
+    return packed
+
+
+def _unpack(layers: list[nn.Module]) -> None:
+    for layer in layers:
+        del layer.forward  # the class's forward again; the reordered copy is freed
+
+
+def packed_dtypes() -> tuple[torch.dtype, ...]:
+    """What oneDNN's reordered linear runs in on this CPU: float32 everywhere, bfloat16 only where
+    oneDNN has bf16 kernels for it (avx512bw/vl/dq or avx_ne_convert; on AVX2 alone it refuses)."""
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return (torch.float32, torch.bfloat16) if bf16 else (torch.float32,)
+
+
+@contextmanager
+def packed_linears(model: nn.Module, dtype: torch.dtype = torch.float32) -> Iterator[None]:
+    """Within the block, no-grad forwards of `model`'s fp32 CPU linear layers use a reordered
+    copy of the weights taken on entry, in `dtype` (float32 or bfloat16: a bf16 copy is half
+    the memory of a float32 one, where this CPU has bf16 kernels). Do not change the weights
+    inside the block."""
+    if dtype not in packed_dtypes():
+        raise ValueError(f"oneDNN's reordered linear does not run in {dtype} on this CPU "
+                         f"(it runs in {', '.join(map(str, packed_dtypes()))})")
+    layers = _pack(model, dtype)
+    try:
+        yield
+    finally:
+        _unpack(layers)
+
+
+@contextmanager
+def rollout_linears(model: nn.Module, dtype: torch.dtype = torch.float32) -> Iterator[None]:
+    """A rollout's forwards in `dtype` (rollout.precision): the reordered copy on CPU; where the
+    layers cannot be packed (CUDA, sharded or non-fp32 weights, a CPU without oneDNN's bf16
+    kernels), autocast to a lower dtype."""
+    weight = next(model.parameters())
+    packable = weight.device.type == "cpu" and weight.dtype == torch.float32 and dtype in packed_dtypes()
+    if packable:
+        context = packed_linears(model, dtype)
+    elif weight.dtype == torch.float32 and dtype != torch.float32:  # autocast only ever lowers
+        context = torch.autocast(weight.device.type, dtype=dtype)
+    else:
+        context = nullcontext()
+    with context:
+        yield
+

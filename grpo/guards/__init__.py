@@ -1,0 +1,1 @@
+"""Checks that refuse or warn before a run wastes time: resources, the first-run probe, health, `grpo check`."""

@@ -1,0 +1,1 @@
+"""What users plug in: objects named by import path, and the calls given up on after a timeout."""

@@ -1,0 +1,1 @@
+"""The run record: metrics files, experiment trackers, the progress bar, the HTML report."""

@@ -1,0 +1,1 @@
+"""Training reward models: `grpo train-rm`, process reward models, iterative RL."""

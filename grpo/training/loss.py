@@ -1,0 +1,128 @@
+"""The run's policy loss, built once from the config: surrogate, KL term, aggregation and the
+global normalizer that aggregation divides by.
+
+    loss = PolicyLoss.from_config(cfg.algorithm, cfg.rollout.max_new_tokens)
+    num_items = world.sum(loss.local_items(trajectory.loss_mask))   # every rank, every micro-batch
+    value, metrics = loss(logprobs, old_logprobs, advantages, loss_mask, ref_logprobs, num_items)
+
+The math is `algorithm.policy_loss`; which count the aggregation normalizes by (sequences or
+loss-masked tokens) is declared next to it in `algorithm.AGGREGATIONS`, so neither the
+trainer nor the update knows a loss type by name.
+
+`SamplerCorrection`, also built once, turns the engine's sampler log-probs and the trainer's
+log-probs of the same tokens into the importance weights that policy_loss multiplies the
+surrogate by (algorithm.sampler_correction_weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from grpo import algorithm
+
+if TYPE_CHECKING:
+    from grpo.config import AlgorithmConfig
+
+
+@dataclass(frozen=True)
+class PolicyLoss:
+    loss_type: str
+    beta: float
+    epsilon: float
+    epsilon_high: float | None
+    kl_estimator: str
+    max_completion_length: int
+    importance_sampling_level: str = "token"
+
+    @classmethod
+    def from_config(cls, a: AlgorithmConfig, max_completion_length: int) -> PolicyLoss:
+        if a.loss_type not in algorithm.AGGREGATIONS:
+            raise ValueError(f"config field `algorithm.loss_type` = {a.loss_type!r} is invalid; allowed: "
+                             f"{', '.join(algorithm.LOSS_TYPES)}")
+        # a sequence ratio is a mean of token log-ratios: it moves far less, so GSPO clips it tighter
+        sequence = a.importance_sampling_level == "sequence"
+        epsilon, epsilon_high = ((a.sequence_epsilon, a.sequence_epsilon_high) if sequence
+                                 else (a.epsilon, a.epsilon_high))
+        return cls(a.loss_type, a.beta, epsilon, epsilon_high, a.kl_estimator, max_completion_length,
+                   a.importance_sampling_level)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.beta > 0
+
+    def local_items(self, loss_mask: torch.Tensor) -> float:
+        """This rank's share of the normalizer: its sequences with a token to train on, or its
+        loss-masked tokens (algorithm.Aggregation.count)."""
+        return float(algorithm.AGGREGATIONS[self.loss_type].count(loss_mask.float()))
+
+    def __call__(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                 loss_mask: torch.Tensor, ref_logprobs: torch.Tensor | None, num_items: float,
+                 token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One micro-batch's share of the loss ([b, C'] tensors, advantages [b]) and its metrics."""
+        return algorithm.policy_loss(
+            logprobs, old_logprobs, advantages, loss_mask, ref_logprobs=ref_logprobs, beta=self.beta,
+            epsilon=self.epsilon, epsilon_high=self.epsilon_high, loss_type=self.loss_type,
+            max_completion_length=self.max_completion_length, kl_estimator=self.kl_estimator,
+            num_items=max(num_items, 1.0), importance_sampling_level=self.importance_sampling_level,
+            token_weights=token_weights,
+        )
+
+
+@dataclass(frozen=True)
+class SamplerCorrection:
+    """Importance weights pi_old / q for the tokens an engine sampled (mode none: no weights).
+
+    `auto` resolves here, once: truncate for the vllm and server engines (their own copy of
+    the weights, their own kernels and dtype), for asynchronous generation (max_staleness >
+    0: q is an older policy than pi_old) and wherever rollouts or the trainer compute below
+    float32 (grpo.compute.precision: bf16 rounding separates the sampler's log-probs from the
+    trainer's, mean |difference| ~0.02 per token measured on the bundled model), none for
+    the engines that sample with the trainer's own module in float32.
+    """
+
+    mode: str  # none | truncate | mask
+    level: str  # token | sequence
+    cap: float
+
+    @classmethod
+    def from_config(cls, a: AlgorithmConfig, engine: str, max_staleness: int = 0,
+                    lowered: bool = False) -> SamplerCorrection:
+        """lowered: something computes below float32 (grpo.compute.precision.Precision.lowered)."""
+        mode = a.sampler_correction
+        if mode == "auto":
+            mode = "truncate" if engine in ("vllm", "server") or max_staleness > 0 or lowered else "none"
+        return cls(mode, a.sampler_correction_level, a.sampler_correction_cap)
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "none"
+
+    def weights(self, old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor,
+                loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss weights [b, C] of some whole rows (a micro-batch or all of them) and their sums
+        for `metrics` (algorithm.sampler_correction_weights)."""
+        return algorithm.sampler_correction_weights(old_logprobs, sampler_logprobs, loss_mask.to(old_logprobs.device),
+                                                    self.mode, self.level, self.cap)
+
+    def metrics(self, parts: list[dict[str, torch.Tensor]], world: Any) -> dict[str, float]:
+        """The weights' metrics over every micro-batch of every rank: is_weight/mean, /min, /max
+        (of pi_old / q), is_weight/truncated or /masked (fraction corrected), is_weight/nonfinite
+        (tokens without a finite log-prob, weight 0) and sampler_kl (KL(q || pi_old) per token)."""
+        total = {k: world.sum(sum(float(p[k]) for p in parts))
+                 for k in ("num_tokens", "num_nonfinite", "num_corrected", "w_sum", "kl_sum", "kl_tokens")}
+        local = torch.tensor([[min((float(p["w_min"]) for p in parts), default=float("nan")),
+                               -max((float(p["w_max"]) for p in parts), default=float("nan"))]])
+        extremes = world.gather(local.nan_to_num(float("inf")))  # [ranks, 2]; NaN = no token there
+        n = max(total["num_tokens"], 1.0)
+        corrected = "truncated" if self.mode == "truncate" else "masked"
+        return {
+            "is_weight/mean": total["w_sum"] / n,
+            "is_weight/min": extremes[:, 0].min().item(),
+            "is_weight/max": -extremes[:, 1].min().item(),
+            f"is_weight/{corrected}": total["num_corrected"] / n,
+            "is_weight/nonfinite": int(total["num_nonfinite"]),
+            "sampler_kl": total["kl_sum"] / max(total["kl_tokens"], 1.0),
+        }

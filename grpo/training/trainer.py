@@ -1,0 +1,494 @@
+"""The GRPO training loop.
+
+One step, as numbered in `train_step` below:
+  1. take the next prompts from the data stream (resumable by position)
+  2. generate G completions per prompt: a Trajectory (rollout engine)
+  3. score them with the reward functions (contained: a failing function never ends the run)
+  4. group-relative advantages (algorithm.group_advantages); with step rewards also per-token
+     process advantages (algorithm.process_advantages, combined by algorithm.advantages);
+     truncated completions leave the loss mask when algorithm.mask_truncated_completions
+  5. old log-probs (only when num_iterations > 1) and reference log-probs (only when beta > 0)
+  6. num_iterations updates: gradients over micro-batches of the loss built once from the
+     config (grpo.training.update.accumulate_gradients, grpo.training.loss; the first update also weighs the
+     sampler's tokens by pi_old / q when the correction is on), then clip, finite check, AdamW
+     step and LR schedule (grpo.training.update.optimizer_step); a non-finite update is skipped and counted
+  7. the engine samples from the new weights from now on (engine.sync_weights)
+  8. metrics and sample completions to the run directory
+and, at their intervals, held-out evaluation and an atomic checkpoint. Under torchrun each
+process runs this same loop on its share of the prompts (grpo.compute.distributed: `self.world`).
+With rollout.max_staleness > 0, steps 1-2 take a batch that a background thread generated
+while earlier steps trained (grpo.rollout.pipeline: at most max_staleness updates old).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from grpo import algorithm, rewards
+from grpo.compute import models
+from grpo.compute.allocator import keep_freed_memory
+from grpo.compute.distributed import World
+from grpo.compute.precision import Precision, dither_master_weights
+from grpo.compute.precision import resolve as resolve_precision
+from grpo.compute.precision import save as save_precision
+from grpo.config import Config, save_config
+from grpo.episodes.turns import EpisodeSampler, SingleTurnSampler, build_sampler
+from grpo.evaluation import evaluate, merge_results
+from grpo.guards import probe, resources
+from grpo.guards.health import StepWatch
+from grpo.record.logging import NullLogger, RunLogger
+from grpo.reward_model.iterative import IterativeRL
+from grpo.rewards.harness import RewardScores, WeightedReward
+from grpo.rewards.steps import place_steps
+from grpo.rollout import RolloutEngine, SamplingParams, build_engine, engine_name
+from grpo.rollout.pipeline import RolloutPipeline, staleness
+from grpo.serve.client import RemoteReference
+from grpo.tasks import Task, build_task
+from grpo.tasks.base import DataStream, Example
+from grpo.training.checkpoint import (
+    REFERENCE_FILE,
+    TrainerState,
+    check_run_dir,
+    checkpoint_name,
+    latest_checkpoint,
+    load_training_state,
+    load_weights,
+    parameter_state,
+    save_checkpoint,
+    take_snapshot,
+)
+from grpo.training.interrupt import Interrupted, StopSignals
+from grpo.training.logprobs import LocalReference, ReferenceModel, batch_logprobs
+from grpo.training.loss import PolicyLoss, SamplerCorrection
+from grpo.training.step_metrics import rollout_metrics, sample_records
+from grpo.training.update import (
+    SamplerWeights,
+    UpdateSettings,
+    accumulate_gradients,
+    mean_over_iterations,
+    optimizer_step,
+)
+from grpo.trajectory import FINISH_LENGTH, Trajectory
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (e.g. the loss stayed non-finite); a checkpoint was written."""
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_updates: int):
+    """Linear warmup, then constant or cosine decay to 0 over the remaining updates."""
+    warmup, kind = cfg.train.warmup_steps, cfg.train.lr_schedule
+
+    def factor(update: int) -> float:
+        if update < warmup:
+            return (update + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = (update - warmup) / max(1, total_updates - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+@dataclass
+class Trainer:
+    """Everything the loop needs, built once by `Trainer.build`."""
+
+    cfg: Config
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    reference: ReferenceModel | None  # None when beta = 0
+    engine: RolloutEngine
+    sampler: SingleTurnSampler | EpisodeSampler  # single-turn, or episodes with tools / an environment
+    reward_fns: list[WeightedReward]
+    task: Task
+    loss: PolicyLoss
+    correction: SamplerCorrection
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    state: TrainerState
+    data: DataStream
+    world: World
+    precision: Precision  # what forwards, backward and rollouts compute in (grpo.compute.precision)
+    iterative: IterativeRL | None = None  # iterative RL: the reward model keeps learning
+    last_saved: int | None = field(default=None, init=False)  # the step of the newest checkpoint
+    pipeline: RolloutPipeline | None = field(default=None, init=False)  # max_staleness > 0: rollouts in flight
+    trained_order: dict[str, Any] | None = field(default=None, init=False)  # async: the last step's data order
+
+    @classmethod
+    def build(cls, cfg: Config, loaded: models.LoadedModel | None = None) -> Trainer:
+        """loaded: a model object (grpo.train(model=...)); cfg.model.path is where its initial
+        weights are copied (rank 0, fresh runs) for the reference, vLLM and resumes to read."""
+        check_run_dir(cfg.output_dir, cfg.resume)  # never train over another run's checkpoints
+        world = World.init(cfg.train.parallel, cfg.model.device)
+        if loaded is not None:
+            if world.is_main and not (cfg.resume and Path(cfg.model.path).is_dir()):
+                models.save_loaded(loaded, Path(cfg.model.path))
+            world.sum(0.0)  # a barrier: the other ranks read the copy only once it is complete
+        seed_everything(cfg.seed)  # the same on every rank: identical initial weights (LoRA too)
+        task = build_task(cfg.task)
+        reward_fns = rewards.build(cfg.rewards)
+        model, tokenizer = models.load_policy(cfg.model, loaded)
+        ckpt = latest_checkpoint(cfg.output_dir) if cfg.resume else None
+        if ckpt is not None:
+            load_weights(ckpt, model)
+        device = next(model.parameters()).device
+        # the compute dtype (measured on this machine under auto); a resumed run keeps its choice
+        precision = resolve_precision(cfg.model.precision, cfg.rollout.precision, next(model.parameters()).dtype,
+                                      device, world, Path(cfg.output_dir) if ckpt is not None else None)
+        if ckpt is None:  # before prepare: on plain tensors, the same random stream on every rank
+            dither_master_weights(model, precision)  # bf16 compute: updates reach the forwards from the start
+        world.prepare(model)  # ddp: rank 0's weights everywhere; fsdp: shard
+        world.seed_sampling(cfg.seed)  # each rank samples its own completions
+        if device.type == "cpu":
+            keep_freed_memory()  # no page faults for each step's tensors (grpo/allocator.py)
+        loss = PolicyLoss.from_config(cfg.algorithm, cfg.rollout.episode_tokens)
+        # With beta = 0 the reference model is never loaded (memory and time).
+        reference = None
+        if loss.needs_reference and cfg.reference.url:  # served by `grpo serve-ref`, elsewhere
+            reference = RemoteReference.from_config(cfg.reference, cfg.rollout.temperature)
+        elif loss.needs_reference:
+            reference = LocalReference(models.load_reference(cfg.model, model, precision.compute),
+                                       cfg.train.micro_batch_size, device, cfg.rollout.temperature, precision.autocast)
+        engine = build_engine(cfg.rollout, model, tokenizer, precision.rollout)
+        params = [p for p in model.parameters() if p.requires_grad]
+        # fused: one kernel over all parameters (bundled model on CPU: 0.08 s per step against 0.29)
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, betas=tuple(cfg.train.adam_betas),
+                                      weight_decay=cfg.train.weight_decay, fused=device.type in ("cpu", "cuda"))
+        scheduler = make_scheduler(optimizer, cfg, cfg.train.num_steps * cfg.algorithm.num_iterations)
+        sampler = build_sampler(cfg, engine, tokenizer)  # tools and environments load: bad ones fail now
+        resources.preflight(cfg, model, tokenizer, task, optimizer, device, sampler.render)  # prompts, memory, disk
+        state = TrainerState()
+        if ckpt is not None:
+            state = load_training_state(ckpt, model, optimizer, scheduler, world)
+            engine.sync_weights(model, state.num_updates)  # the checkpoint's weights, not model.path's
+            if isinstance(reference, LocalReference) and (Path(ckpt) / REFERENCE_FILE).is_file():
+                load_weights(ckpt, reference.model, REFERENCE_FILE, every_parameter=True)  # where syncs moved it
+        iterative = IterativeRL.from_config(cfg, reward_fns)
+        if iterative is not None and ckpt is not None:
+            iterative.load(Path(ckpt))
+        correction = SamplerCorrection.from_config(cfg.algorithm, engine_name(cfg.rollout), cfg.rollout.max_staleness,
+                                                   precision.lowered)
+        return cls(cfg, model, tokenizer, reference, engine, sampler, reward_fns, task, loss, correction, optimizer,
+                   scheduler, device, state, DataStream(task.train, cfg.seed, state.examples_seen), world, precision,
+                   iterative)
+
+    # ----------------------------------------------------------------- one step
+
+    def train_step(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        cfg, G = self.cfg, self.cfg.rollout.group_size
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            now = time.perf_counter()
+            timings[f"time/{name}"] = timings.get(f"time/{name}", 0.0) + now - clock  # summed over rounds
+            clock = now
+
+        self.world.gather_weights(self.model)  # fsdp: whole weights until the optimizer step
+        # 1.-3. prompts, G completions each, rewards (several rounds with dynamic sampling)
+        examples, trajectory, scores, collected = self.collect(lap)
+        if self.iterative is not None:  # the reward model learns from these later (iterative RL)
+            self.iterative.observe([ex for ex in examples for _ in range(G)], trajectory.completions,
+                                   scores.per_function[cfg.iterative.label], self.world)
+        # 4. advantages (over whole groups, truncated completions included); step rewards: per token
+        a = cfg.algorithm
+        advantages = algorithm.group_advantages(scores.total, G, a.scale_rewards, a.advantage_eps)  # [N]
+        process: dict[str, float] = {}
+        if scores.steps is not None:
+            placed = place_steps(self.tokenizer, trajectory.completion_ids, trajectory.completion_mask,
+                                 trajectory.completions, scores.steps, cfg.task.assistant_prefix)
+            per_token = algorithm.process_advantages(placed.rewards, placed.rows, placed.tokens, len(trajectory),
+                                                     trajectory.completion_ids.shape[1], G, a.scale_rewards,
+                                                     a.advantage_eps)  # [N, C]
+            advantages = algorithm.ADVANTAGE_SOURCES[a.advantages](advantages, per_token)  # [N] or [N, C]
+            process = {"process/steps": self.world.sum(len(placed.rows)) / self.world.sum(len(trajectory)),
+                       "process/unplaced": int(self.world.sum(placed.unplaced))}
+        trained, masked = trajectory, {}
+        if a.mask_truncated_completions:
+            trained = trajectory.without_truncated()
+            masked = {"truncated_masked": int(self.world.sum(trajectory.finish_reasons.count(FINISH_LENGTH)))}
+        # 5. old and reference log-probs, no grad
+        mbs, temp = cfg.train.micro_batch_size, cfg.rollout.temperature
+        with self.precision.autocast():
+            old_logprobs = (batch_logprobs(self.model, trained, mbs, self.device, temp)
+                            if a.num_iterations > 1 else None)
+        ref_logprobs = self.reference.logprobs(trained) if self.reference is not None else None
+        lap("logprobs")
+        # 6. policy updates (the first one also weighs the sampler's tokens when the correction is on)
+        updates_before = self.state.num_updates
+        update_metrics = self.update(trained, advantages, old_logprobs, ref_logprobs)
+        # 7. the next rollout samples from the new weights; every reference.sync_every steps the
+        # reference moves to them too; iterative RL retrains the reward model and resets the reference
+        if self.state.num_updates != updates_before:
+            self.engine.sync_weights(self.model, self.state.num_updates)
+        step = self.state.step + 1
+        if cfg.reference.sync_every and step % cfg.reference.sync_every == 0:
+            self.move_reference(cfg.reference.sync_mix)
+        retrained: dict[str, float] = {}
+        if self.iterative is not None and self.iterative.due(step):
+            retrained = self.iterative.retrain(step)
+            if cfg.iterative.reset_reference and self.reference is not None:
+                self.move_reference(1.0)
+        lap("update")
+        # 8. metrics
+        timings["time/step"] = sum(timings.values())
+        metrics = {**rollout_metrics(trajectory, scores, advantages, G, self.world), **collected, **masked, **process,
+                   **retrained,
+                   **update_metrics, **timings,
+                   "learning_rate": self.scheduler.get_last_lr()[0],
+                   "memory/peak_gb": peak_memory_gb(self.device)}
+        samples = sample_records(examples, trajectory, scores, advantages, G, cfg.log.num_samples)
+        return metrics, samples
+
+    def move_reference(self, mix: float) -> None:
+        """reference <- mix * policy + (1 - mix) * reference (the whole weights, every rank)."""
+        with self.world.full_weights(self.model):
+            self.reference.mix_from(self.model, mix)
+        self.state.reference_moved = True
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams.from_config(self.cfg.rollout)
+
+    def collect(self, lap) -> tuple[list[Example], Trajectory, RewardScores, dict[str, float]]:
+        """Steps 1-3: this rank's prompts, G completions each, their rewards.
+
+        With algorithm.dynamic_sampling: rounds of train.prompts_per_step prompts, keeping the
+        groups whose reward std exceeds the tolerance, until this rank holds its share or
+        max_generation_rounds is reached. Every rank takes every round's prompts from the
+        stream (a full rank skips generating them) and the rounds end together (world.any), so
+        ranks stay in step and a resumed run draws the same prompts. A rank that found no
+        group with signal trains on its last round as it is (advantages 0: only the KL term).
+        """
+        cfg, a, G, world = self.cfg, self.cfg.algorithm, self.cfg.rollout.group_size, self.world
+        if cfg.rollout.max_staleness > 0:
+            return self.collect_ahead(lap)
+        share = cfg.train.prompts_per_step // world.size
+        kept: list[tuple[list[Example], Trajectory, RewardScores]] = []
+        num_kept = num_dropped = rounds = 0
+        errors: dict[str, int] = {}
+        while True:
+            rounds += 1
+            # 1. prompts: every rank reads the same stream and keeps its share
+            examples = world.shard(self.data.take(cfg.train.prompts_per_step))
+            if num_kept < share:
+                # 2. generate G completions per prompt
+                trajectory = self.sampler.sample(examples, self.sampling_params())
+                lap("generation")
+                # 3. rewards, per completion (completion i belongs to prompt i // G)
+                grouped = [ex for ex in examples for _ in range(G)]
+                scores = rewards.score(self.reward_fns, trajectory.completions, grouped, cfg.reward_timeout)
+                lap("rewards")
+                if not a.dynamic_sampling:
+                    return examples, trajectory, scores, {}
+                for name, n in scores.errors.items():
+                    errors[name] = errors.get(name, 0) + n
+                signal = algorithm.groups_with_signal(scores.total, G, a.dynamic_sampling_tolerance)  # [share]
+                num_dropped += int((~signal).sum())
+                groups = signal.nonzero().flatten().tolist()[: share - num_kept]
+                if groups:
+                    rows = [g * G + i for g in groups for i in range(G)]
+                    kept.append(([examples[g] for g in groups], trajectory.select(rows), scores.select(rows)))
+                    num_kept += len(groups)
+            if not world.any(num_kept < share) or rounds >= a.max_generation_rounds:
+                break
+        if not kept:
+            kept = [(examples, trajectory, scores)]
+        scores = RewardScores.cat([part[2] for part in kept])
+        scores.errors = errors  # every round's failures, the dropped groups' included
+        drawn = rounds * cfg.train.prompts_per_step
+        return ([ex for part in kept for ex in part[0]], Trajectory.cat([part[1] for part in kept],
+                                                                        self.tokenizer.pad_token_id), scores,
+                {"dynamic/rounds": rounds, "dynamic/prompts_drawn": drawn,
+                 "dynamic/groups_dropped": world.sum(num_dropped) / drawn,
+                 "dynamic/groups_with_signal": int(world.sum(num_kept))})
+
+    def collect_ahead(self, lap) -> tuple[list[Example], Trajectory, RewardScores, dict[str, float]]:
+        """Steps 1-3 with rollout.max_staleness > 0: this step's batch from the pipeline (the next
+        steps' are requested now, after the last push), scored on arrival."""
+        cfg, k = self.cfg, self.cfg.rollout.max_staleness
+        if self.pipeline is None:
+            self.pipeline = RolloutPipeline(lambda: self.world.shard(self.data.take(cfg.train.prompts_per_step)),
+                                            lambda examples: self.sampler.sample(examples, self.sampling_params()),
+                                            k // cfg.algorithm.num_iterations, cfg.train.prompts_per_step,
+                                            self.engine.refresh)
+        arrived = self.pipeline.next(cfg.train.num_steps - self.state.step)
+        lap("generation")  # the time the loop waited for it
+        trajectory, version = arrived.trajectory, self.state.num_updates
+        ages = staleness(trajectory.policy_version, version, k)
+        grouped = [ex for ex in arrived.examples for _ in range(cfg.rollout.group_size)]
+        scores = rewards.score(self.reward_fns, trajectory.completions, grouped, cfg.reward_timeout)
+        lap("rewards")
+        self.trained_order = {"trained_version": version, "example_ids": [ex.id for ex in arrived.examples],
+                              "policy_versions": trajectory.policy_version.tolist()}
+        return arrived.examples, trajectory, scores, {**ages, "async/generation_seconds": arrived.generation_seconds}
+
+    def update(self, trajectory: Trajectory, advantages: torch.Tensor, old_logprobs: torch.Tensor | None,
+               ref_logprobs: torch.Tensor | None) -> dict[str, float]:
+        """num_iterations optimizer updates on one trajectory. Every metric (loss, grad_norm, clip
+        fractions, ratio, KL) is the plain mean over the iterations; entropy is the first
+        iteration's, the policy that sampled."""
+        cfg = self.cfg
+        settings = UpdateSettings(cfg.train.micro_batch_size, cfg.rollout.temperature, self.device,
+                                  self.precision.autocast)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]  # fsdp: the shards
+        per_iteration = []
+        # pi_old for the correction is the policy of the first update, under the sampler's distribution
+        r = cfg.rollout
+        sampler = SamplerWeights(self.correction, r.top_k, r.top_p) if self.correction.active else None
+        self.model.train()
+        for iteration in range(cfg.algorithm.num_iterations):
+            metrics = accumulate_gradients(self.model, params, trajectory, advantages, old_logprobs, ref_logprobs,
+                                           self.loss, self.world, settings, with_entropy=iteration == 0,
+                                           sampler=sampler)
+            metrics["grad_norm"], applied = optimizer_step(self.optimizer, self.scheduler, params,
+                                                           cfg.train.max_grad_norm, metrics["loss"])
+            if applied:
+                self.state.num_updates += 1
+                self.state.bad_steps_in_a_row = 0
+            else:  # the weights are unchanged; train.max_bad_steps of these in a row stop the run
+                self.state.bad_steps_in_a_row += 1
+                self.state.num_skipped_updates += 1
+            per_iteration.append(metrics)
+        return {**mean_over_iterations(per_iteration), "skipped_updates": self.state.num_skipped_updates}
+
+    # ----------------------------------------------------------------- the run
+
+    def evaluate(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Held-out evaluation; in a multi-process run each rank scores its share of the examples
+        (progress: called with this rank's examples done and its share)."""
+        examples = self.task.eval[: self.cfg.eval.num_examples]
+        mine = examples[self.world.rank :: self.world.size]
+        with self.world.full_weights(self.model):  # fsdp: generation runs no collectives
+            results = evaluate(self.engine, self.tokenizer, mine, self.cfg, progress, self.reward_fns) if mine else None
+        return merge_results([r for r in self.world.gather_objects(results) if r is not None])
+
+    def first_run_check(self, out: Path | None) -> list[str]:
+        """grpo.guards.probe on the first training prompts; the first prompt as the model sees it is
+        written to <run>/prompt.txt (out: the run directory on rank 0, else None)."""
+        examples = self.task.train[: probe.NUM_EXAMPLES]
+        with self.world.full_weights(self.model):  # fsdp: generation runs no collectives
+            report = probe.probe(self.sampler, self.reward_fns, examples, probe.probe_params(self.cfg),
+                                 self.cfg.reward_timeout)
+        if out is not None:
+            (out / "prompt.txt").write_text(report.prompt, encoding="utf-8")
+        return probe.problems(report, self.cfg)
+
+    def save(self) -> Path | None:
+        """A checkpoint of this step: every rank gathers, rank 0 writes (and returns its path)."""
+        # rollouts in flight are dropped: a resumed run requests their prompts again
+        self.state.examples_seen = self.data.position - (self.pipeline.prompts_in_flight if self.pipeline else 0)
+        snapshot = take_snapshot(self.model, self.optimizer, self.scheduler, self.world)
+        if self.state.reference_moved:
+            snapshot.reference = parameter_state(self.reference.model)
+        if self.iterative is not None:
+            snapshot.extra.append(self.iterative.save)
+        self.last_saved = self.state.step
+        if not self.world.is_main:
+            return None
+        if self.cfg.train.check_resources:  # fail with a clear message rather than midway through a write
+            resources.check_disk(self.cfg.output_dir, resources.checkpoint_bytes(self.model, self.optimizer),
+                                 f"checkpoint {self.state.step}")
+        return save_checkpoint(self.cfg.output_dir, snapshot, self.state, self.cfg.checkpoint.keep_last)
+
+    def run(self) -> dict[str, Any]:
+        cfg, out, main = self.cfg, Path(self.cfg.output_dir), self.world.is_main
+        self.last_saved = self.state.step if self.state.step > 0 else None  # resumed from that checkpoint
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
+            save_precision(self.precision, out)
+        log = (RunLogger(out, cfg.train.num_steps, start_step=self.state.step, report_to=cfg.log.report_to,
+                         config=cfg, progress=cfg.log.progress) if main else NullLogger())
+        watch = StepWatch(cfg)
+        results: dict[str, Any] = {}
+        # SIGINT / SIGTERM only set stop.requested; the loop stops between steps (grpo.training.interrupt),
+        # on every rank once any rank got one.
+        with StopSignals() as stop, log:  # the logger closes on the way out, whatever happens
+            log.print(self.precision.describe())
+            if self.state.step == 0 and cfg.train.first_run_check:
+                for message in self.first_run_check(out if main else None):
+                    log.print(f"warning (first-run check): {message}")
+            if self.state.step == 0 and cfg.eval.before_training and cfg.eval.num_examples > 0:
+                results["before"] = self.evaluate(log.evaluating)
+                log.log_eval(0, results["before"])
+            while self.state.step < cfg.train.num_steps and not self.world.any(stop.requested):
+                metrics, samples = self.train_step()
+                self.state.step += 1
+                step = self.state.step
+                if self.trained_order is not None:  # async: every step's prompts and sample versions
+                    log.log_rollouts(step, self.trained_order)
+                if step % cfg.log.every == 0 or step == cfg.train.num_steps:
+                    log.log_step(step, metrics)
+                    log.log_samples(step, samples)
+                for message in watch.observe(step, metrics):
+                    log.print(message)
+                if self.state.bad_steps_in_a_row >= cfg.train.max_bad_steps:
+                    path = self.save()
+                    raise TrainingStopped(
+                        f"the loss or gradient was not finite for {self.state.bad_steps_in_a_row} updates in a row "
+                        f"(train.max_bad_steps={cfg.train.max_bad_steps}); stopped with checkpoint {path}. "
+                        "Lower train.learning_rate or check the reward functions."
+                    )
+                if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.num_steps:
+                    log.log_eval(step, self.evaluate(log.evaluating))
+                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+                    self.save()
+            if self.state.step > 0 and self.last_saved != self.state.step:
+                self.save()
+            if self.world.any(stop.requested):  # this rank's signal, or another rank's
+                latest = out / checkpoint_name(self.state.step) if self.state.step > 0 else None
+                raise Interrupted(stop.signum or signal.SIGTERM, self.state.step, latest)
+            if cfg.eval.num_examples > 0:
+                results["after"] = self.evaluate(log.evaluating)
+                log.log_eval(self.state.step, results["after"])
+            weights = self.world.full_state_dict(self.model)  # fsdp: gathered; otherwise None
+            if main:
+                from grpo.record.report import (
+                    write_report,  # imports matplotlib only when a run ends
+                )
+
+                models.save_final(self.model, self.tokenizer, out / "final", weights)
+                write_report(out)
+        return results
+
+
+def train(cfg: Config, loaded: models.LoadedModel | None = None) -> dict[str, Any]:
+    trainer = Trainer.build(cfg, loaded)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.pipeline is not None:
+            trainer.pipeline.close()
+        trainer.engine.close()  # first: vLLM's shutdown under torchrun also ends the process group
+        trainer.world.close()

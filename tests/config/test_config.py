@@ -1,0 +1,143 @@
+"""Config: YAML + dotted overrides, validation messages, round trip."""
+
+import dataclasses
+
+import pytest
+
+from grpo.config import Config, RewardSpec, describe, load_config, save_config
+
+
+def test_defaults_are_valid_and_documented():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    rows = describe()
+    assert all(help_text for _, _, help_text in rows), [n for n, _, h in rows if not h]
+    names = [n for n, _, _ in rows]
+    assert "algorithm.beta" in names and "model.lora.r" in names
+
+
+def test_yaml_plus_dotted_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "algorithm:\n  beta: 0.01\n  loss_type: dapo\nrollout:\n  group_size: 4\n"
+        "rewards:\n  - {name: format, weight: 0.5}\n  - {name: accuracy}\n"
+    )
+    cfg = load_config(path, ["algorithm.beta=0.04", "train.learning_rate=5e-6", "resume=true"])
+    assert cfg.algorithm.beta == 0.04
+    assert cfg.algorithm.loss_type == "dapo"
+    assert cfg.rollout.group_size == 4
+    assert cfg.train.learning_rate == 5e-6
+    assert cfg.resume is True
+    assert cfg.rewards == [RewardSpec("format", 0.5, {}), RewardSpec("accuracy", 1.0, {})]
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config(None, ["algorithm.epsilon_high=0.28", "task.params={min_terms: 2}",
+                             "model.lora.enabled=true", "rollout.top_k=50"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+    save_config(again, tmp_path / "config2.yaml")
+    assert (tmp_path / "config.yaml").read_text() == (tmp_path / "config2.yaml").read_text()
+
+
+def test_int_is_accepted_for_float_field():
+    assert load_config(None, ["algorithm.beta=0"]).algorithm.beta == 0.0
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("algorithm.bta=0.1", "unknown config field `algorithm.bta`"),
+        ("algorithm.loss_type=ppo", "allowed: grpo, bnpo, dr_grpo, dapo"),
+        ("algorithm.scale_rewards=max", "allowed: group, batch, none"),
+        ("rollout.group_size=1", "`rollout.group_size` = 1"),
+        ("rollout.group_size=four", "expected int"),
+        ("rollout.max_new_tokens=0", "`rollout.max_new_tokens`"),
+        ("train.micro_batch_size=5", "a divisor of prompts_per_step * group_size = 16"),
+        ("train.learning_rate=-1", "`train.learning_rate`"),
+        ("rollout.temperature=0", "`rollout.temperature`"),
+        ("train.num_steps=true", "expected int"),
+        ("train.learning_rate=fast", "expected float"),
+        ("task.source=hf", "allowed: reasoning_gym, file, hub"),
+        ("task.source=file", "`task.path`"),
+        ("rewards=[]", "`rewards`"),
+        ("task.few_shot=-1", "`task.few_shot`"),
+        ("task.num_train=0", "`task.num_train`"),
+        ("rewards=[{nam: format}]", "unknown config field `rewards[0].nam`"),
+        ("model=3", "section `model` must be a mapping"),
+        ("algorithm.beta", "must look like `section.field=value`"),
+        ("algorithm.beta.x=1", "`algorithm.beta`"),
+    ],
+)
+def test_bad_values_name_the_field(override, fragment):
+    with pytest.raises(ValueError) as e:
+        load_config(None, [override])
+    assert fragment in str(e.value)
+
+
+def test_bad_yaml_file_names_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  num_steps: 3\n  lr: [1, 2\n")
+    with pytest.raises(ValueError, match=r"bad.yaml.*line \d+"):
+        load_config(path)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("seed: 1 # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8"):
+        load_config(latin)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(listy)
+
+
+def test_every_leaf_field_has_a_default_that_round_trips():
+    # the dataclass tree is fully defaulted: Config() needs no arguments
+    cfg = Config()
+    assert dataclasses.asdict(cfg)["rollout"]["group_size"] == 8
+
+
+def test_allowed_values_come_from_the_dispatch_tables():
+    import typing
+
+    from grpo import algorithm, config, rollout
+    from grpo.compute import dtypes
+
+    def allowed(cls, name):
+        return typing.get_args(typing.get_type_hints(cls)[name])
+
+    assert allowed(config.AlgorithmConfig, "loss_type") == tuple(algorithm.AGGREGATIONS)
+    assert allowed(config.AlgorithmConfig, "kl_estimator") == tuple(algorithm.KL_ESTIMATORS)
+    assert allowed(config.AlgorithmConfig, "scale_rewards") == tuple(algorithm.ADVANTAGE_SCALES)
+    assert allowed(config.RolloutConfig, "engine") == ("auto", *rollout.ENGINES)
+    assert allowed(config.RolloutConfig, "vllm_lora_sync") == tuple(rollout.LORA_SYNCS)
+    assert allowed(config.ModelConfig, "dtype") == ("auto", *dtypes.DTYPES)
+
+
+MODEL_FREE_RULES = {
+    "fsdp with LoRA": (["train.parallel=fsdp", "model.lora.enabled=true"], 1, "use train.parallel=ddp"),
+    "vllm options for another engine": (["rollout.engine=shared_prefix", "rollout.vllm={enforce_eager: true}"], 1,
+                                        "`rollout.vllm`"),
+    "vllm_lora_sync for another engine": (["rollout.engine=shared_prefix", "rollout.vllm_lora_sync=adapter"], 1,
+                                          "`rollout.vllm_lora_sync`"),
+    "prompts not divisible by the processes": (["train.prompts_per_step=3", "train.micro_batch_size=4"], 2,
+                                               "divisible by the number of processes (2)"),
+}
+
+
+@pytest.mark.parametrize("case", MODEL_FREE_RULES)
+def test_cross_field_rules_fail_before_anything_loads(case, monkeypatch):
+    import sys
+    import time
+
+    overrides, world_size, message = MODEL_FREE_RULES[case]
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    monkeypatch.setitem(sys.modules, "grpo.compute.models", None)  # importing the model loader would fail
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as error:
+        load_config(None, [*overrides, "model.path=/nonexistent/model"])
+    elapsed = time.perf_counter() - start
+    assert message in str(error.value), f"{case}: {error.value} (after {elapsed * 1000:.1f} ms)"
+    print(f"{case}: refused after {elapsed * 1000:.1f} ms: {error.value}")

@@ -1,0 +1,51 @@
+"""The first-run check (grpo.guards.probe): the silent failures, each in one line naming the field."""
+
+from grpo.config import Config
+from grpo.guards.probe import ProbeReport, problems
+from tests.support.cli_runs import metrics, quick, run_cli, tiny_args
+
+
+def report(**changes):
+    fields = dict(prompt="<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nq", system_prompt="Be brief.",
+                  truncation_rate=0.0, zero_variance_groups=0.5, reward_min=0.0, reward_max=2.0, num_samples=16)
+    return ProbeReport(**(fields | changes))
+
+
+def test_each_problem_is_one_line_naming_the_field():
+    cfg = Config()
+    assert problems(report(), cfg) == []
+    (line,) = problems(report(truncation_rate=0.75), cfg)
+    assert "75% of 16 probe completions" in line and "rollout.max_new_tokens = 128" in line
+    (line,) = problems(report(reward_min=1.0, reward_max=1.0, zero_variance_groups=1.0), cfg)
+    assert "same total reward (1)" in line and "`rewards`" in line
+    (line,) = problems(report(zero_variance_groups=1.0), cfg)
+    assert "rollout.group_size = 8" in line and "rollout.temperature" in line
+    (line,) = problems(report(prompt="<|im_start|>user\nq"), cfg)
+    assert "system prompt" in line and "task.system_prompt" in line
+
+
+def test_train_warns_about_a_truncating_budget_and_rewards_that_cannot_separate(tiny_model_dir, tmp_path,
+                                                                                monkeypatch, capsys):
+    # the tiny random model never answers: accuracy alone scores everything 0; 4 tokens truncate every sample
+    args = tiny_args(tmp_path, tiny_model_dir) + ["rewards=[{name: accuracy}]"]
+    with quick(monkeypatch):
+        status, _, err = run_cli(capsys, "train", *args)
+    assert status == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning (first-run check)")]
+    assert len(warnings) == 2, err
+    assert "hit the token budget (rollout.max_new_tokens = 4)" in warnings[0]
+    assert "same total reward (0)" in warnings[1]
+    assert (tmp_path / "run" / "prompt.txt").read_text().endswith("<|im_start|>assistant\n")
+
+
+def test_the_check_leaves_the_run_unchanged(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Its own seed: a run with the check trains exactly like one without it."""
+    rows = []
+    for on in ("true", "false"):
+        args = [a for a in tiny_args(tmp_path, tiny_model_dir) if not a.startswith(("output_dir", "train.num_steps"))]
+        args += [f"train.first_run_check={on}", f"output_dir={tmp_path / on}", "train.num_steps=2"]
+        with quick(monkeypatch):
+            assert run_cli(capsys, "train", *args)[0] == 0
+        rows.append(metrics(tmp_path / on, drop_times=True))
+    assert rows[0] == rows[1]
+    assert (tmp_path / "true" / "prompt.txt").is_file() and not (tmp_path / "false" / "prompt.txt").exists()

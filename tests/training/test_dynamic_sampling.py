@@ -1,0 +1,77 @@
+"""DAPO's dynamic sampling: groups without signal are dropped and more prompts drawn."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from grpo import algorithm
+from grpo.rewards.harness import RewardScores
+from grpo.training.trainer import Trainer, train
+from grpo.trajectory import Trajectory
+from tests.support import REWARDS_FILE
+from tests.support.runs import read_metrics, tiny_config
+from tests.support.trajectories import sampled_trajectory
+
+ODD = f"{REWARDS_FILE}:odd_answers_only"
+CONSTANT = f"{REWARDS_FILE}:constant_reward"
+
+
+def test_groups_with_signal_by_hand():
+    # [1, 1, 0, 1]: std 0.5 > 0 -> kept; [0.5] * 4: equal -> dropped; [0, 0.01, 0, 0.01]: std 0.0058
+    rewards = torch.tensor([1, 1, 0, 1, 0.5, 0.5, 0.5, 0.5, 0, 0.01, 0, 0.01])
+    assert algorithm.groups_with_signal(rewards, 4).tolist() == [True, False, True]
+    assert algorithm.groups_with_signal(rewards, 4, tolerance=0.01).tolist() == [True, False, False]
+
+
+def test_trajectories_and_scores_concatenate_with_padding():
+    a = sampled_trajectory(torch.tensor([[5, 6]]), torch.tensor([[1, 1]]), torch.tensor([[7]]), torch.tensor([[1]]),
+                           ["a"], ["eos"], version=1)
+    b = sampled_trajectory(torch.tensor([[8]]), torch.tensor([[1]]), torch.tensor([[9, 2]]), torch.tensor([[1, 1]]),
+                           ["b"], ["length"], version=2)
+    t = Trajectory.cat([a, b], pad_id=0)
+    assert t.prompt_ids.tolist() == [[5, 6], [0, 8]] and t.prompt_mask.tolist() == [[1, 1], [0, 1]]
+    assert t.completion_ids.tolist() == [[7, 0], [9, 2]] and t.loss_mask.tolist() == [[1, 0], [1, 1]]
+    assert t.policy_version.tolist() == [1, 2]
+    assert t.completions == ["a", "b"] and t.finish_reasons == ["eos", "length"]
+    s = RewardScores.cat([RewardScores(torch.tensor([1.0, 2.0]), {"f": torch.tensor([1.0, 2.0])}, {"f": 1}),
+                          RewardScores(torch.tensor([3.0]), {"f": torch.tensor([3.0])}, {"f": 2})])
+    assert s.total.tolist() == [1.0, 2.0, 3.0] and s.errors == {"f": 3}
+    stepped = RewardScores.cat([RewardScores(torch.zeros(1), {}, {}, [[(3, 1.0)]]),
+                                RewardScores(torch.zeros(2), {}, {}, [[], [(1, 0.5)]])])
+    assert stepped.steps == [[(3, 1.0)], [], [(1, 0.5)]]
+    assert s.select([2, 0]).per_function["f"].tolist() == [3.0, 1.0]
+
+
+def test_a_step_trains_only_on_groups_with_signal(tmp_path, tiny_model_dir, data_file):
+    cfg = tiny_config(tmp_path, tiny_model_dir, data_file, f"rewards=[{{name: '{ODD}'}}]", "train.num_steps=1",
+                      "algorithm.dynamic_sampling=true", "algorithm.max_generation_rounds=8", "eval.num_examples=0")
+    trainer = Trainer.build(cfg)
+    metrics, samples = trainer.train_step()
+    assert metrics["dynamic/groups_with_signal"] == 2 and metrics["frac_reward_zero_std"] == 0
+    assert metrics["dynamic/prompts_drawn"] == 2 * metrics["dynamic/rounds"] == trainer.data.position
+    assert all(int(s["answer"]) % 2 == 1 for s in samples)  # only odd answers have signal
+    dropped = metrics["dynamic/groups_dropped"] * metrics["dynamic/prompts_drawn"]
+    assert dropped == pytest.approx(round(dropped)) and dropped >= 0
+
+
+def test_without_any_signal_the_last_round_is_trained_on_and_said(tmp_path, tiny_model_dir, data_file):
+    cfg = tiny_config(tmp_path, tiny_model_dir, data_file, f"rewards=[{{name: '{CONSTANT}'}}]", "train.num_steps=1",
+                      "algorithm.dynamic_sampling=true", "algorithm.max_generation_rounds=3", "eval.num_examples=0")
+    metrics, _ = Trainer.build(cfg).train_step()
+    assert metrics["dynamic/rounds"] == 3 and metrics["dynamic/groups_with_signal"] == 0
+    assert metrics["dynamic/groups_dropped"] == 1.0 and metrics["frac_reward_zero_std"] == 1.0
+
+
+def test_dynamic_sampling_resumes_exactly(tmp_path, tiny_model_dir, data_file):
+    extra = (f"rewards=[{{name: '{ODD}'}}]", "algorithm.dynamic_sampling=true", "eval.num_examples=0")
+    full = tiny_config(tmp_path / "full", tiny_model_dir, data_file, "train.num_steps=4", *extra)
+    train(full)
+    half = tiny_config(tmp_path / "half", tiny_model_dir, data_file, "train.num_steps=2", *extra)
+    train(half)
+    train(tiny_config(tmp_path / "half", tiny_model_dir, data_file, "train.num_steps=4", "resume=true", *extra))
+    whole, resumed = read_metrics(full.output_dir), read_metrics(half.output_dir)
+    assert resumed == whole and sum(m["dynamic/rounds"] for m in whole) > 4  # some steps drew again
+    state = json.loads((Path(full.output_dir) / "checkpoint-000004" / "trainer_state.json").read_text())
+    assert state["examples_seen"] == sum(m["dynamic/prompts_drawn"] for m in whole)
