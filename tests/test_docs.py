@@ -77,3 +77,14 @@ def test_readme_tree_matches_the_package() -> None:
     assert not missing, f"README's tree lists what grpo/ does not hold: {missing}"
     folders = {p.name + "/" for p in (ROOT / "grpo").iterdir() if (p / "__init__.py").exists()}
     assert folders <= listed, f"README's tree leaves out {sorted(folders - listed)}"
+
+
+def test_code_points_at_sections_that_exist() -> None:
+    # comments link measured figures as bench/RESULTS.md#section instead of quoting them
+    pointer = re.compile(r"((?:bench|docs)/[\w.-]+\.md)#([\w-]+)")
+    broken = []
+    for source in sorted([*(ROOT / "grpo").rglob("*.py"), *(ROOT / "bench").glob("*.py")]):
+        for doc, anchor in pointer.findall(source.read_text()):
+            if not (ROOT / doc).exists() or anchor not in anchors(ROOT / doc):
+                broken.append(f"{source.relative_to(ROOT)}: {doc}#{anchor}")
+    assert not broken, f"links to no section: {broken}"
