@@ -1,6 +1,6 @@
 """The README and docs/ point only at files that exist, so a move cannot leave them stale.
 
-Checked in README.md and docs/*.md: every relative link (and its #anchor, against the
+Checked in README.md, docs/*.md and bench/*.md: every relative link (and its #anchor, against the
 headings of the file it names), every repository path written out as text (`grpo/...`,
 `tests/...`, `configs/...`, `bench/...`, `docs/...`, read from the repository root), and the
 README's folder tree against `ls grpo`.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "bench").glob("*.md"))]
 # Written by the config's own help (another change); skipped until it exists.
 GENERATED = {ROOT / "docs" / "configuration.md"}
 
