@@ -8,6 +8,7 @@ README's folder tree against `ls grpo`.
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
@@ -88,3 +89,22 @@ def test_code_points_at_sections_that_exist() -> None:
             if not (ROOT / doc).exists() or anchor not in anchors(ROOT / doc):
                 broken.append(f"{source.relative_to(ROOT)}: {doc}#{anchor}")
     assert not broken, f"links to no section: {broken}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_ids)
+def test_named_python_objects_exist(doc: Path) -> None:
+    # `grpo.episodes.turns`, `grpo.rewards.steps.step_reward`: a module, then attributes
+    missing = []
+    for name in sorted(set(re.findall(r"(?<![\w/.])grpo(?:\.[A-Za-z_]\w*)+", doc.read_text()))):
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+                break
+            except ImportError:
+                continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr, None)
+        if obj is None:
+            missing.append(name)
+    assert not missing, f"{doc.name} names what grpo does not have: {missing}"
