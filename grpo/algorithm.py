@@ -58,7 +58,7 @@ SAMPLER_CORRECTIONS = {
 SAMPLER_CORRECTION_LEVELS = ("token", "sequence")
 
 # Tokens per chunk when turning logits into log-probabilities: bounds the float32
-# temporary to CHUNK x V (4096 x 49152 x 4 B = 0.8 GB at worst, usually far less).
+# temporary to CHUNK x V (1024 x 49152 x 4 B = 0.2 GB for the bundled model's vocabulary).
 LOGPROB_CHUNK_TOKENS = 1024
 
 

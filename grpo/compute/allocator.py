@@ -6,20 +6,18 @@ logits and their gradients). glibc hands memory back to the OS eagerly: it trims
 its heap whenever more than its trim threshold (by default at most 64 MiB) lies free there,
 and serves allocations above its mmap threshold with fresh mappings that are unmapped on
 free. The next step then faults those pages in again, 4 KiB at a time, each zero-filled by
-the kernel: on the bench step (bundled model, bench/RESULTS.md) ~1 million page faults per
-step, a 100 MB `torch.zeros` taking 35-38 ms against 3.8 ms on reused memory, `exp` and
-`softmax` over [4, 128, 49152] 50 ms against 14-17 ms. With vLLM in the process it was worst
-(its weight reloads leave the heap so that little is reused): the update ran at 21-24 ms
-per completion token against 14 without it.
+the kernel, and elementwise ops over fresh pages run several times slower than over reused
+memory. With vLLM in the process it was worst (its weight reloads leave the heap so that
+little is reused): its update per completion token was the slowest.
 
 Here the mmap threshold is fixed at glibc's largest (32 MiB: every smaller tensor comes from
-the heap) and the heap top is trimmed only beyond 1 GiB free. Measured on the bench step:
-faults 0.9-1.6 M -> 0.1-0.4 M per step; update 16-19 ms per completion token with vLLM
-(was 21-24) and 12.7-14.4 without (was 13.9-15.8); peak RSS unchanged within 0.1 GiB.
+the heap) and the heap top is trimmed only beyond 1 GiB free: most page faults go, the update
+gets faster with and without vLLM, and peak RSS does not move (bench/RESULTS.md#update,
+"Host memory kept for reuse", has the figures).
 Tried and not kept: turning mmap off altogether (M_MMAP_MAX 0, no trimming) removed all
 faults, but then tensors above 32 MiB come from the heap too, and a repeated pattern of
 large 64-byte-aligned allocations can leave every freed hole a few bytes too small, so the
-heap grew by 256 MiB per round in one of two runs of a probe: unbounded growth, not worth it.
+heap grew every round in one of two runs of a probe: unbounded growth, not worth it.
 """
 
 from __future__ import annotations

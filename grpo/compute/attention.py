@@ -4,15 +4,15 @@ transformers' "sdpa" attention repeats each key/value head for its group of quer
 (`repeat_kv`: SmolLM2-135M has 9 query heads over 3 key/value heads) before calling
 `scaled_dot_product_attention` whenever a padding mask is present, which is always the case
 in batched generation and in the trainer's log-prob passes. torch's SDPA reads grouped heads
-itself with `enable_gqa=True`; on CPU its flash kernel then takes the mask as well. Measured
-on the bundled model (2-core CPU, 16 rows decoding): 155 -> 129 ms per decode step, the same
-tokens. On CUDA the masked GQA path falls back to the slow math kernel, so there the models
-keep transformers' own "sdpa" (`attention_for`).
+itself with `enable_gqa=True`; on CPU its flash kernel then takes the mask as well: a faster
+decode step on the bundled model, the same tokens (bench/RESULTS.md#generation). On CUDA the
+masked GQA path falls back to the slow math kernel, so there the models keep transformers'
+own "sdpa" (`attention_for`).
 
 Under bf16 autocast (grpo.compute.precision) the attention itself runs in fp32: torch's CPU flash
-kernel was slower in bf16 than in fp32 on the bundled model's update (0.80 s against 0.34 s
-of the 7.7 s update profiled, 16 rows, micro-batch 4); with the casts the update took 5.6-5.8
-s against 5.95-6.05 s, and at micro-batch 16 4.1-4.5 s against 4.4-5.2 s.
+kernel was slower in bf16 than in fp32 on the bundled model's update, and the update with the
+casts was faster than without them at micro-batch 4 and 16
+(bench/RESULTS.md#precision-chosen-by-the-machine-2026-12-02, "The update profile").
 
 Registered with transformers' public AttentionInterface (with the sdpa mask function), so a
 model loaded with `attn_implementation=NAME` uses it in every forward, training included.

@@ -20,13 +20,13 @@ The memory estimate (bytes beyond the already-loaded weights, b = bytes per para
 with N = prompts_per_step * G, m = micro_batch_size, P the longest prompt in tokens, C =
 max_new_tokens, h hidden size, i MLP intermediate size. Activations per token and layer
 (6 h + 4 i values) count the inputs that attention and a gated MLP keep for backward;
-eager attention's scores are left out, so the estimate errs low (SmolLM2-135M, fp32 on CPU,
-4 completions of 241 tokens: 1.25 GiB estimated for the update, 1.8 GiB measured). A
-refusal therefore means the run clearly cannot fit.
+eager attention's scores are left out, so the estimate errs low (on the bundled model it came
+out below the measured peak: bench/RESULTS.md#figures-that-stood-in-code-comments-2026-12-02).
+A refusal therefore means the run clearly cannot fit.
 
-The prompt check renders and tokenizes every training and held-out prompt (~0.3 ms each:
-0.7 s for the demo's 2,000), because an over-long prompt otherwise fails the step that
-happens to draw it, possibly hours in.
+The prompt check renders and tokenizes every training and held-out prompt (a small cost
+against one step: bench/RESULTS.md#figures-that-stood-in-code-comments-2026-12-02), because
+an over-long prompt otherwise fails the step that happens to draw it, possibly hours in.
 """
 
 from __future__ import annotations

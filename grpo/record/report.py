@@ -240,7 +240,7 @@ def write_pngs(specs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     paths = []
     for spec in specs:
         fig = Figure(figsize=(6, 3.4), dpi=100)
-        fig.subplots_adjust(left=0.11, right=0.98, top=0.91, bottom=0.14)  # fixed: layout engines cost 2x
+        fig.subplots_adjust(left=0.11, right=0.98, top=0.91, bottom=0.14)  # fixed: a layout engine is slower (bench/RESULTS.md, last section)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         for s in spec["series"]:

@@ -2,14 +2,15 @@
 
 `model.generate` with G copies of a prompt prefills it G times and keeps decoding rows that
 already stopped (as padding) until the longest row ends. On the bundled model the prompt is
-~85% of the tokens, so here:
+most of the tokens, so here:
   1. each distinct prompt is prefilled once ([B, P]), its KV cache then repeated G times;
   2. each decode step runs only the rows still generating; a row that emits EOS (or
      completes a stop string) leaves the batch (its cache rows are dropped), so padding is
      never decoded;
   3. the decode cache has room for every new token from the start (`PreallocatedLayer`):
      a step writes its keys/values in place instead of concatenating the whole cache
-     (measured: the concatenation was ~20% of a decode step on the bundled model).
+     (the concatenation was a sizeable share of a decode step on the bundled model:
+     bench/RESULTS.md#figures-that-stood-in-code-comments-2026-12-02).
 Sampling (temperature, top-k, top-p, greedy) is `sample_next_token`, a pure function that
 also returns each drawn token's log-probability (the trajectory's sampler_logprobs).
 Under greedy decoding this gives the same tokens as `model.generate` (tested).
@@ -48,9 +49,10 @@ def inverse_cdf_draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tenso
 
     The index i with cdf[i-1] <= u * cdf[V-1] < cdf[i], cdf = cumsum(probs) in float64: an
     exact draw from the row's categorical distribution with one random number per row.
-    `torch.multinomial` draws an exponential per vocabulary entry instead: 27 ms against 1 ms
-    for 16 rows of the bundled model's 49,152 (micro-bench); in a profiled bf16 rollout its
-    exponentials took 15 ms of each decode step. A token of
+    `torch.multinomial` draws an exponential per vocabulary entry instead, many times slower
+    over the bundled model's 49,152 and a visible share of each decode step in a profiled bf16
+    rollout (bench/RESULTS.md#performance-iii-2026-12-02-a-third-host-the-sampler-sibling-products-the-table-at-the-top).
+    A token of
     probability 0 is never drawn (its cdf equals the one before it); u * total is kept below
     the total so that rounding cannot step past the last token.
     # probs [0.125, 0.25, 0, 0.625]: cdf [0.125, 0.375, 0.375, 1]; u 0.0625 -> 0, 0.125 -> 1, 0.375 -> 3

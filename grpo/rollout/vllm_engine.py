@@ -12,8 +12,9 @@ the engine must be told when the policy changes:
      loading one. The engine never guesses. With
      lora_sync=adapter a LoRA policy sends its adapters only, which vLLM's LoRA support
      (enable_lora) loads in place under one adapter id and applies on top of the base
-     weights it loaded at start (bench/vllm_lora_sync.py: on CPU that syncs 7-10x faster and
-     generates 2.6-3x slower, hence not the default).
+     weights it loaded at start (bench/vllm_lora_sync.py: on CPU that syncs faster but generates
+     slower by more than the sync saves, hence not the default;
+     bench/RESULTS.md#lora-merged-weights-against-adapters).
   3. every sampled token comes back with its log-probability under the distribution vLLM
      drew it from: `logprobs=0` (the sampled token only) with the engine started in
      `logprobs_mode="processed_logprobs"`, i.e. after temperature, top-k and top-p,
@@ -114,8 +115,8 @@ class VLLMEngine(TransformersEngine):
             options["gpu_memory_utilization"] = 0.3
         else:
             options["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-            # measured on the bench step (bench/RESULTS.md): compiled decodes ~10% faster but
-            # starts ~87 s later, for the same seconds per training step (sync included)
+            # measured on the bench step (bench/RESULTS.md#the-vllm-engine): compiled decodes
+            # faster but starts far later, for the same seconds per training step (sync included)
             options["enforce_eager"] = True
         options.update(world)  # torchrun: join the trainer's process group, a seed per rank
         assert lora_sync in LORA_SYNCS, lora_sync  # Config.validate checked the value
