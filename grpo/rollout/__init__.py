@@ -45,9 +45,8 @@ LORA_SYNCS = {
     "adapter": "the adapters alone, loaded by vLLM's LoRA support (enable_lora); the base stays",
 }
 
-__all__ = ["ENGINES", "ENGINE_NAMES", "IN_PROCESS_ENGINES", "LORA_SYNCS", "EngineKind", "RolloutEngine",
-           "SamplingParams", "SharedPrefixEngine", "Trajectory", "TransformersEngine", "VLLMEngine", "build_engine",
-           "check_engine", "engine_name"]
+__all__ = ["ENGINES", "ENGINE_NAMES", "IN_PROCESS_ENGINES", "LORA_SYNCS", "RolloutEngine", "SamplingParams", "SharedPrefixEngine", "Trajectory",
+           "TransformersEngine", "VLLMEngine", "build_engine", "check_engine", "engine_name"]
 
 
 def engine_class(name: str) -> type:
