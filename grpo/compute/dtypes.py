@@ -1,4 +1,5 @@
-"""The weight dtypes a run may ask for: the table `model.dtype` is checked against and resolved by."""
+"""The weight dtypes a run may ask for: the table `model.dtype` is checked against and resolved by,
+the servers' `--dtype` choices, and the dtypes of the weight push (grpo.serve.weights)."""
 
 from __future__ import annotations
 

@@ -87,8 +87,9 @@ class Registered:
     def __init__(self) -> None:
         self.by_name: dict[str, Any] = {}
 
-    def register(self, fn: Any) -> str:
-        base = callable_name(fn)
+    def register(self, fn: Any, named_after: Any = None) -> str:
+        """`fn`'s name (that of `named_after` when given: the function a wrapper holds)."""
+        base = callable_name(fn if named_after is None else named_after)
         name, k = base, 2
         while name in self.by_name and self.by_name[name] is not fn:
             name, k = f"{base}#{k}", k + 1

@@ -42,6 +42,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from grpo.plugins.registry import Registry
+
 EXTRA = "trackers"  # pyproject's optional-dependencies entry with wandb and mlflow-skinny
 
 
@@ -228,10 +230,10 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # The allowed values of log.report_to, and what each needs.
-TRACKERS: dict[str, TrackerKind] = {
-    "tensorboard": TrackerKind(TensorBoardTracker, ("tensorboard",), "tensorboard"),
-    "wandb": TrackerKind(WandbTracker, ("wandb",), "wandb"),
-    # sqlalchemy and alembic: MLflow's sqlite store (mlflow-skinny leaves them out)
-    "mlflow": TrackerKind(MlflowTracker, ("mlflow", "sqlalchemy", "alembic"), "mlflow-skinny sqlalchemy alembic"),
-}
+TRACKERS: Registry[TrackerKind] = Registry("tracker", "log.report_to")
+TRACKERS.register("tensorboard", TrackerKind(TensorBoardTracker, ("tensorboard",), "tensorboard"))
+TRACKERS.register("wandb", TrackerKind(WandbTracker, ("wandb",), "wandb"))
+# sqlalchemy and alembic: MLflow's sqlite store (mlflow-skinny leaves them out)
+TRACKERS.register("mlflow", TrackerKind(MlflowTracker, ("mlflow", "sqlalchemy", "alembic"),
+                                        "mlflow-skinny sqlalchemy alembic"))
 TRACKER_NAMES = tuple(TRACKERS)

@@ -8,12 +8,17 @@ grader are the same code (`evaluation.py` calls `accuracy` and `format` through 
     scores = score(fns, completions, examples, timeout=cfg.reward_timeout)
     scores.total                                  # [N] float32, the weighted sum
 
-`get(name, **options)` turns a registered name into a function through its factory. Built-ins:
+A reward is a `Reward` (grpo.rewards.reward): the function plus what the harness needs (a batch
+call, a model to load, its own timeout, a step split); it is called like the function.
+
+`get(name, **options)` turns a registered name into a Reward through its factory (the
+factories are the entries of `REWARDS`, a grpo.plugins.registry table). Built-ins:
 `format`, `tag_count`, `accuracy`, `overlong`, `cosine`, in `grpo.rewards.model_rewards` (imported
 on first use, as it needs transformers) `reward_model` and `judge`, and the step (process)
 rewards of `grpo.rewards.process`: `arithmetic_steps` and `process_reward_model`. A name containing ':' is a
 user function: `my_pkg.rewards:score` or `path/to/file.py:score`; with options, that attribute
-is called as a factory, `score(**options)`, and must return the function.
+is called as a factory, `score(**options)`, and must return the function; a plain function
+is wrapped into a Reward.
 
 Where we depart from the papers and from peers (TRL, open-r1):
 - `accuracy` compares the extracted answer with math-verify, guarded against inputs that
@@ -27,20 +32,23 @@ Where we depart from the papers and from peers (TRL, open-r1):
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from grpo.plugins.importing import Registered, import_function
+from grpo.plugins.registry import Registry
 from grpo.rewards.answers import is_correct
 from grpo.rewards.harness import RewardScores, WeightedReward, score
+from grpo.rewards.reward import Reward
 from grpo.tasks.base import Example
 
 __all__ = [
-    "RewardFn", "RewardScores", "WeightedReward", "build", "check_option", "get", "names", "register", "score",
+    "REWARDS", "Reward", "RewardFn", "RewardScores", "WeightedReward", "build", "check_option", "get", "names",
+    "register", "score",
 ]
 
 
@@ -48,56 +56,50 @@ RewardFn = Callable[[str, Example], float]
 
 # --------------------------------------------------------------------------- the registry
 
-_FACTORIES: dict[str, Callable[..., RewardFn]] = {}
+# name -> factory (**options) -> Reward or reward function
+REWARDS: Registry[Callable[..., Any]] = Registry("reward", "rewards[i].name")
 # Factories in grpo.rewards.model_rewards, imported only when asked for (transformers is slow to import).
-_LAZY_FACTORIES = {"reward_model": "grpo.rewards.model_rewards:reward_model", "judge": "grpo.rewards.model_rewards:judge",
-                   # step (process) rewards, grpo.rewards.steps
-                   "arithmetic_steps": "grpo.rewards.process:arithmetic_steps",
-                   "process_reward_model": "grpo.rewards.process:process_reward_model"}
+REWARDS.register("reward_model", "grpo.rewards.model_rewards:reward_model")
+REWARDS.register("judge", "grpo.rewards.model_rewards:judge")
+# step (process) rewards, grpo.rewards.steps
+REWARDS.register("arithmetic_steps", "grpo.rewards.process:arithmetic_steps")
+REWARDS.register("process_reward_model", "grpo.rewards.process:process_reward_model")
 
 
 def register(name: str) -> Callable[[Callable[..., RewardFn]], Callable[..., RewardFn]]:
     """Decorator: register a factory `(**options) -> reward function` under `name`."""
-
-    def deco(factory: Callable[..., RewardFn]) -> Callable[..., RewardFn]:
-        _FACTORIES[name] = factory
-        return factory
-
-    return deco
+    return REWARDS.register(name)
 
 
 def names() -> list[str]:
     """The registered reward names."""
-    return sorted(set(_FACTORIES) | set(_LAZY_FACTORIES))
+    return sorted(REWARDS)
 
 
 _REGISTERED = Registered()  # reward functions handed over as objects (grpo.api)
 
 
-def register_function(fn: RewardFn) -> str:
-    """The name under which `fn` (a Python callable given to grpo.train) is found by `get`."""
-    return _REGISTERED.register(fn)
+def register_function(fn: RewardFn | Reward) -> str:
+    """The name under which `fn` (a Python callable given to grpo.train) is found by `get`;
+    a Reward is named after the function it holds (as it was before rewards were declared)."""
+    return _REGISTERED.register(fn, named_after=fn.fn if isinstance(fn, Reward) else fn)
 
 
-def get(name: str, **options: Any) -> RewardFn:
-    """The reward function for a registered name or a `module:function` / `file.py:function`."""
+def get(name: str, **options: Any) -> Reward:
+    """The Reward for a registered name or a `module:function` / `file.py:function`."""
     given = _REGISTERED.get(name)
     if given is not None:
         if options:
             raise ValueError(f"reward {name!r} was given as a Python function: it takes no options")
-        return given
+        return Reward.of(given)
     if ":" in name:
-        return _user_function(name, options)
-    if name in _LAZY_FACTORIES:
-        module, attr = _LAZY_FACTORIES[name].split(":")
-        factory = getattr(importlib.import_module(module), attr)
-    elif name in _FACTORIES:
-        factory = _FACTORIES[name]
-    else:
+        return Reward.of(_user_function(name, options))
+    if name not in REWARDS:
         raise ValueError(
             f"unknown reward {name!r}; registered: {', '.join(names())}; or a user function "
             "given as `module.path:function` or `path/to/file.py:function`"
         )
+    factory = REWARDS.get(name)
     params = inspect.signature(factory).parameters
     unknown = sorted(set(options) - set(params))
     if unknown:
@@ -105,46 +107,34 @@ def get(name: str, **options: Any) -> RewardFn:
     missing = [p for p, v in params.items() if v.default is inspect.Parameter.empty and p not in options]
     if missing:
         raise ValueError(f"reward `{name}` needs option `{missing[0]}`")
-    return factory(**options)
+    return Reward.of(factory(**options))
 
 
 def build(specs: list[Any], load: bool = True) -> list[WeightedReward]:
     """RewardSpecs -> [WeightedReward]; a name used twice gets `#2`, `#3`... in the results.
 
-    With load=True, functions that hold a model (a `.load` attribute) load it now, so a bad
-    model directory fails before training instead of as a counted error inside the first
-    step (and model loading is not charged to the per-call timeout).
+    With load=True, rewards that hold a model (Reward.load) load it now, so a bad model
+    directory fails before training instead of as a counted error inside the first step (and
+    model loading is not charged to the per-call timeout). rewards[i].steps makes a step
+    reward of a copy: the function given is left as it is.
     """
     out: list[WeightedReward] = []
     for spec in specs:
-        fn = get(spec.name, **dict(spec.options))
+        reward = get(spec.name, **dict(spec.options))
         if getattr(spec, "steps", None) is not None:
-            fn = _as_step_reward(fn, spec.steps)
+            reward = replace(reward, steps=spec.steps)
         name, k = spec.name, 2
         while any(r.name == name for r in out):
             name, k = f"{spec.name}#{k}", k + 1
-        if load and hasattr(fn, "load"):
+        if load:
             try:
-                fn.load()
+                reward.load()
             except ValueError:
                 raise
             except Exception as e:
                 raise ValueError(f"reward `{spec.name}`: cannot load its model: {e}") from e
-        out.append(WeightedReward(name, float(spec.weight), fn))
+        out.append(WeightedReward(name, float(spec.weight), reward))
     return out
-
-
-def _as_step_reward(fn: RewardFn, split: str) -> RewardFn:
-    """`fn` marked as a step reward with `split` (rewards[i].steps), without changing `fn` itself."""
-
-    def marked(completion: str, example: Example) -> Any:
-        return fn(completion, example)
-
-    for attr in ("batch", "load", "reward_timeout", "__name__"):
-        if hasattr(fn, attr):
-            setattr(marked, attr, getattr(fn, attr))
-    marked.steps = split
-    return marked
 
 
 def check_option(ok: bool, reward: str, option: str, value: Any, expected: str) -> None:
@@ -153,13 +143,13 @@ def check_option(ok: bool, reward: str, option: str, value: Any, expected: str) 
         raise ValueError(f"reward `{reward}` option `{option}` = {value!r} is invalid: expected {expected}")
 
 
-def _user_function(spec: str, options: dict[str, Any]) -> RewardFn:
+def _user_function(spec: str, options: dict[str, Any]) -> RewardFn | Reward:
     obj = import_function(spec, "reward", options)
     attr = spec.rpartition(":")[2]
     if not callable(obj):
         raise ValueError(f"reward {spec!r}: {attr} is a {type(obj).__name__}, not a function")
     try:
-        signature = inspect.signature(obj)
+        signature = inspect.signature(obj.fn if isinstance(obj, Reward) else obj)
     except (TypeError, ValueError):  # some builtins hide their signature: trust them
         return obj
     try:
@@ -178,7 +168,7 @@ _LAYOUT = re.compile(r"\s*<think>.*</think>\s*<answer>.*</answer>\s*", re.DOTALL
 
 
 @register("format")
-def format_reward(*, pass_score: float = 1.0, fail_score: float = 0.0) -> RewardFn:
+def format_reward(*, pass_score: float = 1.0, fail_score: float = 0.0) -> Reward:
     """`<think>...</think>` then `<answer>...</answer>` and nothing else (R1's layout).
 
     Whitespace around and between the blocks is allowed; each tag must appear exactly once.
@@ -188,11 +178,11 @@ def format_reward(*, pass_score: float = 1.0, fail_score: float = 0.0) -> Reward
         ok = all(completion.count(t) == 1 for t in _TAGS) and _LAYOUT.fullmatch(completion)
         return pass_score if ok else fail_score
 
-    return format
+    return Reward(format)
 
 
 @register("tag_count")
-def tag_count_reward() -> RewardFn:
+def tag_count_reward() -> Reward:
     """0.25 per tag that appears exactly once and in order relative to the other such tags.
 
     A shaping reward for models that have not learned the layout yet: `<think> x </think> 7`
@@ -205,13 +195,13 @@ def tag_count_reward() -> RewardFn:
         placed = [i for i in once if all((pos[j] < pos[i]) == (j < i) for j in once if j != i)]
         return 0.25 * len(placed)
 
-    return tag_count
+    return Reward(tag_count)
 
 
 # --------------------------------------------------------------------------- accuracy
 
 @register("accuracy")
-def accuracy_reward(*, correct_score: float = 1.0, wrong_score: float = 0.0, fallback: bool = True) -> RewardFn:
+def accuracy_reward(*, correct_score: float = 1.0, wrong_score: float = 0.0, fallback: bool = True) -> Reward:
     """correct_score when the extracted answer equals the gold answer (math-verify), else wrong_score.
     fallback: without <answer> tags, read the last \\boxed{} or number (lenient); False: tags only."""
     check_option(isinstance(fallback, bool), "accuracy", "fallback", fallback, "true or false")
@@ -219,7 +209,7 @@ def accuracy_reward(*, correct_score: float = 1.0, wrong_score: float = 0.0, fal
     def accuracy(completion: str, example: Example) -> float:
         return correct_score if is_correct(completion, example, fallback) else wrong_score
 
-    return accuracy
+    return Reward(accuracy)
 
 
 # --------------------------------------------------------------------------- length shaping
@@ -251,7 +241,7 @@ def _check_lengths(reward: str, max_length: Any) -> None:
 
 @register("overlong")
 def overlong_reward(*, max_length: int, cache_length: int | None = None, unit: str = "words",
-                    tokenizer: str | None = None) -> RewardFn:
+                    tokenizer: str | None = None) -> Reward:
     """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), L = completion length:
 
         0                                  if L <= max_length - cache_length
@@ -275,13 +265,13 @@ def overlong_reward(*, max_length: int, cache_length: int | None = None, unit: s
             return (max_length - cache - length) / cache
         return -1.0
 
-    return overlong
+    return Reward(overlong)
 
 
 @register("cosine")
 def cosine_reward(*, max_length: int, correct_at_0: float = 1.0, correct_at_max: float = 0.5,
                   wrong_at_0: float = -1.0, wrong_at_max: float = -0.5, exceed: float = -1.0,
-                  unit: str = "words", tokenizer: str | None = None) -> RewardFn:
+                  unit: str = "words", tokenizer: str | None = None) -> Reward:
     """Cosine length-scaled correctness (Yeo et al. 2025, "Demystifying Long CoT", eq. 1):
 
         r(L) = end + (start - end) * (1 + cos(pi * L / max_length)) / 2,   L <= max_length
@@ -302,4 +292,4 @@ def cosine_reward(*, max_length: int, correct_at_0: float = 1.0, correct_at_max:
         start, end = (correct_at_0, correct_at_max) if is_correct(completion, example) else (wrong_at_0, wrong_at_max)
         return end + (start - end) * (1.0 + math.cos(math.pi * length / max_length)) / 2.0
 
-    return cosine
+    return Reward(cosine)

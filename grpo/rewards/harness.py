@@ -6,8 +6,9 @@
     scores.errors           # name -> number of failed calls in this batch
     scores.steps            # None, or per row [(end offset, weighted score), ...] of the step rewards
 
-A step (process) reward (grpo.rewards.steps: a function with a `steps` attribute) returns the scores
-of the completion's steps instead of one number; they go to `scores.steps` (every step
+Each function is a Reward (grpo.rewards.reward; a plain function is wrapped into one) and the
+harness reads its fields. A step (process) reward (`steps` set: grpo.rewards.steps) returns the
+scores of the completion's steps instead of one number; they go to `scores.steps` (every step
 reward's steps of a row, pooled, each score times its function's weight), and its
 per-function row is the mean of its step scores. Step rewards add nothing to `total`.
 
@@ -23,12 +24,12 @@ carries on with the next completion. CPython cannot kill a thread, so a call tha
 returns leaks its (daemon) thread, which keeps running until the process exits; daemon
 threads do not hold up exit, but one still running inside torch when the interpreter shuts
 down can abort it, so abandoned threads are recorded (grpo.plugins.abandoned) and `grpo.cli` ends
-the process at once when some still run. A function with a
-`.batch(completions, examples)` attribute is called once for the whole batch (one call, one
-timeout); if that call fails, every completion fails for that function.
+the process at once when some still run. A Reward with a `batch(completions, examples)` is
+called once for the whole batch (one call, one timeout); if that call fails, every
+completion fails for that function.
 
-The timeout: `timeout` (the config's reward_timeout) for every function, except one with its
-own `reward_timeout` attribute (None: no limit). The model rewards (grpo.rewards.model_rewards) set
+The timeout: `timeout` (the config's reward_timeout) for every function, except a Reward with
+its own `timeout` (None: no limit). The model rewards (grpo.rewards.model_rewards) set
 theirs: their cost is a known forward pass that cannot hang the way user code can, and a
 generic limit sized for user functions failed every batch of a judge on a CPU.
 """
@@ -48,6 +49,7 @@ import torch
 
 from grpo.plugins.abandoned import abandon
 from grpo.rewards import steps as step_splits
+from grpo.rewards.reward import Reward
 from grpo.tasks.base import Example
 
 __all__ = ["RewardScores", "WeightedReward", "score"]
@@ -58,7 +60,7 @@ log = logging.getLogger(__name__)
 class WeightedReward(NamedTuple):
     name: str  # key in RewardScores.per_function / errors
     weight: float
-    fn: Callable[[str, Example], float]
+    fn: Reward | Callable[[str, Example], float]  # a plain function is scored as Reward(fn)
 
 
 @dataclass
@@ -100,25 +102,26 @@ def score(
     """Run every function on every (completion, example) pair; see the module docstring.
 
     timeout: seconds one call may take (None: no limit), for the functions without a
-    `reward_timeout` attribute of their own. The clock of a call starts when the call
+    `timeout` of their own (Reward.timeout). The clock of a call starts when the call
     starts, not when the batch does.
     """
     if len(completions) != len(examples):
         raise ValueError(f"{len(completions)} completions but {len(examples)} examples; expected one each")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"reward timeout = {timeout!r} is invalid: expected a number of seconds > 0 or None")
-    runs = [_Run(name, fn, completions, examples, getattr(fn, "reward_timeout", timeout))
-            for name, _, fn in reward_fns]
+    declared = [Reward.of(fn) for _, _, fn in reward_fns]
+    runs = [_Run(name, reward, completions, examples, reward.limit(timeout))
+            for (name, _, _), reward in zip(reward_fns, declared, strict=True)]
     _watch(runs)
     n = len(completions)
     total = torch.zeros(n, dtype=torch.float32)  # [N]
     per_function: dict[str, torch.Tensor] = {}
     errors: dict[str, int] = {}
     pooled: list[step_splits.Steps] | None = None
-    for (name, weight, fn), run in zip(reward_fns, runs, strict=True):
+    for (name, weight, _), run in zip(reward_fns, runs, strict=True):
         values = torch.full((n,), float("nan"), dtype=torch.float32)  # [N]
         errors[name] = 0
-        is_step_reward = getattr(fn, "steps", None) is not None
+        is_step_reward = run.reward.steps is not None
         if is_step_reward and pooled is None:
             pooled = [[] for _ in range(n)]
         for i, outcome in enumerate(run.outcomes):
@@ -169,13 +172,13 @@ class _Run:
     thread sees a different token and drops its result).
     """
 
-    def __init__(self, name: str, fn: Callable[..., Any], completions: list[str], examples: list[Example],
+    def __init__(self, name: str, reward: Reward, completions: list[str], examples: list[Example],
                  timeout: float | None):
-        self.name, self.fn, self.completions, self.examples = name, fn, completions, examples
+        self.name, self.reward, self.completions, self.examples = name, reward, completions, examples
         self.timeout = timeout
         self.n = len(completions)
-        self.batched = hasattr(fn, "batch")
-        split = getattr(fn, "steps", None)
+        self.batched = reward.batch is not None
+        split = reward.steps
         self.convert = ((lambda value, i: _as_score(value)) if split is None  # value, row -> outcome
                         else (lambda value, i: _as_steps(value, completions[i], split)))
         self.outcomes: list[Any] = [_Failure("not run")] * self.n
@@ -204,7 +207,7 @@ class _Run:
             return
         for i in range(index, self.n):
             try:
-                outcome = self.convert(self.fn(self.completions[i], self.examples[i]), i)
+                outcome = self.convert(self.reward.fn(self.completions[i], self.examples[i]), i)
             except BaseException as e:  # noqa: BLE001 - contained and reported, whatever it is
                 outcome = _Failure(f"raised {type(e).__name__}: {e}")
             with self.lock:
@@ -217,7 +220,7 @@ class _Run:
 
     def _call_batch(self) -> list[float | _Failure]:
         try:
-            values = list(self.fn.batch(self.completions, self.examples))
+            values = list(self.reward.batch(self.completions, self.examples))
         except BaseException as e:  # noqa: BLE001
             return [_Failure(f"batch call raised {type(e).__name__}: {e}")] * self.n
         if len(values) != self.n:

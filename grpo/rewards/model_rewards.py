@@ -7,7 +7,8 @@ Both take a local Hugging Face directory (nothing is downloaded), load it once o
 or when `fn.load()` is called (`rewards.build` calls it, so a bad directory fails before
 training), run under torch.no_grad, and score a whole group in micro-batches through
 `fn.batch(completions, examples) -> list[float]`, which the harness prefers;
-`fn(completion, example)` is a batch of one. Calls into one model are serialized by a lock
+`fn(completion, example)` is a batch of one. Each is a ModelReward: a Reward
+(grpo.rewards.reward) that also holds its model, for iterative RL's retraining. Calls into one model are serialized by a lock
 (fast tokenizers are not safe to share between threads).
 
 The config's `reward_timeout` (sized for user functions, which can hang) does not apply to
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ import torch
 
 from grpo.rewards import check_option
 from grpo.rewards.answers import extract_answer
+from grpo.rewards.reward import Reward
 from grpo.tasks.base import Example
 
 JUDGE_TEMPLATE = (
@@ -80,20 +83,21 @@ def _device_dtype(reward: str, device: str, dtype: str) -> tuple[torch.device, t
                          "bfloat16 or float16") from None
 
 
-def _attach(reward: str, held: _Lazy, batch: Callable[[list[str], list[Example]], list[float]],
-            timeout: float | None) -> Callable:
-    def one(completion: str, example: Example) -> float:
+@dataclass(frozen=True)
+class ModelReward(Reward):
+    held: _Lazy | None = None  # the model, for iterative RL's retraining (grpo.reward_model.iterative)
+
+
+def _attach(reward: str, held: _Lazy, batch: Callable[[list[str], list[Example]], list[Any]],
+            timeout: float | None, steps: str | None = None) -> ModelReward:
+    """The Reward of a model `batch` function: one completion is a batch of one, `timeout`
+    (the option, not the config's reward_timeout) its limit."""
+
+    def one(completion: str, example: Example) -> Any:
         return batch([completion], [example])[0]
 
-    def load() -> None:
-        held.get()
-
-    one.__name__ = reward
-    one.batch = batch  # type: ignore[attr-defined]
-    one.load = load  # type: ignore[attr-defined]
-    one.held = held  # type: ignore[attr-defined]  # the model, for iterative RL's retraining (grpo.reward_model.iterative)
-    one.reward_timeout = timeout  # type: ignore[attr-defined]  # the harness's limit for this one
-    return one
+    one.__name__ = one.__qualname__ = reward
+    return ModelReward(one, batch=batch, load=held.get, timeout=timeout, steps=steps, held=held)
 
 
 def reward_model_text(tokenizer: Any, prompt: list[dict[str, str]], completion: str) -> str:
@@ -104,7 +108,7 @@ def reward_model_text(tokenizer: Any, prompt: list[dict[str, str]], completion: 
 
 def reward_model(*, path: str, label: int | None = None, device: str = "cpu", dtype: str = "float32",
                  batch_size: int = 8, max_length: int = 2048,
-                 timeout: float | None = None) -> Callable[[str, Example], float]:
+                 timeout: float | None = None) -> ModelReward:
     """The logit of an AutoModelForSequenceClassification for prompt + completion.
 
     The text scored is the tokenizer's chat template over example.prompt plus the completion
@@ -160,7 +164,7 @@ def _first_tokens(tok: Any, words: tuple[str, ...]) -> set[int]:
 
 def judge(*, path: str, template: str = JUDGE_TEMPLATE, soft: bool = False, device: str = "cpu",
           dtype: str = "float32", batch_size: int = 8, max_length: int = 2048,
-          timeout: float | None = None) -> Callable[[str, Example], float]:
+          timeout: float | None = None) -> ModelReward:
     """LLM-as-judge: 1.0 if a local causal LM finds the answer equivalent to the gold, else 0.0.
 
     The answer is `extract_answer(completion)` (no answer: 0.0 without asking). The judge

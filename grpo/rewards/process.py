@@ -18,7 +18,8 @@ from grpo.episodes.tools.calculator import evaluate
 from grpo.episodes.tools.errors import ToolError
 from grpo.rewards import check_option
 from grpo.rewards import steps as step_splits
-from grpo.rewards.model_rewards import _attach, _check_common, _device_dtype, _Lazy
+from grpo.rewards.model_rewards import ModelReward, _attach, _check_common, _device_dtype, _Lazy
+from grpo.rewards.reward import Reward
 from grpo.tasks.base import Example
 
 # A number as models write them: a sign (also the unicode minus), thousands separators
@@ -35,7 +36,7 @@ def _plain(number: str) -> str:
     return number.replace(",", "").replace("\u2212", "-")
 
 
-def arithmetic_steps(*, correct_score: float = 1.0, wrong_score: float = 0.0):
+def arithmetic_steps(*, correct_score: float = 1.0, wrong_score: float = 0.0) -> Reward:
     """Each equation `a op b (op ...) = c` in the completion is a step, checked exactly.
 
     A step ends at the end of its right-hand number; its score is correct_score when the
@@ -49,7 +50,6 @@ def arithmetic_steps(*, correct_score: float = 1.0, wrong_score: float = 0.0):
         check_option(isinstance(value, int | float) and not isinstance(value, bool), "arithmetic_steps", option,
                      value, "a number")
 
-    @step_splits.step_reward("offsets")
     def score(completion: str, example: Example) -> list[tuple[int, float]]:
         out, position = [], 0
         while match := _EQUATION.search(completion, position):
@@ -64,7 +64,7 @@ def arithmetic_steps(*, correct_score: float = 1.0, wrong_score: float = 0.0):
         return out
 
     score.__name__ = "arithmetic_steps"
-    return score
+    return Reward(score, steps="offsets")
 
 
 def prm_layout(tokenizer: Any, question: str, completion: str, split: str,
@@ -96,7 +96,7 @@ PRM_MODES = {
 def process_reward_model(*, path: str, mode: str = "causal_lm", split: str = "newline", step_tag: str = "ки",
                          good_token: str = "+", bad_token: str = "-", label: int = 1, device: str = "cpu",
                          dtype: str = "float32", batch_size: int = 8, max_length: int = 2048,
-                         timeout: float | None = None):
+                         timeout: float | None = None) -> ModelReward:
     """Step scores in [0, 1] from a local process reward model, one per step of `split`.
 
     The input is the question, a space, then the completion's steps (grpo.rewards.steps split
@@ -174,6 +174,4 @@ def process_reward_model(*, path: str, mode: str = "causal_lm", split: str = "ne
                         results[k] = list(zip(laid[k][2], probs, strict=True))
             return results
 
-    fn = _attach("process_reward_model", held, batch, timeout)
-    fn.steps = "offsets"
-    return fn
+    return _attach("process_reward_model", held, batch, timeout, steps="offsets")

@@ -2,7 +2,8 @@
 
 A step reward is a reward function `fn(completion, example)` that scores the steps of the
 reasoning instead of the whole completion (DeepSeekMath section 4.1.3). It is told apart by
-its `steps` attribute, the *split* that says how its output places the steps:
+the `steps` field of its Reward (grpo.rewards.reward), the *split* that says how its output
+places the steps:
 
     offsets            it returns [(end, score), ...]: `end` is the character offset in the
                        completion just past the step's last character (the built-in
@@ -11,8 +12,8 @@ its `steps` attribute, the *split* that says how its output places the steps:
     sentence           ... one per sentence (ended by . ! or ? and a space, or the text's end)
     tag:<text>         ... one per step ended by <text> (e.g. `tag:ки`, Math-Shepherd's step tag)
 
-`@step_reward(split)` sets the attribute on a function; `rewards: [{name: my.mod:fn, steps:
-newline}]` does it from the config for a user function. Outcome rewards keep their signature
+`@step_reward(split)` makes a function one (a Reward, called like the function);
+`rewards: [{name: my.mod:fn, steps: newline}]` does it from the config for a user function. Outcome rewards keep their signature
 and return one number.
 
 A step that ends inside a token belongs to that token: `step_tokens` finds, for each end
@@ -27,10 +28,12 @@ import math
 import numbers
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+
+from grpo.rewards.reward import Reward
 
 __all__ = ["STEP_SPLITS", "TAG", "PlacedSteps", "as_steps", "check_split", "place_steps", "split_names",
            "step_ends", "step_reward", "step_tokens"]
@@ -87,15 +90,15 @@ def step_ends(text: str, split: str) -> list[int]:
     return finder(text)
 
 
-def step_reward(split: str = "offsets") -> Callable[[Callable], Callable]:
-    """Decorator: mark `fn(completion, example)` as a step reward whose output follows `split`."""
+def step_reward(split: str = "offsets") -> Callable[[Callable], Reward]:
+    """Decorator: `fn(completion, example)` as a step reward whose output follows `split`: a
+    Reward with `steps=split` (any batch, load and timeout of a Reward given are kept)."""
     problem = check_split(split)
     if problem:
         raise ValueError(f"step_reward: {problem}")
 
-    def mark(fn: Callable) -> Callable:
-        fn.steps = split
-        return fn
+    def mark(fn: Callable) -> Reward:
+        return replace(Reward.of(fn), steps=split)
 
     return mark
 

@@ -7,23 +7,37 @@ is built, so the config can read the table of engine names without loading them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import import_module
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
+from grpo.plugins.registry import Registry
 from grpo.rollout.base import RolloutEngine, SamplingParams, Trajectory
 
 if TYPE_CHECKING:
     from grpo.config import RolloutConfig
 
-# rollout.engine -> (module, class): the table build_engine dispatches on and the config lists.
-ENGINES = {
-    "shared_prefix": ("grpo.rollout.shared_prefix", "SharedPrefixEngine"),
-    "transformers": ("grpo.rollout.transformers_engine", "TransformersEngine"),
-    "vllm": ("grpo.rollout.vllm_engine", "VLLMEngine"),
-    "server": ("grpo.rollout.server_engine", "ServerEngine"),  # a `grpo serve-rollout` process (rollout.url)
-}
-IN_PROCESS_ENGINES = ("shared_prefix", "transformers", "vllm")  # what `grpo serve-rollout --engine` may run
+
+@dataclass(frozen=True)
+class EngineKind:
+    """What is known of an engine before its module (and transformers or vllm) is imported."""
+
+    path: str  # "module:Class", imported when the engine is built (engine_class)
+    in_process: bool  # generates in this process: `grpo serve-rollout --engine` may run it
+    # samples with its own copy of the weights and its own kernels, so its log-probs differ
+    # from the trainer's even in float32: sampler_correction=auto corrects for it (training.loss)
+    own_numerics: bool
+
+
+# rollout.engine -> EngineKind: the table build_engine dispatches on and the config lists.
+ENGINES: Registry[EngineKind] = Registry("rollout engine", "rollout.engine")
+ENGINES.register("shared_prefix", EngineKind("grpo.rollout.shared_prefix:SharedPrefixEngine", True, False))
+ENGINES.register("transformers", EngineKind("grpo.rollout.transformers_engine:TransformersEngine", True, False))
+ENGINES.register("vllm", EngineKind("grpo.rollout.vllm_engine:VLLMEngine", True, True))
+# a `grpo serve-rollout` process (rollout.url)
+ENGINES.register("server", EngineKind("grpo.rollout.server_engine:ServerEngine", False, True))
+IN_PROCESS_ENGINES = tuple(n for n in ENGINES if ENGINES.get(n).in_process)  # what serve-rollout may run
 ENGINE_NAMES = ("auto", *ENGINES)  # the values config field `rollout.engine` allows
 # rollout.vllm_lora_sync -> how a LoRA policy's weights reach vLLM (grpo.rollout.vllm_engine)
 LORA_SYNCS = {
@@ -36,13 +50,13 @@ __all__ = ["ENGINES", "ENGINE_NAMES", "IN_PROCESS_ENGINES", "LORA_SYNCS", "Rollo
 
 
 def engine_class(name: str) -> type:
-    module, cls = ENGINES[name]
+    module, _, cls = ENGINES.get(name).path.partition(":")
     return getattr(import_module(module), cls)
 
 
 def __getattr__(attr: str) -> Any:  # `from grpo.rollout import SharedPrefixEngine` imports it then
-    for name, (_, cls) in ENGINES.items():
-        if cls == attr:
+    for name in ENGINES:
+        if ENGINES.get(name).path.endswith(f":{attr}"):
             return engine_class(name)
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 

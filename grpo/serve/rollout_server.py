@@ -38,6 +38,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from grpo.compute.dtypes import DTYPE_NAMES
 from grpo.serve.common import (
     BadRequest,
     BearerCheck,
@@ -222,6 +223,8 @@ def build_service(model_path: str | None, *, engine: str = "auto", device: str =
 
 
 def main(argv: list[str]) -> int:
+    from grpo.rollout import IN_PROCESS_ENGINES
+
     d = DEFAULT_LIMITS
     parser = argparse.ArgumentParser(prog="grpo serve-rollout", description="generate trajectories over HTTP")
     parser.add_argument("--model", default=None, help="HF model directory or .gguf file (default: the bundled model)")
@@ -230,9 +233,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--group-port", type=int, default=None,
                         help="port of the weight push's rendezvous store (default: --port + 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_NAMES)
     parser.add_argument("--engine", default="auto", help="auto (vllm where installed, else shared_prefix), "
-                        "shared_prefix, transformers or vllm")
+                        f"or one of {', '.join(IN_PROCESS_ENGINES)}")
     parser.add_argument("--vllm", default="{}", help="JSON keyword arguments for vllm.LLM (engine vllm), e.g. "
                         "'{\"tensor_parallel_size\": 2, \"gpu_memory_utilization\": 0.9}'")
     parser.add_argument("--seed", type=int, default=0,

@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from grpo.compute import models
+from grpo.compute.dtypes import DTYPE_NAMES
 from grpo.config import ModelConfig
 from grpo.serve.common import (
     BadRequest,
@@ -109,7 +110,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_NAMES)
     parser.add_argument("--token-env", default="GRPO_REF_TOKEN", help="environment variable with the bearer token")
     parser.add_argument("--micro-batch-size", type=int, default=16, help="rows per forward pass")
     add_limit_arguments(parser, d)

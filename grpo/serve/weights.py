@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from grpo.compute.dtypes import DTYPES  # the weight dtypes a run may ask for are the ones pushed
+
 TRAINER, SERVER = 0, 1  # ranks in the weight group
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)

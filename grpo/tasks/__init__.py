@@ -12,27 +12,26 @@ turns those messages into the text the model continues (chat or plain-text templ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from grpo.plugins.registry import Registry
 from grpo.tasks.base import DEFAULT_SYSTEM_PROMPT, Example, Task
 from grpo.tasks.prompts import PromptFormat
 
 if TYPE_CHECKING:  # grpo.config imports grpo.tasks.prompts for its allowed templates
     from grpo.config import TaskConfig
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "Example", "PromptFormat", "Task", "build_task"]
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "SOURCES", "Example", "PromptFormat", "Task", "build_task"]
+
+# task.source -> builder (TaskConfig) -> Task, imported when a task is built (grpo.config
+# imports this package: reading the names must not load reasoning-gym or the readers).
+SOURCES: Registry[Callable[[TaskConfig], Task]] = Registry("task source", "task.source")
+SOURCES.register("reasoning_gym", "grpo.tasks.procedural:build_procedural_task")
+SOURCES.register("file", "grpo.tasks.files:build_file_task")
+SOURCES.register("hub", "grpo.tasks.files:build_file_task")  # a cached dataset, read as files are
 
 
 def build_task(cfg: TaskConfig) -> Task:
     """The task `cfg` describes (validated by Config.validate); ValueError for bad data."""
-    if cfg.source == "reasoning_gym":
-        from grpo.tasks.procedural import build_procedural_task
-
-        return build_procedural_task(cfg)
-    if cfg.source in ("file", "hub"):
-        from grpo.tasks.files import build_file_task
-
-        return build_file_task(cfg)
-    raise ValueError(
-        f"config field `task.source` = {cfg.source!r} is invalid; allowed: reasoning_gym, file, hub"
-    )
+    return SOURCES.get(cfg.source)(cfg)

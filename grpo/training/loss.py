@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from grpo import algorithm
+from grpo.rollout import ENGINES
 
 if TYPE_CHECKING:
     from grpo.config import AlgorithmConfig
@@ -75,7 +76,8 @@ class PolicyLoss:
 class SamplerCorrection:
     """Importance weights pi_old / q for the tokens an engine sampled (mode none: no weights).
 
-    `auto` resolves here, once: truncate for the vllm and server engines (their own copy of
+    `auto` resolves here, once: truncate for the engines that sample with their own numerics
+    (EngineKind.own_numerics in grpo.rollout.ENGINES: vllm and server, with their own copy of
     the weights, their own kernels and dtype), for asynchronous generation (max_staleness >
     0: q is an older policy than pi_old) and wherever rollouts or the trainer compute below
     float32 (grpo.compute.precision: bf16 rounding separates the sampler's log-probs from the
@@ -93,7 +95,7 @@ class SamplerCorrection:
         """lowered: something computes below float32 (grpo.compute.precision.Precision.lowered)."""
         mode = a.sampler_correction
         if mode == "auto":
-            mode = "truncate" if engine in ("vllm", "server") or max_staleness > 0 or lowered else "none"
+            mode = "truncate" if ENGINES.get(engine).own_numerics or max_staleness > 0 or lowered else "none"
         return cls(mode, a.sampler_correction_level, a.sampler_correction_cap)
 
     @property

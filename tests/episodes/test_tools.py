@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from grpo.episodes.tools import TOOL_NAMES, Tool, ToolError, call_tool, load_tool, python_isolation
+from grpo.episodes.tools import (
+    BUILTIN_TOOLS,
+    TOOL_NAMES,
+    Tool,
+    ToolError,
+    call_tool,
+    load_tool,
+    python_isolation,
+)
 from grpo.episodes.tools.calculator import calculator
 from grpo.plugins import abandoned
 from grpo.plugins.importing import import_object
@@ -132,7 +140,9 @@ def user_tools(tmp_path, monkeypatch):
 
 
 def test_builtin_schemas():
-    assert TOOL_NAMES == ("calculator", "python")
+    assert TOOL_NAMES == ("calculator", "python") == tuple(BUILTIN_TOOLS)
+    with pytest.raises(ValueError, match=r"unknown tool 'abacus'; built-in: calculator, python; or a user function"):
+        load_tool("abacus")
     calc = load_tool("calculator").schema
     assert calc["type"] == "function"
     assert calc["function"]["name"] == "calculator"

@@ -86,6 +86,18 @@ def test_a_missing_tracker_package_is_a_config_error_naming_the_extra(monkeypatc
         "tensorboard", "mlflow"]
 
 
+def test_the_trackers_are_a_table_the_config_lists():
+    import typing
+
+    from grpo import config
+
+    report_to = typing.get_type_hints(config.LogConfig)["report_to"]  # list[Literal[...]]
+    assert typing.get_args(typing.get_args(report_to)[0]) == tuple(trackers.TRACKERS) == trackers.TRACKER_NAMES
+    assert trackers.TRACKERS["mlflow"].packages == ("mlflow", "sqlalchemy", "alembic")
+    with pytest.raises(ValueError, match=r"`log.report_to` = 'comet' is invalid; allowed: tensorboard, wandb, mlflow"):
+        trackers.start_tracker("comet", None, Path("unused"), 0)
+
+
 def test_a_tracker_failing_at_start_or_mid_run_is_counted_and_the_run_goes_on(offline_trackers, tmp_path, monkeypatch, capsys):
     calls = []
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from grpo import rewards
-from grpo.rewards import WeightedReward, score
+from grpo.rewards import Reward, WeightedReward, score
 from grpo.tasks.base import Example
 
 
@@ -175,8 +175,7 @@ def test_batched_functions_are_called_once_per_batch(release):
         calls.append(len(completions))
         return [float(len(c)) for c in completions[:-1]] + [math.nan]
 
-    fn.batch = batch
-    scores = score([WeightedReward("batched", 1.0, fn)], ["a", "bb", "ccc"], exs)
+    scores = score([WeightedReward("batched", 1.0, Reward(fn, batch=batch))], ["a", "bb", "ccc"], exs)
     assert calls == [3]
     assert scores.per_function["batched"][:2].tolist() == [1.0, 2.0] and scores.errors == {"batched": 1}
 
@@ -190,10 +189,27 @@ def test_batched_functions_are_called_once_per_batch(release):
         release.wait()
 
     for impl in (broken, short, hangs):
-        fn.batch = impl
-        failed = score([WeightedReward("batched", 1.0, fn), WeightedReward("length", 1.0, length)],
+        failed = score([WeightedReward("batched", 1.0, Reward(fn, batch=impl)), WeightedReward("length", 1.0, length)],
                        ["a", "bb", "ccc"], exs, timeout=0.2)
         assert failed.errors == {"batched": 3, "length": 0} and failed.total.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_a_rewards_own_timeout_is_a_field_and_planted_attributes_are_not_read():
+    exs = examples(2)
+
+    def slow(completion, example):
+        time.sleep(0.3)
+        return 1.0
+
+    slow.reward_timeout = None  # the old way to plant a limit: no longer read
+    slow.batch = lambda completions, examples: [5.0] * len(completions)
+    assert score([WeightedReward("slow", 1.0, slow)], ["a", "b"], exs, timeout=0.1).errors == {"slow": 2}
+    unlimited = score([WeightedReward("slow", 1.0, Reward(slow, timeout=None))], ["a", "b"], exs, timeout=0.1)
+    assert unlimited.errors == {"slow": 0} and unlimited.total.tolist() == [1.0, 1.0]
+    own = score([WeightedReward("slow", 1.0, Reward(slow, timeout=0.05))], ["a", "b"], exs, timeout=None)
+    assert own.errors == {"slow": 2}
+    assert Reward(length)("abc", exs[0]) == 3.0 and Reward.of(length) == Reward(length)  # called like fn
+    assert Reward.of(own_reward := Reward(length, steps="newline")) is own_reward
 
 
 def test_bad_arguments():

@@ -185,6 +185,24 @@ def test_a_user_step_reward_from_the_config_and_its_failures():
     assert failed.errors[broken[0].name] == 1 and failed.steps == [[]]
 
 
+def test_step_reward_declares_a_reward_called_like_the_function(tmp_path):
+    def lines(completion, example):
+        return [1.0 for line in completion.splitlines() if line.strip()]
+
+    marked = step_reward("newline")(lines)
+    assert isinstance(marked, rewards.Reward) and marked.steps == "newline" and marked.fn is lines
+    assert marked("a\nb", EX) == [1.0, 1.0] and not hasattr(lines, "steps")
+    # given to grpo.train as an object, it keeps the name of the function it holds
+    assert rewards.register_function(marked).startswith(f"python:{lines.__qualname__} ({__file__}:")
+    # from a user file, decorated there: the signature checked is the function's
+    path = tmp_path / "user_steps.py"
+    path.write_text("from grpo.steps import step_reward\n\n@step_reward('newline')\n"
+                    "def per_line(completion, example):\n    return [0.5] * len(completion.splitlines())\n")
+    built = rewards.build([RewardSpec(f"{path}:per_line", 2.0)])
+    assert built[0].fn.steps == "newline"
+    assert score(built, ["x\ny"], [EX]).steps == [[(2, 1.0), (3, 1.0)]]
+
+
 def test_config_names_the_steps_field_and_the_advantages_field():
     with pytest.raises(ValueError, match=r"rewards\[1\]\.steps.*newline, sentence, tag:<text>"):
         load_config(None, ["rewards=[{name: format}, {name: accuracy, steps: lines}]"])

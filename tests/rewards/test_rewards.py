@@ -311,7 +311,7 @@ def test_user_function_by_module_path_and_file_path(user_module):
         assert rewards.get(f"{target}:scorer")("abc", ex("1")) == 2.0
         assert rewards.get(f"{target}:extra_ok")("abc", ex("1")) == 1.0
         assert rewards.get(f"{target}:make", scale=2.0)("abc", ex("1")) == 6.0  # options: a factory
-    assert rewards.get(f"{path}:score") is rewards.get(f"{path}:score")  # the file is imported once
+    assert rewards.get(f"{path}:score").fn is rewards.get(f"{path}:score").fn  # the file is imported once
     built = rewards.build([RewardSpec(f"{path}:score", 1.0)])
     assert built[0].name == f"{path}:score"
 

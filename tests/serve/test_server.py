@@ -260,3 +260,14 @@ def test_cli_serve_ref_starts_and_answers(tiny_model_dir):
         out = proc.communicate(timeout=20)[0].decode()
     # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught
     assert proc.returncode in (0, -15) and "Finished server process" in out, out
+
+
+def test_the_servers_dtype_choices_are_the_weight_dtype_table(capsys):
+    from grpo.compute import dtypes
+    from grpo.serve import rollout_server, server, weights
+
+    assert weights.DTYPES is dtypes.DTYPES  # the push's wire dtypes: one table
+    for main in (server.main, rollout_server.main):
+        with pytest.raises(SystemExit):
+            main(["--dtype", "int8"])
+        assert f"choose from {', '.join(map(repr, dtypes.DTYPE_NAMES))}" in capsys.readouterr().err

@@ -114,6 +114,17 @@ def test_small_question_space_still_gives_disjoint_splits():
     assert_disjoint(task)
 
 
+def test_task_sources_are_a_table_the_config_lists():
+    import typing
+
+    from grpo import config, tasks
+
+    assert typing.get_args(typing.get_type_hints(config.TaskConfig)["source"]) == tuple(tasks.SOURCES)
+    assert tuple(tasks.SOURCES) == ("reasoning_gym", "file", "hub")
+    with pytest.raises(ValueError, match=r"`task.source` = 'hf' is invalid; allowed: reasoning_gym, file, hub"):
+        build_task(TaskConfig(source="hf"))
+
+
 def test_too_few_distinct_questions_is_a_clear_error():
     params = {"min_terms": 1, "max_terms": 1, "min_digits": 1, "max_digits": 1}  # 10 questions
     with pytest.raises(ValueError, match=r"too few distinct questions.*task\.num_eval"):

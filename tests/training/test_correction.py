@@ -5,6 +5,7 @@ import torch
 
 from grpo.compute.distributed import World
 from grpo.config import AlgorithmConfig
+from grpo.rollout import ENGINES
 from grpo.training.logprobs import batch_logprobs
 from grpo.training.loss import PolicyLoss, SamplerCorrection
 from grpo.training.trainer import Trainer
@@ -39,6 +40,9 @@ def test_auto_is_off_for_engines_that_sample_with_the_trainers_weights(tmp_path,
     metrics, _ = trainer.train_step()
     assert not any(k.startswith("is_weight/") for k in metrics)
     assert SamplerCorrection.from_config(AlgorithmConfig(), "vllm").mode == "truncate"
+    # auto reads the engine table: truncate exactly for the engines with numerics of their own
+    auto = {name: SamplerCorrection.from_config(AlgorithmConfig(), name).mode for name in ENGINES}
+    assert auto == {"shared_prefix": "none", "transformers": "none", "vllm": "truncate", "server": "truncate"}
     assert SamplerCorrection.from_config(AlgorithmConfig(sampler_correction="mask"), "shared_prefix").mode == "mask"
 
 

@@ -13,7 +13,7 @@ A user tool is a function with type hints on every argument and a Google-style d
 With options, the named attribute is a factory called as `attr(**options)` that returns the
 function (as for rewards). The tool's name is the function's `__name__`.
 
-Built-ins (factories in BUILTIN_TOOLS, the allowed names in TOOL_NAMES):
+Built-ins (factories in BUILTIN_TOOLS, a grpo.plugins.registry table; their names in TOOL_NAMES):
 - `calculator` (grpo.episodes.tools.calculator): exact arithmetic, no options.
 - `python` (grpo.episodes.tools.python_tool): runs a program in a separate, limited process (under
   bubblewrap where it works); options are the fields of `PythonLimits`.
@@ -34,6 +34,7 @@ from grpo.episodes.tools.calling import ERROR_KINDS, ToolResult, call_tool
 from grpo.episodes.tools.errors import ToolError
 from grpo.episodes.tools.python_tool import PythonLimits, make_python_tool, python_isolation
 from grpo.plugins.importing import Registered, import_function
+from grpo.plugins.registry import Registry
 
 __all__ = [
     "BUILTIN_TOOLS", "ERROR_KINDS", "TOOL_NAMES", "PythonLimits", "Tool", "ToolError", "ToolResult",
@@ -48,16 +49,17 @@ class Tool:
     schema: dict  # {"type": "function", "function": {"name", "description", "parameters", ...}}
 
 
+# name -> factory (**options) -> function; factories so a built-in takes options like a reward.
+BUILTIN_TOOLS: Registry[Callable[..., Callable[..., Any]]] = Registry("tool", "rollout.tools")
+
+
+@BUILTIN_TOOLS.register("calculator")
 def _calculator_tool() -> Callable[[str], str]:
     return calculator
 
 
-# name -> factory (**options) -> function; factories so a built-in takes options like a reward.
-BUILTIN_TOOLS: dict[str, Callable[..., Callable[..., Any]]] = {
-    "calculator": _calculator_tool,
-    "python": make_python_tool,
-}
-TOOL_NAMES = tuple(sorted(BUILTIN_TOOLS))
+BUILTIN_TOOLS.register("python", make_python_tool)
+TOOL_NAMES = tuple(BUILTIN_TOOLS)
 
 
 _REGISTERED = Registered()  # tool functions handed over as objects (grpo.api)
@@ -88,7 +90,7 @@ def load_tool(spec: str, options: dict[str, Any] | None = None) -> Tool:
 
 
 def _builtin_tool(name: str, options: dict[str, Any]) -> Callable[..., Any]:
-    factory = BUILTIN_TOOLS[name]
+    factory = BUILTIN_TOOLS.get(name)
     params = inspect.signature(factory).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return factory(**options)  # it checks its own options (python: the PythonLimits fields)
