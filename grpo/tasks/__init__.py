@@ -12,27 +12,27 @@ turns those messages into the text the model continues (chat or plain-text templ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from importlib import import_module
 
+from grpo.config import TaskConfig
 from grpo.tasks.base import DEFAULT_SYSTEM_PROMPT, Example, Task
 from grpo.tasks.prompts import PromptFormat
 
-if TYPE_CHECKING:  # grpo.config imports grpo.tasks.prompts for its allowed templates
-    from grpo.config import TaskConfig
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "Example", "PromptFormat", "SOURCES", "Task", "build_task"]
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "Example", "PromptFormat", "Task", "build_task"]
+# task.source -> (module, builder): imported when a task is built (reasoning-gym is heavy)
+SOURCES = {
+    "reasoning_gym": ("grpo.tasks.procedural", "build_procedural_task"),
+    "file": ("grpo.tasks.files", "build_file_task"),
+    "hub": ("grpo.tasks.files", "build_file_task"),  # a cached dataset is read as its files are
+}
 
 
 def build_task(cfg: TaskConfig) -> Task:
     """The task `cfg` describes (validated by Config.validate); ValueError for bad data."""
-    if cfg.source == "reasoning_gym":
-        from grpo.tasks.procedural import build_procedural_task
-
-        return build_procedural_task(cfg)
-    if cfg.source in ("file", "hub"):
-        from grpo.tasks.files import build_file_task
-
-        return build_file_task(cfg)
+    if cfg.source in SOURCES:
+        module, builder = SOURCES[cfg.source]
+        return getattr(import_module(module), builder)(cfg)
     raise ValueError(
         f"config field `task.source` = {cfg.source!r} is invalid; allowed: reasoning_gym, file, hub"
     )
