@@ -4,7 +4,8 @@
 
 A leaf: it imports only the standard library and yaml, never the code it configures (nor
 torch). values.py spells the allowed values (a test holds them equal to the code's dispatch
-tables), checks.py the per-field checks written beside each field in sections.py, rules.py
+tables), checks.py the per-field checks written beside each field in sections.py (and
+generation.py: the rollout section), rules.py
 the rules across fields with the runtime facts passed in, schema.py the root `Config`, io.py
 YAML and dotted overrides in and the resolved copy out, docs.py docs/configuration.md.
 """

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.util import find_spec
 
+from grpo.config.generation import RolloutConfig
 from grpo.config.sections import (
     AlgorithmConfig,
     IterativeConfig,
@@ -20,7 +21,6 @@ from grpo.config.sections import (
     ModelConfig,
     ReferenceConfig,
     RewardSpec,
-    RolloutConfig,
     TaskConfig,
     TrainConfig,
 )

@@ -1,4 +1,4 @@
-"""One config tree for a run: the sections (grpo.config.sections) under one root, `Config`.
+"""One config tree for a run: the sections (grpo.config.sections, .generation) under one root, `Config`.
 
     cfg = load_config("configs/demo.yaml", ["algorithm.beta=0.04", "train.num_steps=20"])
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from grpo.config import rules
 from grpo.config.checks import SECONDS, above, check_fields, doc, expect
+from grpo.config.generation import RolloutConfig
 from grpo.config.rules import Facts
 from grpo.config.sections import (
     AlgorithmConfig,
@@ -25,7 +26,6 @@ from grpo.config.sections import (
     ModelConfig,
     ReferenceConfig,
     RewardSpec,
-    RolloutConfig,
     TaskConfig,
     TrainConfig,
 )
