@@ -37,12 +37,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from grpo.config.rules import launched_world_size
+
 BUCKET_NUMEL = 2**24  # gradient elements per all-reduce (64 MiB of fp32)
-
-
-def launched_world_size() -> int:
-    """The number of processes torchrun started (1 when not under torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+PARALLEL_MODES = ("ddp", "fsdp")  # train.parallel: World.prepare broadcasts (ddp) or shards (fsdp)
 
 
 @dataclass

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from grpo.config.values import DTYPE_NAMES
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_NAMES = ("auto", *DTYPES)  # the values config field `model.dtype` allows
 
 
 def weight_dtype(name: str) -> torch.dtype:

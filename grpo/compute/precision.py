@@ -30,7 +30,6 @@ import torch
 
 from grpo.compute.dtypes import DTYPES
 
-PRECISION_NAMES = ("auto", *DTYPES)  # the values `model.precision` and `rollout.precision` allow
 BF16_MIN_SPEEDUP = 1.5  # autocast adds casts and leaves elementwise work as it was: ask for a clear gain
 RECORD = "precision.json"
 

@@ -2,10 +2,15 @@
 
     cfg = load_config("configs/demo.yaml", ["algorithm.beta=0.04", "train.num_steps=20"])
 
-schema.py holds the dataclasses, io.py builds them from YAML and dotted overrides and writes
-the resolved copy into the run directory.
+A leaf: it imports only the standard library and yaml, never the code it configures (nor
+torch). values.py spells the allowed values (a test holds them equal to the code's dispatch
+tables), checks.py the per-field checks written beside each field in sections.py (and
+generation.py: the rollout section), rules.py
+the rules across fields with the runtime facts passed in, schema.py the root `Config`, io.py
+YAML and dotted overrides in and the resolved copy out, docs.py docs/configuration.md.
 """
 
+from grpo.config.checks import doc
 from grpo.config.io import (
     apply_overrides,
     describe,
@@ -15,6 +20,7 @@ from grpo.config.io import (
     save_config,
     to_dict,
 )
+from grpo.config.rules import Facts
 from grpo.config.schema import (
     AlgorithmConfig,
     CheckpointConfig,
@@ -29,9 +35,8 @@ from grpo.config.schema import (
     RolloutConfig,
     TaskConfig,
     TrainConfig,
-    doc,
 )
 
-__all__ = ["AlgorithmConfig", "CheckpointConfig", "Config", "EvalConfig", "IterativeConfig", "LogConfig", "LoraConfig",
-           "ModelConfig", "ReferenceConfig", "RewardSpec", "RolloutConfig", "TaskConfig", "TrainConfig",
+__all__ = ["AlgorithmConfig", "CheckpointConfig", "Config", "EvalConfig", "Facts", "IterativeConfig", "LogConfig",
+           "LoraConfig", "ModelConfig", "ReferenceConfig", "RewardSpec", "RolloutConfig", "TaskConfig", "TrainConfig",
            "apply_overrides", "describe", "doc", "from_dict", "load_config", "read_yaml", "save_config", "to_dict"]

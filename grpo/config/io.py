@@ -2,7 +2,7 @@
 
     cfg = load_config("configs/demo.yaml", ["algorithm.beta=0.04", "train.num_steps=20"])
 
-`grpo.config` holds the dataclass tree and its cross-field rules; this module builds it from
+grpo.config.schema holds the dataclass tree and its rules; this module builds it from
 plain data (checking every name and type against the annotations, with the allowed values in
 each error) and writes it back. `grpo.config` re-exports these functions.
 """
@@ -14,12 +14,12 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 
-if TYPE_CHECKING:
-    from grpo.config.schema import Config
+from grpo.config.rules import Facts
+from grpo.config.schema import Config
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -114,14 +114,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read YAML (optional), apply dotted overrides, build and validate the Config."""
-    from grpo.config.schema import Config
-
+    """Read YAML (optional), apply dotted overrides, build and validate the Config against
+    this process (its WORLD_SIZE, the packages installed here)."""
     data: dict[str, Any] = {}
     if path is not None:
         data = read_yaml(path)
     data = apply_overrides(data, list(overrides or []))
-    return from_dict(Config, data).validate()
+    return from_dict(Config, data).validate(Facts.here())
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -168,10 +167,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def describe(cls: type | None = None, prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted name, default, help) for every field of `cls` (default: Config), for `--help-config`."""
-    if cls is None:
-        from grpo.config.schema import Config
-
-        cls = Config
+    cls = cls or Config
     rows = []
     for f in dataclasses.fields(cls):
         tp = typing.get_type_hints(cls)[f.name]

@@ -5,10 +5,10 @@
 
 metrics.jsonl stays the record of a run (resume and the report read it); a tracker is a view
 of the same numbers, so grpo.record.logging counts and drops one that fails (log/write_errors) and
-the run goes on. The allowed values of `log.report_to` are the keys of TRACKERS; each names
-the package it needs and the extra that installs it, and `check_installed` looks for the
-package without importing it when the config is validated: a missing one fails before any
-model loads, not after minutes of loading.
+the run goes on. The allowed values of `log.report_to` are the keys of TRACKERS; the config
+knows the packages each needs and looks for them without importing them when it is validated
+(grpo.config.rules.trackers_installed): a missing one fails before any model loads, not after
+minutes of loading.
 
 - wandb: every metric against the step (`define_metric("*", step_metric="step")`, so an
   evaluation at a training step's number and a resumed run's repeated steps are both kept),
@@ -37,38 +37,15 @@ import re
 import secrets
 import time
 import urllib.parse
-from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from grpo.config import to_dict
 from grpo.plugins.registry import Registry
-
-EXTRA = "trackers"  # pyproject's optional-dependencies entry with wandb and mlflow-skinny
-
-
-@dataclass(frozen=True)
-class TrackerKind:
-    cls: type
-    packages: tuple[str, ...]  # import names, looked for at config validation
-    pip_names: str
-
-
-def check_installed(names: list[str]) -> None:
-    """ValueError naming log.report_to and the extra to install for a tracker whose package is
-    missing (find_spec: nothing is imported, so validation stays fast)."""
-    for name in names:
-        kind = TRACKERS[name]
-        missing = [p for p in kind.packages if find_spec(p) is None]
-        if missing:
-            raise ValueError(
-                f"config field `log.report_to` lists {name!r}, but {', '.join(missing)} is not installed: "
-                f"`pip install -e '.[{EXTRA}]'` (or `pip install {kind.pip_names}`), or remove {name!r} from "
-                "log.report_to")
 
 
 def start_tracker(name: str, cfg: Any, run_dir: Path, start_step: int) -> Any:
-    return TRACKERS[name].cls(cfg, run_dir, start_step)
+    return TRACKERS[name](cfg, run_dir, start_step)
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -142,8 +119,6 @@ class WandbTracker:
     def __init__(self, cfg: Any, run_dir: Path, start_step: int):
         import wandb
 
-        from grpo.config import to_dict
-
         self.wandb = wandb
         ids = _Ids(run_dir)
         run_id = ids.get("wandb") or secrets.token_hex(4)  # W&B ids: letters and digits
@@ -171,8 +146,6 @@ class MlflowTracker:
     def __init__(self, cfg: Any, run_dir: Path, start_step: int):
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
-
-        from grpo.config import to_dict
 
         local = run_dir.resolve() / "mlflow"
         uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -229,11 +202,8 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# The allowed values of log.report_to, and what each needs.
-TRACKERS: Registry[TrackerKind] = Registry("tracker", "log.report_to")
-TRACKERS.register("tensorboard", TrackerKind(TensorBoardTracker, ("tensorboard",), "tensorboard"))
-TRACKERS.register("wandb", TrackerKind(WandbTracker, ("wandb",), "wandb"))
-# sqlalchemy and alembic: MLflow's sqlite store (mlflow-skinny leaves them out)
-TRACKERS.register("mlflow", TrackerKind(MlflowTracker, ("mlflow", "sqlalchemy", "alembic"),
-                                        "mlflow-skinny sqlalchemy alembic"))
-TRACKER_NAMES = tuple(TRACKERS)
+# The allowed values of log.report_to (the packages each needs: grpo.config.values.TRACKER_PACKAGES).
+TRACKERS: Registry[type] = Registry("tracker", "log.report_to")
+TRACKERS.register("tensorboard", TensorBoardTracker)
+TRACKERS.register("wandb", WandbTracker)
+TRACKERS.register("mlflow", MlflowTracker)

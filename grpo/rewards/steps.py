@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from grpo.config.checks import check_split, split_names
+from grpo.config.values import TAG
 from grpo.rewards.reward import Reward
 
 __all__ = ["STEP_SPLITS", "TAG", "PlacedSteps", "as_steps", "check_split", "place_steps", "split_names",
@@ -60,24 +62,13 @@ def _sentence_ends(text: str) -> list[int]:
     return ends
 
 
-# Split name -> the step ends it finds in a completion (None: the reward gives the offsets).
+# Split name -> the step ends it finds in a completion (None: the reward gives the offsets);
+# rewards[].steps allows its names (grpo.config.values.STEP_SPLITS) and tag:<text>.
 STEP_SPLITS: dict[str, Callable[[str], list[int]] | None] = {
     "offsets": None,
     "newline": _line_ends,
     "sentence": _sentence_ends,
 }
-TAG = "tag:"  # tag:<text>: each step ends just past an occurrence of <text>
-
-
-def split_names() -> str:
-    return ", ".join([*STEP_SPLITS, f"{TAG}<text>"])
-
-
-def check_split(split: Any) -> str | None:
-    """None when `split` is a step split, else what is wrong with it."""
-    if isinstance(split, str) and (split in STEP_SPLITS or (split.startswith(TAG) and len(split) > len(TAG))):
-        return None
-    return f"{split!r} is not a step split; allowed: {split_names()}"
 
 
 def step_ends(text: str, split: str) -> list[int]:

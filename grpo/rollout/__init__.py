@@ -2,7 +2,7 @@
 Trajectory, `engine.sync_weights(model, version)` after the weights change.
 
 The engine modules (and transformers, vllm behind them) are imported only when an engine
-is built, so the config can read the table of engine names without loading them.
+is built, so importing this package loads none of them.
 """
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import import_module
 from importlib.util import find_spec
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from grpo.config import RolloutConfig
+from grpo.config import rules as config_rules
+from grpo.config.values import (
+    ENGINE_NAMES,  # the values rollout.engine allows: auto + this table's names
+)
 from grpo.plugins.registry import Registry
 from grpo.rollout.base import RolloutEngine, SamplingParams, Trajectory
-
-if TYPE_CHECKING:
-    from grpo.config import RolloutConfig
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,6 @@ ENGINES.register("vllm", EngineKind("grpo.rollout.vllm_engine:VLLMEngine", True,
 # a `grpo serve-rollout` process (rollout.url)
 ENGINES.register("server", EngineKind("grpo.rollout.server_engine:ServerEngine", False, True))
 IN_PROCESS_ENGINES = tuple(n for n in ENGINES if ENGINES.get(n).in_process)  # what serve-rollout may run
-ENGINE_NAMES = ("auto", *ENGINES)  # the values config field `rollout.engine` allows
 # rollout.vllm_lora_sync -> how a LoRA policy's weights reach vLLM (grpo.rollout.vllm_engine)
 LORA_SYNCS = {
     "merged": "the base weights with B @ A * scale added, through vLLM's in-place weight reload",
@@ -62,30 +63,13 @@ def __getattr__(attr: str) -> Any:  # `from grpo.rollout import SharedPrefixEngi
 
 
 def engine_name(cfg: RolloutConfig) -> str:
-    """rollout.engine, with `auto` resolved: vllm where it is installed (bench/RESULTS.md: it
-    generates faster than shared_prefix, 80 against 71 tokens/s on the bench step, though the
-    whole step now takes about as long), else shared_prefix. Under torchrun too: each process
-    then runs its own vLLM engine in the trainer's process group (grpo.rollout.vllm_engine)."""
-    if cfg.engine != "auto":
-        return cfg.engine
-    return "vllm" if find_spec("vllm") is not None else "shared_prefix"
+    """rollout.engine, with `auto` resolved in this process (grpo.config.rules.engine_choice)."""
+    return config_rules.engine_choice(cfg.engine, lambda: find_spec("vllm") is not None)
 
 
 def check_engine(cfg: RolloutConfig) -> None:
-    """The engine rules that need no model (Config.validate runs them before anything loads)."""
-    name = engine_name(cfg)
-    if name not in ENGINES:
-        raise ValueError(f"config field `rollout.engine` = {cfg.engine!r} is invalid; allowed: "
-                         f"{', '.join(ENGINE_NAMES)}")
-    if cfg.vllm and name != "vllm":
-        raise ValueError(f"config field `rollout.vllm` = {cfg.vllm!r} is set but rollout.engine = {cfg.engine!r}"
-                         + (" (auto chose shared_prefix: vllm is not installed)" if cfg.engine == "auto" else ""))
-    if (name == "server") != (cfg.url is not None):
-        raise ValueError(f"config field `rollout.url` = {cfg.url!r} is invalid: rollout.engine=server needs the URL "
-                         "of a `grpo serve-rollout` server, and only that engine uses one")
-    if cfg.vllm_lora_sync != "merged" and name != "vllm":
-        raise ValueError(f"config field `rollout.vllm_lora_sync` = {cfg.vllm_lora_sync!r} needs the vllm engine; "
-                         f"rollout.engine = {cfg.engine!r} resolves to {name!r}")
+    """The engine rules that need no model (grpo.config.rules; Config.validate runs them too)."""
+    config_rules.check_engine(cfg, engine_name(cfg))
 
 
 def build_engine(cfg: RolloutConfig, model: Any, tokenizer: Any, dtype: Any = None) -> RolloutEngine:

@@ -38,40 +38,6 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def check_staleness(cfg: Any) -> None:
-    """The rules of rollout.max_staleness and the server engine's fields (Config.validate)."""
-    from grpo.rollout import engine_name
-
-    r, a = cfg.rollout, cfg.algorithm
-    _check(r.max_staleness >= 0, "rollout.max_staleness", r.max_staleness, "an integer >= 0")
-    _check(bool(r.token_env), "rollout.token_env", r.token_env, "an environment variable name")
-    for name in ("request_timeout", "server_timeout"):
-        _check(getattr(r, name) > 0, f"rollout.{name}", getattr(r, name), "a number of seconds > 0")
-    if r.max_staleness == 0:
-        return
-    if engine_name(r) != "server":
-        raise ValueError(f"config field `rollout.max_staleness` = {r.max_staleness} needs rollout.engine=server "
-                         f"(rollout.engine = {r.engine!r}): an in-process engine generates on the devices the update "
-                         "runs on and reads the weights the update changes; set it to 0")
-    if a.sampler_correction == "none":
-        raise ValueError("config field `algorithm.sampler_correction` = 'none' is invalid with rollout.max_staleness "
-                         f"= {r.max_staleness}: samples of an older policy need the importance weight pi_old / q; "
-                         "allowed: auto, truncate, mask")
-    if a.dynamic_sampling:
-        raise ValueError(f"config field `algorithm.dynamic_sampling` = true is not supported with "
-                         f"rollout.max_staleness = {r.max_staleness}: a step's number of prompts depends on the "
-                         "rewards of its earlier rounds, unknown when they must be requested ahead")
-    if r.max_staleness < a.num_iterations:
-        raise ValueError(f"config field `rollout.max_staleness` = {r.max_staleness} is less than "
-                         f"algorithm.num_iterations = {a.num_iterations}: a step makes that many updates, so no "
-                         "rollout could be generated ahead; use a multiple of num_iterations")
-
-
-def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"config field `{name}` = {value!r} is invalid: expected {allowed}")
-
-
 @dataclass
 class Arrived:
     """One step's rollouts as the loop takes them."""

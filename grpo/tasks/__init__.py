@@ -13,19 +13,15 @@ turns those messages into the text the model continues (chat or plain-text templ
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from grpo.config import TaskConfig
 from grpo.plugins.registry import Registry
 from grpo.tasks.base import DEFAULT_SYSTEM_PROMPT, Example, Task
 from grpo.tasks.prompts import PromptFormat
 
-if TYPE_CHECKING:  # grpo.config imports grpo.tasks.prompts for its allowed templates
-    from grpo.config import TaskConfig
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "Example", "PromptFormat", "SOURCES", "Task", "build_task"]
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "SOURCES", "Example", "PromptFormat", "Task", "build_task"]
-
-# task.source -> builder (TaskConfig) -> Task, imported when a task is built (grpo.config
-# imports this package: reading the names must not load reasoning-gym or the readers).
+# task.source -> builder (TaskConfig) -> Task, imported when a task is built (reasoning-gym is heavy).
 SOURCES: Registry[Callable[[TaskConfig], Task]] = Registry("task source", "task.source")
 SOURCES.register("reasoning_gym", "grpo.tasks.procedural:build_procedural_task")
 SOURCES.register("file", "grpo.tasks.files:build_file_task")

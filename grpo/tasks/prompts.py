@@ -20,17 +20,16 @@ report see is prefix + completion (`PromptFormat.sample`), so a layout check suc
 from __future__ import annotations
 
 import json
-import string
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from grpo.config import TaskConfig
+from grpo.config.values import CHAT
 from grpo.tasks.base import DEFAULT_SYSTEM_PROMPT, Example
 
 if TYPE_CHECKING:
-    from grpo.config import TaskConfig
     from grpo.trajectory import Trajectory
 
-CHAT = "chat"
 R1_ZERO_SYSTEM = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
     "The Assistant first thinks about the reasoning process in the mind and then provides the user with "
@@ -38,12 +37,12 @@ R1_ZERO_SYSTEM = (
     "</answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
     "</answer>."
 )
-# name -> (template text, the system text used when task.system_prompt is null)
+# name -> (template text, the system text used when task.system_prompt is null); task.template
+# allows chat, these names (grpo.config.values.TEMPLATE_PRESETS) or a plain-text template
+# (grpo.config.checks.template_error)
 TEMPLATES: dict[str, tuple[str, str]] = {
     "r1_zero": ("{system} User: {question} Assistant:", R1_ZERO_SYSTEM),
 }
-TEMPLATE_HELP = (f"'{CHAT}' (the tokenizer's chat template), a preset ({', '.join(TEMPLATES)}) or a plain-text "
-                 "template holding {question} once and optionally {system} before it (literal braces doubled)")
 
 
 # How a tool's reply enters the token stream (`PromptFormat.continuation` renders both):
@@ -71,24 +70,6 @@ def _renders_tools(tokenizer: Any, tools: list[dict]) -> bool:
     probe = [{"role": "user", "content": "?"}]
     plain = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
     return tokenizer.apply_chat_template(probe, tools=tools, tokenize=False, add_generation_prompt=True) != plain
-
-
-def template_error(template: str) -> str | None:
-    """Why `template` is not a valid task.template value, or None when it is."""
-    if template == CHAT or template in TEMPLATES:
-        return None
-    try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as e:
-        return f"it does not parse as a template ({e})"
-    if fields.count("question") != 1:
-        return "it must hold {question} exactly once"
-    unknown = sorted(set(fields) - {"system", "question"})
-    if unknown:
-        return f"it names unknown placeholders {unknown}"
-    if fields.count("system") > 1 or ("system" in fields and fields.index("system") > fields.index("question")):
-        return "{system} may appear once, before {question}"
-    return None
 
 
 def default_system_prompt(cfg: TaskConfig) -> str:

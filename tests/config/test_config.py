@@ -1,10 +1,20 @@
 """Config: YAML + dotted overrides, validation messages, round trip."""
 
 import dataclasses
+import typing
 
 import pytest
 
-from grpo.config import Config, RewardSpec, describe, load_config, save_config
+from grpo.config import (
+    Config,
+    Facts,
+    RewardSpec,
+    apply_overrides,
+    describe,
+    from_dict,
+    load_config,
+    save_config,
+)
 
 
 def test_defaults_are_valid_and_documented():
@@ -99,21 +109,104 @@ def test_every_leaf_field_has_a_default_that_round_trips():
     assert dataclasses.asdict(cfg)["rollout"]["group_size"] == 8
 
 
-def test_allowed_values_come_from_the_dispatch_tables():
-    import typing
+def literal_fields(cls=Config, prefix=""):
+    """{dotted name: allowed values} of every Literal field of the tree (list[Literal] included)."""
+    found = {}
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        inner = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
+        if dataclasses.is_dataclass(inner):
+            found |= literal_fields(inner, f"{prefix}{f.name}{'[].' if inner is not tp else '.'}")
+        elif typing.get_origin(inner) is typing.Literal:
+            found[prefix + f.name] = typing.get_args(inner)
+    return found
 
-    from grpo import algorithm, config, rollout
-    from grpo.compute import dtypes
 
-    def allowed(cls, name):
-        return typing.get_args(typing.get_type_hints(cls)[name])
+def dispatch_tables():
+    """Each Literal field -> the keys of the table the code dispatches on (tuple(table): a dict
+    or a registry that iterates over its names)."""
+    from grpo import algorithm, rollout, tasks
+    from grpo.compute import distributed, dtypes
+    from grpo.record import trackers
+    from grpo.tasks import prompts
 
-    assert allowed(config.AlgorithmConfig, "loss_type") == tuple(algorithm.AGGREGATIONS)
-    assert allowed(config.AlgorithmConfig, "kl_estimator") == tuple(algorithm.KL_ESTIMATORS)
-    assert allowed(config.AlgorithmConfig, "scale_rewards") == tuple(algorithm.ADVANTAGE_SCALES)
-    assert allowed(config.RolloutConfig, "engine") == ("auto", *rollout.ENGINES)
-    assert allowed(config.RolloutConfig, "vllm_lora_sync") == tuple(rollout.LORA_SYNCS)
-    assert allowed(config.ModelConfig, "dtype") == ("auto", *dtypes.DTYPES)
+    return {
+        "model.dtype": ("auto", *tuple(dtypes.DTYPES)),
+        "model.precision": ("auto", *tuple(dtypes.DTYPES)),
+        "task.source": tuple(tasks.SOURCES),
+        "rollout.engine": ("auto", *tuple(rollout.ENGINES)),
+        "rollout.vllm_lora_sync": tuple(rollout.LORA_SYNCS),
+        "rollout.precision": ("auto", *tuple(dtypes.DTYPES)),
+        "rollout.tool_format": tuple(prompts.TOOL_FORMATS),
+        "algorithm.kl_estimator": tuple(algorithm.KL_ESTIMATORS),
+        "algorithm.loss_type": tuple(algorithm.AGGREGATIONS),
+        "algorithm.scale_rewards": tuple(algorithm.ADVANTAGE_SCALES),
+        "algorithm.advantages": tuple(algorithm.ADVANTAGE_SOURCES),
+        "algorithm.importance_sampling_level": tuple(algorithm.IMPORTANCE_SAMPLING_LEVELS),
+        "algorithm.sampler_correction": ("auto", *tuple(algorithm.SAMPLER_CORRECTIONS)),
+        "algorithm.sampler_correction_level": tuple(algorithm.SAMPLER_CORRECTION_LEVELS),
+        "train.lr_schedule": tuple(LR_SCHEDULE_AT_END),  # make_scheduler branches: see the test below
+        "train.parallel": tuple(distributed.PARALLEL_MODES),
+        "log.report_to": tuple(trackers.TRACKERS),
+    }
+
+
+# train.lr_schedule -> the learning-rate factor at the last update (make_scheduler has no table)
+LR_SCHEDULE_AT_END = {"constant": 1.0, "cosine": 0.0}
+
+
+def test_every_literal_field_equals_the_table_the_code_dispatches_on():
+    fields, tables = literal_fields(), dispatch_tables()
+    assert set(fields) == set(tables), "a Literal field without its table (or a table without its field)"
+    for name, allowed in fields.items():
+        assert allowed == tables[name], name
+
+
+def test_other_allowed_names_equal_their_tables():
+    from grpo.config import values
+    from grpo.episodes.tools import BUILTIN_TOOLS
+    from grpo.record import trackers
+    from grpo.rewards import steps
+    from grpo.tasks import prompts
+
+    assert values.TOOL_NAMES == tuple(sorted(BUILTIN_TOOLS))
+    assert values.STEP_SPLITS == tuple(steps.STEP_SPLITS)
+    assert values.TEMPLATE_PRESETS == tuple(prompts.TEMPLATES)
+    assert tuple(values.TRACKER_PACKAGES) == tuple(trackers.TRACKERS)
+
+
+@pytest.mark.parametrize("schedule", LR_SCHEDULE_AT_END)
+def test_each_lr_schedule_is_one_make_scheduler_knows(schedule):
+    import torch
+
+    from grpo.training.trainer import make_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = make_scheduler(optimizer, load_config(None, [f"train.lr_schedule={schedule}"]), 4)
+    assert scheduler.lr_lambdas[0](4) == pytest.approx(LR_SCHEDULE_AT_END[schedule])
+
+
+def test_runtime_facts_are_arguments():
+    def unchecked(*overrides):  # the tree as load_config builds it, before validate
+        return from_dict(Config, apply_overrides({}, list(overrides)))
+
+    cfg = unchecked("train.prompts_per_step=3", "train.micro_batch_size=4", "log.report_to=[wandb]")
+    cfg.validate(Facts(world_size=3, installed=lambda package: True))
+    with pytest.raises(ValueError, match=r"divisible by the number of processes \(2\)"):
+        cfg.validate(Facts(world_size=2, installed=lambda package: True))
+    with pytest.raises(ValueError, match="`log.report_to` lists 'wandb', but wandb is not installed"):
+        cfg.validate(Facts(world_size=1, installed=lambda package: package != "wandb"))
+    auto = unchecked("rollout.engine=auto", "rollout.vllm={enforce_eager: true}", "log.report_to=[]")
+    auto.validate(Facts(1, lambda package: package == "vllm"))  # auto chooses vllm
+    with pytest.raises(ValueError, match="auto chose shared_prefix: vllm is not installed"):
+        auto.validate(Facts(1, lambda package: False))
+
+
+def test_a_disabled_section_checks_only_its_switch():
+    assert load_config(None, ["iterative.replay=5"]).iterative.replay == 5  # retrain_every = 0: unread
+    with pytest.raises(ValueError, match=r"`iterative.replay` = 5.0 is invalid: expected a number in \[0, 1\)"):
+        load_config(None, ["iterative.replay=5", "iterative.retrain_every=2",
+                           "rewards=[{name: reward_model}, {name: accuracy}]"])
 
 
 MODEL_FREE_RULES = {

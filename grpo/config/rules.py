@@ -1,0 +1,171 @@
+"""Rules across fields, one named function each, run by Config.validate before any model loads.
+
+What only the running process knows (how many processes torchrun started, which packages are
+installed) comes in as `Facts`; `Facts.here()` reads the real ones with the standard library
+(WORLD_SIZE, importlib.util.find_spec: nothing is imported), so a test states any machine.
+Every rule raises a ValueError that names the field and what to change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.util import find_spec
+
+from grpo.config.generation import RolloutConfig
+from grpo.config.sections import (
+    AlgorithmConfig,
+    IterativeConfig,
+    LogConfig,
+    ModelConfig,
+    ReferenceConfig,
+    RewardSpec,
+    TaskConfig,
+    TrainConfig,
+)
+from grpo.config.values import ENGINE_NAMES, TRACKER_EXTRA, TRACKER_PACKAGES
+
+
+def launched_world_size() -> int:
+    """The number of processes torchrun started (1 when not under torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+@dataclass(frozen=True)
+class Facts:
+    world_size: int  # processes in the run (torchrun's WORLD_SIZE)
+    installed: Callable[[str], bool]  # import name -> is the package there
+
+    @classmethod
+    def here(cls) -> Facts:
+        return cls(launched_world_size(), lambda package: find_spec(package) is not None)
+
+
+def _invalid(name: str, value: object, expected: str) -> ValueError:
+    return ValueError(f"config field `{name}` = {value!r} is invalid: expected {expected}")
+
+
+def micro_batches_divide_the_batch(train: TrainConfig, rollout: RolloutConfig) -> None:
+    batch = train.prompts_per_step * rollout.group_size
+    if batch % train.micro_batch_size:
+        raise _invalid("train.micro_batch_size", train.micro_batch_size,
+                       f"a divisor of prompts_per_step * group_size = {batch}")
+
+
+def trackers_installed(log: LogConfig, installed: Callable[[str], bool]) -> None:
+    """A tracker whose package is missing fails now, not after minutes of loading."""
+    for name in log.report_to:
+        packages, pip_names = TRACKER_PACKAGES[name]
+        missing = [p for p in packages if not installed(p)]
+        if missing:
+            raise ValueError(
+                f"config field `log.report_to` lists {name!r}, but {', '.join(missing)} is not installed: "
+                f"`pip install -e '.[{TRACKER_EXTRA}]'` (or `pip install {pip_names}`), or remove {name!r} from "
+                "log.report_to")
+
+
+def tools_or_environment(rollout: RolloutConfig) -> None:
+    if not set(rollout.tool_options) <= set(rollout.tools):
+        raise _invalid("rollout.tool_options", rollout.tool_options, "options keyed by names listed in rollout.tools")
+    if rollout.tools and rollout.environment:
+        raise _invalid("rollout.environment", rollout.environment,
+                       "null when rollout.tools is set (the tools are the built-in environment)")
+
+
+def file_source_has_a_path(task: TaskConfig) -> None:
+    if task.source == "file" and task.path is None:
+        raise _invalid("task.path", task.path, "a data file path when task.source=file")
+
+
+def reference_sync_has_a_reference_to_change(ref: ReferenceConfig, algorithm: AlgorithmConfig,
+                                             model: ModelConfig) -> None:
+    if not ref.sync_every:
+        return
+    why = ("algorithm.beta = 0 loads no reference" if algorithm.beta == 0 else
+           "reference.url serves a reference this run cannot change" if ref.url else
+           "a LoRA policy's reference is its own base weights (adapters off)" if model.lora.enabled else None)
+    if why:
+        raise ValueError(f"config field `reference.sync_every` = {ref.sync_every} needs a reference "
+                         f"model of its own in this process: {why}; set it to 0")
+
+
+def iterative_rewards_are_listed(it: IterativeConfig, rewards: list[RewardSpec]) -> None:
+    if not it.retrain_every:
+        return
+    names = [spec.name for spec in rewards]
+    if not (it.reward in names and it.reward == "reward_model"):
+        raise _invalid("iterative.reward", it.reward, "the name of a reward_model entry of `rewards`")
+    if not (it.label in names and it.label != it.reward):
+        raise _invalid("iterative.label", it.label,
+                       f"another entry of `rewards` (one of {', '.join(n for n in names if n != it.reward)})")
+
+
+def reset_reference_has_a_reference_to_reset(it: IterativeConfig, algorithm: AlgorithmConfig,
+                                             ref: ReferenceConfig, model: ModelConfig) -> None:
+    if it.retrain_every and it.reset_reference and algorithm.beta > 0 and (ref.url or model.lora.enabled):
+        raise ValueError("config field `iterative.reset_reference` = true needs a reference model of its own "
+                         "in this process (not reference.url, not a LoRA policy's base); set it to false")
+
+
+def prompts_divide_among_processes(train: TrainConfig, world_size: int) -> None:
+    if train.prompts_per_step % world_size:
+        raise ValueError(
+            f"config field `train.prompts_per_step` = {train.prompts_per_step} must be divisible by the "
+            f"number of processes ({world_size}): each rank generates whole groups for its share of prompts")
+
+
+def fsdp_without_lora(train: TrainConfig, model: ModelConfig) -> None:
+    if train.parallel == "fsdp" and model.lora.enabled:
+        raise ValueError("config field `train.parallel` = 'fsdp' does not support model.lora.enabled=true: "
+                         "LoRA trains few weights, use train.parallel=ddp")
+
+
+def engine_choice(engine: str, vllm_installed: Callable[[], bool]) -> str:
+    """rollout.engine with `auto` resolved: vllm where it is installed (it generates faster than
+    shared_prefix: bench/RESULTS.md, section "The vLLM engine"), else shared_prefix. Under
+    torchrun too: each process then runs its own vLLM engine in the trainer's process group
+    (grpo.rollout.vllm_engine). `vllm_installed` is asked only for auto."""
+    if engine != "auto":
+        return engine
+    return "vllm" if vllm_installed() else "shared_prefix"
+
+
+def check_engine(rollout: RolloutConfig, engine: str) -> None:
+    """The rules of the engine `rollout.engine` resolved to (`engine`) that need no model."""
+    if engine == "auto" or engine not in ENGINE_NAMES:
+        raise ValueError(f"config field `rollout.engine` = {rollout.engine!r} is invalid; allowed: "
+                         f"{', '.join(ENGINE_NAMES)}")
+    if rollout.vllm and engine != "vllm":
+        raise ValueError(f"config field `rollout.vllm` = {rollout.vllm!r} is set but rollout.engine = "
+                         f"{rollout.engine!r}"
+                         + (" (auto chose shared_prefix: vllm is not installed)" if rollout.engine == "auto" else ""))
+    if (engine == "server") != (rollout.url is not None):
+        raise ValueError(f"config field `rollout.url` = {rollout.url!r} is invalid: rollout.engine=server needs the "
+                         "URL of a `grpo serve-rollout` server, and only that engine uses one")
+    if rollout.vllm_lora_sync != "merged" and engine != "vllm":
+        raise ValueError(f"config field `rollout.vllm_lora_sync` = {rollout.vllm_lora_sync!r} needs the vllm engine; "
+                         f"rollout.engine = {rollout.engine!r} resolves to {engine!r}")
+
+
+def check_staleness(rollout: RolloutConfig, algorithm: AlgorithmConfig, engine: str) -> None:
+    """rollout.max_staleness > 0 (grpo.rollout.pipeline) with the engine `engine` it resolved to."""
+    k = rollout.max_staleness
+    if k == 0:
+        return
+    if engine != "server":
+        raise ValueError(f"config field `rollout.max_staleness` = {k} needs rollout.engine=server "
+                         f"(rollout.engine = {rollout.engine!r}): an in-process engine generates on the devices the "
+                         "update runs on and reads the weights the update changes; set it to 0")
+    if algorithm.sampler_correction == "none":
+        raise ValueError("config field `algorithm.sampler_correction` = 'none' is invalid with rollout.max_staleness "
+                         f"= {k}: samples of an older policy need the importance weight pi_old / q; "
+                         "allowed: auto, truncate, mask")
+    if algorithm.dynamic_sampling:
+        raise ValueError(f"config field `algorithm.dynamic_sampling` = true is not supported with "
+                         f"rollout.max_staleness = {k}: a step's number of prompts depends on the "
+                         "rewards of its earlier rounds, unknown when they must be requested ahead")
+    if k < algorithm.num_iterations:
+        raise ValueError(f"config field `rollout.max_staleness` = {k} is less than "
+                         f"algorithm.num_iterations = {algorithm.num_iterations}: a step makes that many updates, so "
+                         "no rollout could be generated ahead; use a multiple of num_iterations")
