@@ -67,7 +67,7 @@ SHAPES = {
 
 def model_dir(name: str) -> Path:
     """The HF directory of WORK["model"]: the bundled model, or a random model of a SHAPES shape."""
-    from grpo.compute.models import bundled_model_dir, cache_root
+    from grpo.compute.gguf_cache import bundled_model_dir, cache_root
 
     if name == "bundled":
         return bundled_model_dir()

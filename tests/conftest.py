@@ -3,20 +3,20 @@
 import json
 
 import pytest
+import torch
 
+from grpo.compute import precision
 from tests.support.tiny import make_tiny_model_dir
+
+# The real measurement, taken before any test pins it: the tests of the choice itself
+# (tests/compute/test_precision.py) import it from here.
+real_auto_compute = precision.auto_compute
 
 
 @pytest.fixture(autouse=True)
 def float32_auto_precision(monkeypatch):
     """`model.precision: auto` measures the machine (grpo.compute.precision): tests pin its answer to
-    float32 so that a result never depends on the host's bf16 speed. The tests of the choice
-    itself (tests/compute/test_precision.py) call the real measurement through `real_auto_compute`."""
-    import torch
-
-    from grpo.compute import precision
-
-    monkeypatch.setattr(precision, "real_auto_compute", precision.auto_compute, raising=False)
+    float32 so that a result never depends on the host's bf16 speed."""
     monkeypatch.setattr(precision, "auto_compute", lambda device, world=None: (torch.float32, {}, "pinned by tests"))
 
 

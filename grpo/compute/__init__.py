@@ -1,1 +1,2 @@
-"""Where the numbers run: loading models, precision, kernels (attention, packed linears), memory, processes."""
+"""Where the numbers run: loading models (and the GGUF cache), precision, kernels (attention, packed linears), memory,
+processes."""

@@ -104,9 +104,7 @@ class _SiblingProduct:
 
 
 def _sibling_forward(layer: nn.Linear, product: _SiblingProduct, index: int):
-    forward = _no_grad_forward(layer, lambda x: product.slice_for(index, x))
-    forward.product = product  # what the siblings share (tests look at it)
-    return forward
+    return _no_grad_forward(layer, lambda x: product.slice_for(index, x))
 
 
 def _sibling_groups(model: nn.Module) -> list[list[nn.Linear]]:

@@ -3,13 +3,14 @@
 One step, as numbered in `train_step` below:
   1. take the next prompts from the data stream (resumable by position)
   2. generate G completions per prompt: a Trajectory (rollout engine)
-  3. score them with the reward functions (contained: a failing function never ends the run)
+  3. score them with the reward functions (contained: a failing function never ends the run);
+     steps 1-3 live in grpo.training.collect, in rounds under algorithm.dynamic_sampling
   4. group-relative advantages (algorithm.group_advantages); with step rewards also per-token
      process advantages (algorithm.process_advantages, combined by algorithm.advantages);
      truncated completions leave the loss mask when algorithm.mask_truncated_completions
   5. old log-probs (only when num_iterations > 1) and reference log-probs (only when beta > 0)
   6. num_iterations updates: gradients over micro-batches of the loss built once from the
-     config (grpo.training.update.accumulate_gradients, grpo.training.loss; the first update also weighs the
+     config (grpo.training.update.Updater, grpo.training.loss; the first update also weighs the
      sampler's tokens by pi_old / q when the correction is on), then clip, finite check, AdamW
      step and LR schedule (grpo.training.update.optimizer_step); a non-finite update is skipped and counted
   7. the engine samples from the new weights from now on (engine.sync_weights)
@@ -17,12 +18,11 @@ One step, as numbered in `train_step` below:
 and, at their intervals, held-out evaluation and an atomic checkpoint. Under torchrun each
 process runs this same loop on its share of the prompts (grpo.compute.distributed: `self.world`).
 With rollout.max_staleness > 0, steps 1-2 take a batch that a background thread generated
-while earlier steps trained (grpo.rollout.pipeline: at most max_staleness updates old).
+while earlier steps trained (grpo.training.collect.Ahead: at most max_staleness updates old).
 """
 
 from __future__ import annotations
 
-import math
 import random
 import resource
 import signal
@@ -49,13 +49,12 @@ from grpo.guards import probe, resources
 from grpo.guards.health import StepWatch
 from grpo.record.logging import NullLogger, RunLogger
 from grpo.reward_model.iterative import IterativeRL
-from grpo.rewards.harness import RewardScores, WeightedReward
+from grpo.rewards.harness import WeightedReward
 from grpo.rewards.steps import place_steps
 from grpo.rollout import RolloutEngine, SamplingParams, build_engine, engine_name
-from grpo.rollout.pipeline import RolloutPipeline, staleness
 from grpo.serve.client import RemoteReference
 from grpo.tasks import Task, build_task
-from grpo.tasks.base import DataStream, Example
+from grpo.tasks.base import DataStream
 from grpo.training.checkpoint import (
     REFERENCE_FILE,
     TrainerState,
@@ -68,14 +67,17 @@ from grpo.training.checkpoint import (
     save_checkpoint,
     take_snapshot,
 )
+from grpo.training.collect import Ahead, Rounds, build_collector
 from grpo.training.interrupt import Interrupted, StopSignals
 from grpo.training.logprobs import LocalReference, ReferenceModel, batch_logprobs
 from grpo.training.loss import PolicyLoss, SamplerCorrection
 from grpo.training.step_metrics import rollout_metrics, sample_records
 from grpo.training.update import (
     SamplerWeights,
+    UpdateBatch,
+    Updater,
     UpdateSettings,
-    accumulate_gradients,
+    make_scheduler,
     mean_over_iterations,
     optimizer_step,
 )
@@ -87,21 +89,6 @@ if TYPE_CHECKING:
 
 class TrainingStopped(RuntimeError):
     """The run cannot go on (e.g. the loss stayed non-finite); a checkpoint was written."""
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_updates: int):
-    """Linear warmup, then constant or cosine decay to 0 over the remaining updates."""
-    warmup, kind = cfg.train.warmup_steps, cfg.train.lr_schedule
-
-    def factor(update: int) -> float:
-        if update < warmup:
-            return (update + 1) / (warmup + 1)
-        if kind == "constant":
-            return 1.0
-        progress = (update - warmup) / max(1, total_updates - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def seed_everything(seed: int) -> None:
@@ -116,6 +103,15 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def build_reference(cfg: Config, model: torch.nn.Module, device: torch.device, precision: Precision) -> ReferenceModel:
+    """The frozen reference for the KL term: served by `grpo serve-ref` elsewhere (reference.url),
+    or loaded here in the compute dtype (grpo.compute.models.load_reference)."""
+    if cfg.reference.url:
+        return RemoteReference.from_config(cfg.reference, cfg.rollout.temperature)
+    return LocalReference(models.load_reference(cfg.model, model, precision.compute), cfg.train.micro_batch_size,
+                          device, cfg.rollout.temperature, precision.autocast)
+
+
 @dataclass
 class Trainer:
     """Everything the loop needs, built once by `Trainer.build`."""
@@ -128,7 +124,8 @@ class Trainer:
     sampler: SingleTurnSampler | EpisodeSampler  # single-turn, or episodes with tools / an environment
     reward_fns: list[WeightedReward]
     task: Task
-    loss: PolicyLoss
+    collector: Rounds | Ahead  # steps 1-3: in lockstep (dynamic sampling's rounds) or ahead (grpo.training.collect)
+    updater: Updater  # step 6's gradients, of the loss built once from the config (grpo.training.update)
     correction: SamplerCorrection
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -139,8 +136,6 @@ class Trainer:
     precision: Precision  # what forwards, backward and rollouts compute in (grpo.compute.precision)
     iterative: IterativeRL | None = None  # iterative RL: the reward model keeps learning
     last_saved: int | None = field(default=None, init=False)  # the step of the newest checkpoint
-    pipeline: RolloutPipeline | None = field(default=None, init=False)  # max_staleness > 0: rollouts in flight
-    trained_order: dict[str, Any] | None = field(default=None, init=False)  # async: the last step's data order
 
     @classmethod
     def build(cls, cfg: Config, loaded: models.LoadedModel | None = None) -> Trainer:
@@ -171,14 +166,9 @@ class Trainer:
             keep_freed_memory()  # no page faults for each step's tensors (grpo/allocator.py)
         loss = PolicyLoss.from_config(cfg.algorithm, cfg.rollout.episode_tokens)
         # With beta = 0 the reference model is never loaded (memory and time).
-        reference = None
-        if loss.needs_reference and cfg.reference.url:  # served by `grpo serve-ref`, elsewhere
-            reference = RemoteReference.from_config(cfg.reference, cfg.rollout.temperature)
-        elif loss.needs_reference:
-            reference = LocalReference(models.load_reference(cfg.model, model, precision.compute),
-                                       cfg.train.micro_batch_size, device, cfg.rollout.temperature, precision.autocast)
+        reference = build_reference(cfg, model, device, precision) if loss.needs_reference else None
         engine = build_engine(cfg.rollout, model, tokenizer, precision.rollout)
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [p for p in model.parameters() if p.requires_grad]  # fsdp: the shards
         # fused: one kernel over all parameters (bundled model on CPU: 0.08 s per step against 0.29)
         optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, betas=tuple(cfg.train.adam_betas),
                                       weight_decay=cfg.train.weight_decay, fused=device.type in ("cpu", "cuda"))
@@ -196,9 +186,14 @@ class Trainer:
             iterative.load(Path(ckpt))
         correction = SamplerCorrection.from_config(cfg.algorithm, engine_name(cfg.rollout), cfg.rollout.max_staleness,
                                                    precision.lowered)
-        return cls(cfg, model, tokenizer, reference, engine, sampler, reward_fns, task, loss, correction, optimizer,
-                   scheduler, device, state, DataStream(task.train, cfg.seed, state.examples_seen), world, precision,
-                   iterative)
+        settings = UpdateSettings(cfg.train.micro_batch_size, cfg.rollout.temperature, device, precision.autocast)
+        return cls(cfg=cfg, model=model, tokenizer=tokenizer, reference=reference, engine=engine, sampler=sampler,
+                   reward_fns=reward_fns, task=task,
+                   collector=build_collector(cfg, sampler, reward_fns, world, engine, tokenizer.pad_token_id),
+                   updater=Updater(model, params, loss, world, settings), correction=correction,
+                   optimizer=optimizer, scheduler=scheduler, device=device, state=state,
+                   data=DataStream(task.train, cfg.seed, state.examples_seen), world=world, precision=precision,
+                   iterative=iterative)
 
     # ----------------------------------------------------------------- one step
 
@@ -216,8 +211,10 @@ class Trainer:
             clock = now
 
         self.world.gather_weights(self.model)  # fsdp: whole weights until the optimizer step
-        # 1.-3. prompts, G completions each, rewards (several rounds with dynamic sampling)
-        examples, trajectory, scores, collected = self.collect(lap)
+        # 1.-3. prompts, G completions each, rewards (several rounds with dynamic sampling; with
+        # max_staleness > 0 generated ahead): grpo.training.collect
+        examples, trajectory, scores, collected = self.collector.collect(self.data, self.sampling_params(),
+                                                                         self.state, lap)
         if self.iterative is not None:  # the reward model learns from these later (iterative RL)
             self.iterative.observe([ex for ex in examples for _ in range(G)], trajectory.completions,
                                    scores.per_function[cfg.iterative.label], self.world)
@@ -280,97 +277,19 @@ class Trainer:
     def sampling_params(self) -> SamplingParams:
         return SamplingParams.from_config(self.cfg.rollout)
 
-    def collect(self, lap) -> tuple[list[Example], Trajectory, RewardScores, dict[str, float]]:
-        """Steps 1-3: this rank's prompts, G completions each, their rewards.
-
-        With algorithm.dynamic_sampling: rounds of train.prompts_per_step prompts, keeping the
-        groups whose reward std exceeds the tolerance, until this rank holds its share or
-        max_generation_rounds is reached. Every rank takes every round's prompts from the
-        stream (a full rank skips generating them) and the rounds end together (world.any), so
-        ranks stay in step and a resumed run draws the same prompts. A rank that found no
-        group with signal trains on its last round as it is (advantages 0: only the KL term).
-        """
-        cfg, a, G, world = self.cfg, self.cfg.algorithm, self.cfg.rollout.group_size, self.world
-        if cfg.rollout.max_staleness > 0:
-            return self.collect_ahead(lap)
-        share = cfg.train.prompts_per_step // world.size
-        kept: list[tuple[list[Example], Trajectory, RewardScores]] = []
-        num_kept = num_dropped = rounds = 0
-        errors: dict[str, int] = {}
-        while True:
-            rounds += 1
-            # 1. prompts: every rank reads the same stream and keeps its share
-            examples = world.shard(self.data.take(cfg.train.prompts_per_step))
-            if num_kept < share:
-                # 2. generate G completions per prompt
-                trajectory = self.sampler.sample(examples, self.sampling_params())
-                lap("generation")
-                # 3. rewards, per completion (completion i belongs to prompt i // G)
-                grouped = [ex for ex in examples for _ in range(G)]
-                scores = rewards.score(self.reward_fns, trajectory.completions, grouped, cfg.reward_timeout)
-                lap("rewards")
-                if not a.dynamic_sampling:
-                    return examples, trajectory, scores, {}
-                for name, n in scores.errors.items():
-                    errors[name] = errors.get(name, 0) + n
-                signal = algorithm.groups_with_signal(scores.total, G, a.dynamic_sampling_tolerance)  # [share]
-                num_dropped += int((~signal).sum())
-                groups = signal.nonzero().flatten().tolist()[: share - num_kept]
-                if groups:
-                    rows = [g * G + i for g in groups for i in range(G)]
-                    kept.append(([examples[g] for g in groups], trajectory.select(rows), scores.select(rows)))
-                    num_kept += len(groups)
-            if not world.any(num_kept < share) or rounds >= a.max_generation_rounds:
-                break
-        if not kept:
-            kept = [(examples, trajectory, scores)]
-        scores = RewardScores.cat([part[2] for part in kept])
-        scores.errors = errors  # every round's failures, the dropped groups' included
-        drawn = rounds * cfg.train.prompts_per_step
-        return ([ex for part in kept for ex in part[0]], Trajectory.cat([part[1] for part in kept],
-                                                                        self.tokenizer.pad_token_id), scores,
-                {"dynamic/rounds": rounds, "dynamic/prompts_drawn": drawn,
-                 "dynamic/groups_dropped": world.sum(num_dropped) / drawn,
-                 "dynamic/groups_with_signal": int(world.sum(num_kept))})
-
-    def collect_ahead(self, lap) -> tuple[list[Example], Trajectory, RewardScores, dict[str, float]]:
-        """Steps 1-3 with rollout.max_staleness > 0: this step's batch from the pipeline (the next
-        steps' are requested now, after the last push), scored on arrival."""
-        cfg, k = self.cfg, self.cfg.rollout.max_staleness
-        if self.pipeline is None:
-            self.pipeline = RolloutPipeline(lambda: self.world.shard(self.data.take(cfg.train.prompts_per_step)),
-                                            lambda examples: self.sampler.sample(examples, self.sampling_params()),
-                                            k // cfg.algorithm.num_iterations, cfg.train.prompts_per_step,
-                                            self.engine.refresh)
-        arrived = self.pipeline.next(cfg.train.num_steps - self.state.step)
-        lap("generation")  # the time the loop waited for it
-        trajectory, version = arrived.trajectory, self.state.num_updates
-        ages = staleness(trajectory.policy_version, version, k)
-        grouped = [ex for ex in arrived.examples for _ in range(cfg.rollout.group_size)]
-        scores = rewards.score(self.reward_fns, trajectory.completions, grouped, cfg.reward_timeout)
-        lap("rewards")
-        self.trained_order = {"trained_version": version, "example_ids": [ex.id for ex in arrived.examples],
-                              "policy_versions": trajectory.policy_version.tolist()}
-        return arrived.examples, trajectory, scores, {**ages, "async/generation_seconds": arrived.generation_seconds}
-
     def update(self, trajectory: Trajectory, advantages: torch.Tensor, old_logprobs: torch.Tensor | None,
                ref_logprobs: torch.Tensor | None) -> dict[str, float]:
         """num_iterations optimizer updates on one trajectory. Every metric (loss, grad_norm, clip
         fractions, ratio, KL) is the plain mean over the iterations; entropy is the first
         iteration's, the policy that sampled."""
-        cfg = self.cfg
-        settings = UpdateSettings(cfg.train.micro_batch_size, cfg.rollout.temperature, self.device,
-                                  self.precision.autocast)
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]  # fsdp: the shards
-        per_iteration = []
+        cfg, r, params = self.cfg, self.cfg.rollout, self.updater.params
         # pi_old for the correction is the policy of the first update, under the sampler's distribution
-        r = cfg.rollout
         sampler = SamplerWeights(self.correction, r.top_k, r.top_p) if self.correction.active else None
+        batch = UpdateBatch(trajectory, advantages, old_logprobs, ref_logprobs, sampler)
+        per_iteration = []
         self.model.train()
         for iteration in range(cfg.algorithm.num_iterations):
-            metrics = accumulate_gradients(self.model, params, trajectory, advantages, old_logprobs, ref_logprobs,
-                                           self.loss, self.world, settings, with_entropy=iteration == 0,
-                                           sampler=sampler)
+            metrics = self.updater.accumulate_gradients(batch, with_entropy=iteration == 0)
             metrics["grad_norm"], applied = optimizer_step(self.optimizer, self.scheduler, params,
                                                            cfg.train.max_grad_norm, metrics["loss"])
             if applied:
@@ -407,7 +326,7 @@ class Trainer:
     def save(self) -> Path | None:
         """A checkpoint of this step: every rank gathers, rank 0 writes (and returns its path)."""
         # rollouts in flight are dropped: a resumed run requests their prompts again
-        self.state.examples_seen = self.data.position - (self.pipeline.prompts_in_flight if self.pipeline else 0)
+        self.state.examples_seen = self.data.position - self.collector.prompts_in_flight
         snapshot = take_snapshot(self.model, self.optimizer, self.scheduler, self.world)
         if self.state.reference_moved:
             snapshot.reference = parameter_state(self.reference.model)
@@ -446,8 +365,8 @@ class Trainer:
                 metrics, samples = self.train_step()
                 self.state.step += 1
                 step = self.state.step
-                if self.trained_order is not None:  # async: every step's prompts and sample versions
-                    log.log_rollouts(step, self.trained_order)
+                if self.collector.trained_order is not None:  # async: every step's prompts and sample versions
+                    log.log_rollouts(step, self.collector.trained_order)
                 if step % cfg.log.every == 0 or step == cfg.train.num_steps:
                     log.log_step(step, metrics)
                     log.log_samples(step, samples)
@@ -488,7 +407,6 @@ def train(cfg: Config, loaded: models.LoadedModel | None = None) -> dict[str, An
     try:
         return trainer.run()
     finally:
-        if trainer.pipeline is not None:
-            trainer.pipeline.close()
+        trainer.collector.close()
         trainer.engine.close()  # first: vLLM's shutdown under torchrun also ends the process group
         trainer.world.close()

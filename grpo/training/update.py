@@ -1,16 +1,19 @@
 """One policy update on a trajectory: gradients over micro-batches, then the optimizer step.
 
-    metrics = accumulate_gradients(model, params, trajectory, advantages, old, ref, loss, world, settings)
+    updater = Updater(model, params, loss, world, settings)           # once per run
+    metrics = updater.accumulate_gradients(UpdateBatch(trajectory, advantages, old, ref))
     grad_norm, applied = optimizer_step(optimizer, scheduler, params, max_grad_norm, metrics["loss"])
 
+`UpdateBatch` is what an update trains on: the trajectory, its advantages, the old and
+reference log-probs and the sampler correction's weights (`SamplerWeights`). The updater's
 `accumulate_gradients` owns the micro-batch loop: rows cut by completion length
 (`length_sorted_rows`), each distinct prompt run once per update with its share of the
 gradient pushed through in a second stage (`PromptCache.backward`), and the World's hooks
 that make the last backward (and only it) reduce gradients across ranks. The normalizers
 are global (every micro-batch of every rank), so the gradients add up to the gradient of
 the whole batch in one process. `optimizer_step` clips, refuses a non-finite update, steps
-and advances the schedule. `SamplerWeights` holds the sampler correction's weights of a
-step. Neither knows a loss type by name (grpo.training.loss) or touches an engine.
+and advances the schedule (`make_scheduler`). None of them knows a loss type by name
+(grpo.training.loss) or touches an engine.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import torch
 
 from grpo import algorithm
 from grpo.compute.distributed import World
+from grpo.config import Config
 from grpo.training.logprobs import (
     MicroBatch,
+    PromptCache,
     completion_logits,
     length_sorted_rows,
     make_micro_batch,
@@ -76,64 +81,104 @@ class SamplerWeights:
         return weights
 
 
-def accumulate_gradients(
-    model: torch.nn.Module, params: list[torch.nn.Parameter], trajectory: Trajectory, advantages: torch.Tensor,
-    old_logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None, loss: PolicyLoss, world: World,
-    settings: UpdateSettings, with_entropy: bool = False, sampler: SamplerWeights | None = None,
-) -> dict[str, float]:
-    """Backward of the whole trajectory's loss into the .grad of `params` (the optimizer's:
-    under fsdp the shards), summed over ranks.
+@dataclass(frozen=True)
+class UpdateBatch:
+    """What the updates of one step train on; the same value for each of its num_iterations updates."""
 
-    advantages [N] (or [N, C] per token: process supervision); old_logprobs, ref_logprobs [N, C] or None (None old: the current policy,
-    detached, i.e. ratio 1); sampler: the sampler correction's weights of this step (filled
-    on its first update), or None. Returns, over all ranks: `loss` (the batch loss) and the
-    loss metrics as means over loss-masked tokens (each micro-batch weighted by its share of
-    them), plus `entropy` when asked and the correction's metrics on the update that filled
-    its weights.
+    trajectory: Trajectory
+    advantages: torch.Tensor  # [N], or [N, C] per token (process supervision)
+    old_logprobs: torch.Tensor | None = None  # [N, C]; None: the current policy, detached (ratio 1)
+    ref_logprobs: torch.Tensor | None = None  # [N, C]; None without a KL term
+    sampler: SamplerWeights | None = None  # the sampler correction's weights (filled on the first update)
+
+
+@dataclass(frozen=True)
+class Updater:
+    """The gradients of the loss built once from the config, over micro-batches: built once per run.
+
+    params are the optimizer's (under fsdp the shards); their .grad receive the gradients,
+    summed over ranks.
     """
-    # One autocast region over every micro-batch: its cache keeps each weight's bf16 cast for the
-    # whole update (a region per micro-batch would cast all weights again for each).
-    with settings.autocast():
-        device = settings.device
-        # Global normalizers: the micro-batch losses of every rank add up to the whole batch's.
-        num_items = world.sum(loss.local_items(trajectory.loss_mask))
-        num_tokens = max(world.sum(float(trajectory.loss_mask.sum().item())), 1.0)
-        sums: dict[str, float] = {}
-        total_loss = 0.0
-        world.gather_weights(model)
-        prompts = prompt_cache(model, trajectory, device)  # each distinct prompt once per update
-        chunks = length_sorted_rows(trajectory, settings.micro_batch_size)
-        for i, rows in enumerate(chunks):
-            world.gradient_sync(model, prompts is None and i == len(chunks) - 1)  # the last backward
-            mb = make_micro_batch(trajectory, rows, device)
-            logits = completion_logits(model, trajectory, mb, prompts)  # [b, C', V]
-            logprobs = algorithm.token_logprobs(logits, mb.completion_ids, settings.temperature)  # float32
-            entropy = algorithm.token_entropy(logits.detach(), settings.temperature) if with_entropy else None
-            C = logprobs.shape[1]
-            old = logprobs.detach() if old_logprobs is None else old_logprobs[mb.rows, :C].to(device)
-            ref = None if ref_logprobs is None else ref_logprobs[mb.rows, :C].to(device)
-            weights = (None if sampler is None else
-                       sampler.for_micro_batch(trajectory, mb, logits, logprobs, settings.temperature))
-            del logits
-            adv = advantages[mb.rows] if advantages.dim() == 1 else advantages[mb.rows, :C]  # [b] or [b, C']
-            value, metrics = loss(logprobs, old, adv.to(device), mb.loss_mask, ref, num_items, weights)
-            value.backward()
-            total_loss += value.item()
-            share = mb.loss_mask.sum().item() / num_tokens  # token-weighted means of the micro-batch metrics
-            if entropy is not None:
-                metrics["entropy"] = algorithm.masked_mean(entropy, mb.loss_mask)
-            for key, v in metrics.items():
-                sums[key] = sums.get(key, 0.0) + v.item() * share
-        if prompts is not None:
-            world.gradient_sync(model, True)
-            prompts.backward()  # the prompts' share of the gradient, summed over micro-batches
-    world.reduce_gradients(params)  # ddp: sum over ranks; fsdp did it in the last backward
-    world.release_weights(model)
-    out = {"loss": world.sum(total_loss), **{k: world.sum(v) for k, v in sorted(sums.items())}}
-    if sampler is not None and not sampler.complete:
-        sampler.complete = True
-        out.update(sampler.correction.metrics(sampler.sums, world))
-    return out
+
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    loss: PolicyLoss
+    world: World
+    settings: UpdateSettings
+
+    def accumulate_gradients(self, batch: UpdateBatch, with_entropy: bool = False) -> dict[str, float]:
+        """Backward of the whole batch's loss into the .grad of `params`.
+
+        Returns, over all ranks: `loss` (the batch loss) and the loss metrics as means over
+        loss-masked tokens (each micro-batch weighted by its share of them), plus `entropy`
+        when asked and the correction's metrics on the update that filled its weights.
+        """
+        trajectory, world, model, sampler = batch.trajectory, self.world, self.model, batch.sampler
+        # One autocast region over every micro-batch: its cache keeps each weight's bf16 cast for the
+        # whole update (a region per micro-batch would cast all weights again for each).
+        with self.settings.autocast():
+            # Global normalizers: the micro-batch losses of every rank add up to the whole batch's.
+            num_items = world.sum(self.loss.local_items(trajectory.loss_mask))
+            num_tokens = max(world.sum(float(trajectory.loss_mask.sum().item())), 1.0)
+            sums: dict[str, float] = {}
+            total_loss = 0.0
+            world.gather_weights(model)
+            prompts = prompt_cache(model, trajectory, self.settings.device)  # each distinct prompt once per update
+            chunks = length_sorted_rows(trajectory, self.settings.micro_batch_size)
+            for i, rows in enumerate(chunks):
+                world.gradient_sync(model, prompts is None and i == len(chunks) - 1)  # the last backward
+                value, metrics, num_masked = self._micro_batch(batch, rows, prompts, num_items, with_entropy)
+                total_loss += value
+                share = num_masked / num_tokens  # token-weighted means of the micro-batch metrics
+                for key, v in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + v.item() * share
+            if prompts is not None:
+                world.gradient_sync(model, True)
+                prompts.backward()  # the prompts' share of the gradient, summed over micro-batches
+        world.reduce_gradients(self.params)  # ddp: sum over ranks; fsdp did it in the last backward
+        world.release_weights(model)
+        out = {"loss": world.sum(total_loss), **{k: world.sum(v) for k, v in sorted(sums.items())}}
+        if sampler is not None and not sampler.complete:
+            sampler.complete = True
+            out.update(sampler.correction.metrics(sampler.sums, world))
+        return out
+
+    def _micro_batch(self, batch: UpdateBatch, rows: torch.Tensor, prompts: PromptCache | None, num_items: float,
+                     with_entropy: bool) -> tuple[float, dict[str, torch.Tensor], float]:
+        """Forward and backward of one micro-batch: (its loss, its metrics, its loss-masked tokens)."""
+        trajectory, device, temperature = batch.trajectory, self.settings.device, self.settings.temperature
+        mb = make_micro_batch(trajectory, rows, device)
+        logits = completion_logits(self.model, trajectory, mb, prompts)  # [b, C', V]
+        logprobs = algorithm.token_logprobs(logits, mb.completion_ids, temperature)  # float32
+        entropy = algorithm.token_entropy(logits.detach(), temperature) if with_entropy else None
+        C = logprobs.shape[1]
+        old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[mb.rows, :C].to(device)
+        ref = None if batch.ref_logprobs is None else batch.ref_logprobs[mb.rows, :C].to(device)
+        weights = (None if batch.sampler is None else
+                   batch.sampler.for_micro_batch(trajectory, mb, logits, logprobs, temperature))
+        del logits
+        advantages = batch.advantages
+        adv = advantages[mb.rows] if advantages.dim() == 1 else advantages[mb.rows, :C]  # [b] or [b, C']
+        value, metrics = self.loss(logprobs, old, adv.to(device), mb.loss_mask, ref, num_items, weights)
+        value.backward()
+        if entropy is not None:
+            metrics["entropy"] = algorithm.masked_mean(entropy, mb.loss_mask)
+        return value.item(), metrics, mb.loss_mask.sum().item()
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_updates: int):
+    """Linear warmup, then constant or cosine decay to 0 over the remaining updates."""
+    warmup, kind = cfg.train.warmup_steps, cfg.train.lr_schedule
+
+    def factor(update: int) -> float:
+        if update < warmup:
+            return (update + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = (update - warmup) / max(1, total_updates - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, scheduler, params: list[torch.nn.Parameter],

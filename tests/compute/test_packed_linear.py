@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import grpo.rollout.transformers_engine as hf
+from grpo.compute import packed_linear
 from grpo.compute.packed_linear import packed_linears
 from grpo.rollout import SamplingParams, SharedPrefixEngine
 
@@ -78,17 +79,29 @@ def test_greedy_generation_gives_the_same_tokens_with_and_without_reordering(tin
     assert packed.completions == plain.completions
 
 
-def test_sibling_layers_share_one_product_and_any_input_gets_its_own_result(model):
-    attention = model.model.layers[0].self_attn
+def test_sibling_layers_share_one_product_and_any_input_gets_its_own_result(model, monkeypatch):
+    attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
     x, other = torch.randn(3, attention.q_proj.in_features), torch.randn(3, attention.q_proj.in_features)
+    h = torch.randn(3, attention.o_proj.in_features)
+    multiplied = []  # the reordered weight of every oneDNN product, in call order
+    product = packed_linear._packed_product
+
+    def recorded(x, packed, bias, dtype):
+        multiplied.append(packed)
+        return product(x, packed, bias, dtype)
+
+    monkeypatch.setattr(packed_linear, "_packed_product", recorded)
+    q, k, v = attention.q_proj, attention.k_proj, attention.v_proj
     with torch.no_grad():
-        expected = [layer(t) for layer, t in ((attention.q_proj, x), (attention.k_proj, other), (attention.v_proj, x))]
+        expected = [q(x), k(x), v(x), q(x), k(other), v(x)]
         with packed_linears(model):
-            products = {id(layer.forward.product) for layer in (attention.q_proj, attention.k_proj, attention.v_proj)}
-            mlp = model.model.layers[0].mlp
-            assert len(products) == 1 and mlp.gate_proj.forward.product is mlp.up_proj.forward.product
-            assert not hasattr(attention.o_proj.forward, "product")  # reads another input: its own product
+            got = [q(x), k(x), v(x)]
+            assert len(multiplied) == 1  # q, k and v of one input: one product for the three
+            mlp.gate_proj(x), mlp.up_proj(x)
+            assert len(multiplied) == 2  # gate and up: one more
+            attention.o_proj(h)  # reads another input: its own product, of its own weight
+            assert len(multiplied) == 3 and multiplied[2] is not multiplied[0] and multiplied[2] is not multiplied[1]
             # k_proj reads another input than q_proj did: its slice is recomputed, never taken stale
-            got = [attention.q_proj(x), attention.k_proj(other), attention.v_proj(x)]
+            got += [q(x), k(other), v(x)]
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)

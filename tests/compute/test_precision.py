@@ -13,6 +13,7 @@ from grpo.config import load_config
 from grpo.training.logprobs import batch_logprobs
 from grpo.training.loss import SamplerCorrection
 from grpo.training.trainer import Trainer
+from tests.conftest import real_auto_compute
 from tests.support.runs import tiny_config
 
 CPU = torch.device("cpu")
@@ -24,15 +25,15 @@ def rates(fp32: float, bf16: float):
 
 def test_auto_uses_bf16_only_where_it_is_clearly_faster_on_every_rank(monkeypatch):
     monkeypatch.setattr(precision, "matmul_rate", rates(180.0, 410.0))  # 2.3x: a host with avx512_bf16
-    dtype, measured, reason = precision.real_auto_compute(CPU)
+    dtype, measured, reason = real_auto_compute(CPU)
     assert dtype == torch.bfloat16 and measured == {"float32": 180.0, "bfloat16": 410.0} and "2.3x" in reason
     monkeypatch.setattr(precision, "matmul_rate", rates(115.0, 24.0))  # a host without: bf16 5x slower
-    assert precision.real_auto_compute(CPU)[0] == torch.float32
+    assert real_auto_compute(CPU)[0] == torch.float32
     monkeypatch.setattr(precision, "matmul_rate", rates(180.0, 250.0))  # 1.4x: not clearly faster
-    assert precision.real_auto_compute(CPU)[0] == torch.float32
+    assert real_auto_compute(CPU)[0] == torch.float32
     monkeypatch.setattr(precision, "matmul_rate", rates(180.0, 410.0))
     one_rank_says_no = SimpleNamespace(size=2, sum=lambda v: v + 0.0)  # this rank's 1 + the other's 0
-    assert precision.real_auto_compute(CPU, one_rank_says_no)[0] == torch.float32
+    assert real_auto_compute(CPU, one_rank_says_no)[0] == torch.float32
 
 
 def test_the_real_measurement_is_quick_and_positive():

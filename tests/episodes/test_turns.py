@@ -15,7 +15,7 @@ from grpo.episodes.turns import build_sampler
 from grpo.rollout import SamplingParams, SharedPrefixEngine, TransformersEngine
 from grpo.tasks import PromptFormat
 from grpo.training.loss import PolicyLoss
-from grpo.training.update import UpdateSettings, accumulate_gradients
+from grpo.training.update import UpdateBatch, Updater, UpdateSettings
 from grpo.trajectory import FINISH_LENGTH, FINISH_TURNS
 from tests.support import ENVIRONMENTS_FILE
 from tests.support.episodes import EXAMPLES, echo, sampler
@@ -95,8 +95,8 @@ def test_inserted_tokens_get_no_gradient(engine):
         if poison:  # NaN / huge values at the inserted positions must reach neither loss nor gradient
             old_p[inserted], ref_p[inserted] = float("nan"), 1e30
         model.zero_grad(set_to_none=True)
-        got = accumulate_gradients(model, params, t, advantages, old_p, ref_p, loss, World(),
-                                   UpdateSettings(2, 1.0, torch.device("cpu")))
+        updater = Updater(model, params, loss, World(), UpdateSettings(2, 1.0, torch.device("cpu")))
+        got = updater.accumulate_gradients(UpdateBatch(t, advantages, old_p, ref_p))
         assert torch.isfinite(torch.tensor(got["loss"]))
         grads.append([p.grad.clone() for p in params])
     for a, b in zip(*grads, strict=True):

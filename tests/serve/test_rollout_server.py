@@ -224,7 +224,7 @@ def test_a_server_killed_and_restarted_mid_run_is_recovered(tmp_path, tiny_model
         try:
             trainer.run()
         finally:
-            trainer.pipeline.close()
+            trainer.collector.close()
         killer.join(5)
         assert len(servers) == 2 and first.returncode == -9
         assert trainer.state.step == 5 and [r["step"] for r in rollouts(cfg.output_dir)] == [1, 2, 3, 4, 5]

@@ -88,7 +88,7 @@ def test_sequence_level_ratio_trains_with_gspo_epsilons(tmp_path, tiny_model_dir
                       "algorithm.num_iterations=2", "train.num_steps=1", "eval.num_examples=0",
                       "rollout.engine=shared_prefix")
     trainer = Trainer.build(cfg)
-    assert (trainer.loss.epsilon, trainer.loss.epsilon_high) == (3e-4, 4e-4)
+    assert (trainer.updater.loss.epsilon, trainer.updater.loss.epsilon_high) == (3e-4, 4e-4)
     metrics, _ = trainer.train_step()
     assert torch.isfinite(torch.tensor([metrics["loss"], metrics["grad_norm"]])).all()
     assert metrics["clip/region"] > 0  # the second update's sequence ratios leave [1 - 3e-4, 1 + 4e-4]

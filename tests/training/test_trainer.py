@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from grpo import rewards
 from grpo.training.logprobs import batch_logprobs
 from grpo.training.trainer import Trainer, train
-from grpo.training.update import UpdateSettings, accumulate_gradients
+from grpo.training.update import UpdateBatch, Updater, UpdateSettings
 from tests.support import REWARDS_FILE
 from tests.support.runs import LENGTH_REWARD, read_metrics, tiny_config
 
@@ -118,8 +118,9 @@ def test_num_iterations_reuses_the_batch(tmp_path, tiny_model_dir, data_file):
     trajectory = trainer.engine.generate(["Hi there", "What is 2 + 3?"], trainer.sampling_params())
     old = batch_logprobs(trainer.model, trajectory, 8, trainer.device, cfg.rollout.temperature)
     params = [p for p in trainer.model.parameters() if p.requires_grad]
-    first = accumulate_gradients(trainer.model, params, trajectory, torch.linspace(-1, 1, 8), old, None,
-                                 trainer.loss, trainer.world, UpdateSettings(8, cfg.rollout.temperature, trainer.device))
+    updater = Updater(trainer.model, params, trainer.updater.loss, trainer.world,
+                      UpdateSettings(8, cfg.rollout.temperature, trainer.device))
+    first = updater.accumulate_gradients(UpdateBatch(trajectory, torch.linspace(-1, 1, 8), old))
     assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
 
 

@@ -9,7 +9,7 @@ from grpo.compute.distributed import World
 from grpo.config import AlgorithmConfig
 from grpo.rollout import SamplingParams, SharedPrefixEngine
 from grpo.training.loss import PolicyLoss
-from grpo.training.update import UpdateSettings, accumulate_gradients, mean_over_iterations
+from grpo.training.update import UpdateBatch, Updater, UpdateSettings, mean_over_iterations
 from tests.support.trajectories import render
 
 CPU = torch.device("cpu")
@@ -59,8 +59,8 @@ def test_inserted_tokens_get_no_gradient_and_are_not_counted(setup, loss_type):
     model.zero_grad(set_to_none=True)
     # poison the inserted positions: NaN or huge values there must not reach the loss or gradient
     old[inserted], ref[inserted] = float("nan"), 1e30
-    got = accumulate_gradients(model, params, trajectory, advantages, old, ref, loss, World(),
-                               UpdateSettings(3, 1.0, CPU), with_entropy=True)
+    updater = Updater(model, params, loss, World(), UpdateSettings(3, 1.0, CPU))
+    got = updater.accumulate_gradients(UpdateBatch(trajectory, advantages, old, ref), with_entropy=True)
     assert got["loss"] == pytest.approx(value.item(), rel=1e-5)
     for key in ("kl", "clip/region", "ratio_mean"):
         assert got[key] == pytest.approx(expected[key].item(), rel=1e-4, abs=1e-6), key

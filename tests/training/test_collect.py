@@ -1,4 +1,5 @@
-"""DAPO's dynamic sampling: groups without signal are dropped and more prompts drawn."""
+"""Steps 1-3 (grpo.training.collect); DAPO's dynamic sampling: groups without signal are dropped and more
+prompts drawn."""
 
 import json
 from pathlib import Path
@@ -7,7 +8,12 @@ import pytest
 import torch
 
 from grpo import algorithm
-from grpo.rewards.harness import RewardScores
+from grpo.compute.distributed import World
+from grpo.rewards.harness import RewardScores, WeightedReward
+from grpo.rollout import SamplingParams
+from grpo.tasks.base import DataStream, Example
+from grpo.training.checkpoint import TrainerState
+from grpo.training.collect import Rounds
 from grpo.training.trainer import Trainer, train
 from grpo.trajectory import Trajectory
 from tests.support import REWARDS_FILE
@@ -42,6 +48,46 @@ def test_trajectories_and_scores_concatenate_with_padding():
                                 RewardScores(torch.zeros(2), {}, {}, [[], [(1, 0.5)]])])
     assert stepped.steps == [[(3, 1.0)], [], [(1, 0.5)]]
     assert s.select([2, 0]).per_function["f"].tolist() == [3.0, 1.0]
+
+
+class TwoAnswers:
+    """Two completions per prompt: "x" and "y" for an odd answer, "x" twice for an even one."""
+
+    def sample(self, examples, params):
+        completions = [c for ex in examples for c in (("x", "y") if int(ex.answer) % 2 else ("x", "x"))]
+        n = len(completions)
+        ones = torch.ones(n, 1, dtype=torch.long)
+        return sampled_trajectory(ones, ones, ones, ones, completions)
+
+
+def rounds(dynamic: bool, max_rounds: int = 8) -> Rounds:
+    is_y = WeightedReward("y", 1.0, lambda completion, example: float(completion == "y"))
+    return Rounds(TwoAnswers(), [is_y], World(), prompts_per_step=2, group_size=2, reward_timeout=10.0,
+                  dynamic_sampling=dynamic, max_rounds=max_rounds)
+
+
+def stream(answers):
+    return DataStream([Example(str(i), [{"role": "user", "content": "?"}], a) for i, a in enumerate(answers)], 0)
+
+
+def test_rounds_keep_groups_with_signal_until_the_share_is_full():
+    laps = []
+    data = stream(["1", "2", "4", "6", "3", "8"])  # two odd answers among six: kept only those
+    examples, trajectory, scores, metrics = rounds(True).collect(data, SamplingParams(2, 1.0, 1.0, 0, 4),
+                                                                 TrainerState(), laps.append)
+    assert sorted(ex.answer for ex in examples) == ["1", "3"] and len(trajectory) == 4
+    assert scores.total.tolist() == [0.0, 1.0, 0.0, 1.0]  # each kept group's "x", "y"
+    drawn = metrics["dynamic/prompts_drawn"]
+    assert drawn == 2 * metrics["dynamic/rounds"] == data.position and metrics["dynamic/groups_with_signal"] == 2
+    assert metrics["dynamic/groups_dropped"] * drawn == pytest.approx(drawn - 2)  # every other group was dropped
+    assert laps == ["generation", "rewards"] * metrics["dynamic/rounds"]
+
+
+def test_without_dynamic_sampling_a_step_is_one_round_as_it_came():
+    data = stream(["2", "4", "6"])
+    examples, trajectory, _, metrics = rounds(False).collect(data, SamplingParams(2, 1.0, 1.0, 0, 4),
+                                                             TrainerState(), lambda name: None)
+    assert len(examples) == 2 and len(trajectory) == 4 and metrics == {} and data.position == 2
 
 
 def test_a_step_trains_only_on_groups_with_signal(tmp_path, tiny_model_dir, data_file):
