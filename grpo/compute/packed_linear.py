@@ -3,25 +3,22 @@
 Decoding multiplies a few rows (the completions still generating) by every weight matrix of
 the model, once per token. torch's default CPU path (MKL sgemm on the plain weight) runs
 such skinny products far below the machine's matmul rate; oneDNN with the weight reordered
-ahead of time into its blocked layout does not. Measured on the bundled model (2-core CPU,
-fp32, the 211 linear layers of one decode step): 16 rows 87-102 -> 54-59 ms, 4 rows 78-80 ->
-33-34 ms, 1 row 40-41 -> 28-30 ms (bench/RESULTS.md). The reorder costs one pass over the weights
-(~0.3 s for the bundled model) and a second copy of them while it lasts, so it is used
+ahead of time into its blocked layout does not (bench/RESULTS.md, "Figures that stood in code
+comments"). The reorder costs one pass over the weights and a second copy of them while it lasts, so it is used
 where many forwards run on the same weights: one rollout (`packed_linears(model)`; the
 policy's weights change after every optimizer step, so they are reordered on entry and the
 copy dropped on exit). The reference's log-prob pass multiplies hundreds of rows at once,
-where the plain path is already fast: reordering its weights measured 1.76-1.85 against
-1.85-1.93 s per pass, not worth 0.5 GB more memory, so it is not done.
+where the plain path is already fast: reordering its weights measured barely faster, not worth
+a second copy of the weights in memory, so it is not done.
 
 Only no-grad forwards use the reordered copy: with autograd enabled a layer runs its own
 `forward`, so gradients are never computed through (or against) a stale copy. Weights that
 are not plain fp32 CPU tensors (CUDA, bf16, sharded DTensors) keep the ordinary path.
 
 rollout.precision bfloat16 (grpo.compute.precision) reorders a bf16 copy instead: only the products
-run in bf16, activations, norms, attention and sampling stay float32. Measured on a host with
-avx512_bf16 (2 threads, one decode step's 210 layer products of the bundled model, 16 rows):
-fp32 packed 24.8 ms + LM head 8.3 ms, bf16 packed 12.5 + 3.6 ms (4 rows: 11.7 + 4.8 against
-10.7 + 3.1 ms); on a host without fast bf16 `auto` never asks for it.
+run in bf16, activations, norms, attention and sampling stay float32; on a host with avx512_bf16
+that halves the layer products of a decode step, and on a host without fast bf16 `auto` never
+asks for it (a CPU without oneDNN's bf16 kernels at all autocasts instead: packed_dtypes).
 """
 
 from __future__ import annotations
@@ -75,11 +72,9 @@ class _SiblingProduct:
     """One reordered weight [sum of outs, in] for sibling layers: the first sibling's call
     computes all their outputs for its input, each sibling then takes its slice.
 
-    A decode step multiplies a few rows by every weight, so a product costs mostly its call:
-    measured (16 rows, bf16, 2 threads) q+k+v 90+67+67 us apart against 125 us as one, gate+up
-    168+168 against 255 us; a decode step of the bundled model makes 90 calls fewer: median decode
-    step 45-57 against 52-73 ms in bf16, 58-71 against 68-73 ms in fp32 (4 alternating rounds,
-    one process, 16 rows; the host is noisy, every round favoured the fused product). A sibling
+    A decode step multiplies a few rows by every weight, so a product costs mostly its call: one
+    product for q+k+v (and one for gate+up) costs less than the three (two) apart, and a decode
+    step of the bundled model makes 90 calls fewer (bench/RESULTS.md, Performance III). A sibling
     called with another input than the one its slice was computed from (tensor identity) gets
     the product recomputed for that input: never a stale or mismatched slice.
     """

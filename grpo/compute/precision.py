@@ -9,9 +9,9 @@ small updates are not lost to bf16 rounding). What changes is the dtype matrix p
     elsewhere); their log-probs then differ slightly from the trainer's, which the sampler
     correction weighs (algorithm.sampler_correction auto turns it on).
 
-`auto` on CPU measures: whether bf16 pays depends on the host (this project's machine kind
-has measured fp32 115 / bf16 24 GFLOP/s on one host and 184 / 823 on another), so a 2 x 512 x
-1024 x 1024 product is timed in both dtypes at start (~30 ms) and bf16 is used when it is at
+`auto` on CPU measures: whether bf16 pays depends on the host (hosts of this project's machine
+kind differ several-fold either way: bench/RESULTS.md, "Precision chosen by the machine"), so a
+2 x 512 x 1024 x 1024 product is timed in both dtypes at start and bf16 is used when it is at
 least BF16_MIN_SPEEDUP times faster; on CUDA, bf16 where the device supports it. Under torchrun
 every rank measures and bf16 is used only if every rank wants it. The choice is written to
 <run>/precision.json and a resumed run reuses it rather than measuring again.
@@ -142,8 +142,8 @@ def dither_master_weights(model: torch.nn.Module, precision: Precision) -> int:
     changed = 0
     for param in model.parameters():
         if param.dtype == torch.float32:
-            # in pieces that stay in cache: the same values (the same random stream) in less than
-            # half the time (bundled model: 2.1 s against 4.6 s for its 134.5 M weights)
+            # in pieces that stay in cache: the same values (the same random stream), faster than
+            # one pass over a whole matrix (bench/RESULTS.md, "Figures that stood in code comments")
             w = param.detach()
             for piece in (w.view(-1).split(DITHER_CHUNK) if w.is_contiguous() else [w]):
                 changed += _dither(piece, precision.compute)

@@ -17,7 +17,7 @@ Where we depart from math-verify's defaults and from peers (TRL, open-r1):
   off; the reward harness's per-call timeout stands in. Since a timed-out call keeps running,
   inputs that would never finish are refused before they reach math-verify: a predicted span
   whose brackets nest deeper than MAX_NESTING (parse time grows exponentially with nesting:
-  `{{...{1}...}}` 18 deep takes 35 s), and values holding a number power or factorial whose
+  bench/RESULTS.md, "Figures that stood in code comments"), and values holding a number power or factorial whose
   exponent or argument exceeds MAX_EXPONENT (sympy would compute 9^(9^(9^9)) for ever).
 """
 

@@ -13,7 +13,7 @@ training), run under torch.no_grad, and score a whole group in micro-batches thr
 
 The config's `reward_timeout` (sized for user functions, which can hang) does not apply to
 them: a model reward's cost is a known forward pass, which on a CPU can take longer than
-any fixed limit (the judge on the bundled model failed every batch at the 10 s default).
+any fixed limit (the judge on the bundled model failed every batch at the default reward_timeout).
 Option `timeout` gives one its own limit in seconds per batch; the default null means none.
 """
 

@@ -62,7 +62,7 @@ def make_app(model: torch.nn.Module, token: str, limits: Limits = DEFAULT_LIMITS
     vocab_size = model.get_input_embeddings().num_embeddings
     # One dedicated thread runs every forward: requests queue for the model instead of
     # competing for its memory, and on CPU torch keeps one OpenMP team (a fresh pool thread
-    # per request made a 10 ms forward take 100s of ms on a busy 2-core machine).
+    # per request made a forward an order of magnitude slower on a busy 2-core machine).
     forward_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-ref-forward")
 
     def compute(batch, temperature: float) -> torch.Tensor:

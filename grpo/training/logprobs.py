@@ -42,9 +42,9 @@ class MicroBatch:
 
 
 # What one more forward/backward costs beyond its tokens, in token positions: the per-call
-# work (~1,400 op dispatches per forward on the bundled model, the prompt keys/values
-# gathered per row) is tens of milliseconds, a completion position 12-16 ms in the update
-# (bench/RESULTS.md). A rough figure, not a tuned one.
+# work (an op dispatch per layer operation, the prompt keys/values gathered per row) is worth
+# several completion positions of the update (bench/RESULTS.md, "Update"). A rough figure, not
+# a tuned one.
 MICRO_BATCH_OVERHEAD = 8
 
 

@@ -169,7 +169,7 @@ class Trainer:
         reference = build_reference(cfg, model, device, precision) if loss.needs_reference else None
         engine = build_engine(cfg.rollout, model, tokenizer, precision.rollout)
         params = [p for p in model.parameters() if p.requires_grad]  # fsdp: the shards
-        # fused: one kernel over all parameters (bundled model on CPU: 0.08 s per step against 0.29)
+        # fused: one kernel over all parameters instead of a loop of small ones (several times faster)
         optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, betas=tuple(cfg.train.adam_betas),
                                       weight_decay=cfg.train.weight_decay, fused=device.type in ("cpu", "cuda"))
         scheduler = make_scheduler(optimizer, cfg, cfg.train.num_steps * cfg.algorithm.num_iterations)
