@@ -11,6 +11,7 @@ YAML and dotted overrides in and the resolved copy out, docs.py docs/configurati
 """
 
 from grpo.config.checks import doc
+from grpo.config.generation import RolloutConfig
 from grpo.config.io import (
     apply_overrides,
     describe,
@@ -21,10 +22,10 @@ from grpo.config.io import (
     to_dict,
 )
 from grpo.config.rules import Facts
-from grpo.config.schema import (
+from grpo.config.schema import Config
+from grpo.config.sections import (
     AlgorithmConfig,
     CheckpointConfig,
-    Config,
     EvalConfig,
     IterativeConfig,
     LogConfig,
@@ -32,7 +33,6 @@ from grpo.config.schema import (
     ModelConfig,
     ReferenceConfig,
     RewardSpec,
-    RolloutConfig,
     TaskConfig,
     TrainConfig,
 )

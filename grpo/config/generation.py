@@ -9,17 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from grpo.config.checks import (
-    ENV_NAME,
-    SECONDS,
-    TOOLS,
-    above,
-    at_least,
-    doc,
-    expect,
-    optional,
-    within,
-)
+from grpo.config import checks
+from grpo.config.checks import doc
 from grpo.config.values import ENGINE_NAMES, LORA_SYNC_NAMES, PRECISION_NAMES, TOOL_FORMATS
 
 
@@ -37,19 +28,19 @@ class RolloutConfig:
         None, "engine=server only: base URL of the `grpo serve-rollout` server, http://host:port.")
     token_env: str = doc(
         "GRPO_ROLLOUT_TOKEN", "engine=server: environment variable holding the server's bearer token.",
-        check=ENV_NAME)
+        check=checks.ENV_NAME)
     request_timeout: float = doc(
-        600.0, "engine=server: seconds one generation request may take.", check=above(0, SECONDS))
+        600.0, "engine=server: seconds one generation request may take.", check=checks.above(0, checks.SECONDS))
     server_timeout: float = doc(
         300.0, "engine=server: seconds to wait for a server that is unreachable or restarted (it then gets the "
         "current weights again before it generates); after that the run stops with an error naming the URL.",
-        check=above(0, SECONDS))
+        check=checks.above(0, checks.SECONDS))
     max_staleness: int = doc(
         0, "Asynchronous generation: the next steps' rollouts are generated while the current step trains, "
         "each sample at most this many optimizer updates older than the weights of the update that trains on "
         "it (grpo.rollout.pipeline). 0 = lockstep (generate, then train). > 0 needs engine=server and an active "
         "algorithm.sampler_correction (auto turns it on).",
-        check=at_least(0),
+        check=checks.at_least(0),
     )
     vllm: dict[str, Any] = doc(
         {}, "engine=vllm (or auto choosing it) only: keyword arguments for vllm.LLM, e.g. enforce_eager: true (faster "
@@ -68,23 +59,23 @@ class RolloutConfig:
         "sampler's log-probs differ from the trainer's and algorithm.sampler_correction auto corrects for it.",
     )
     group_size: int = doc(
-        8, "G: completions sampled per prompt (>= 2).", check=at_least(2, why="groups need two samples"))
-    temperature: float = doc(1.0, "Sampling temperature (> 0).", check=above(0))
-    top_p: float = doc(1.0, "Nucleus sampling mass in (0, 1].", check=within("(0, 1]"))
-    top_k: int = doc(0, "Keep the k most likely tokens; 0 = off.", check=at_least(0))
-    max_new_tokens: int = doc(128, "Maximum completion length in tokens.", check=at_least(1))
+        8, "G: completions sampled per prompt (>= 2).", check=checks.at_least(2, why="groups need two samples"))
+    temperature: float = doc(1.0, "Sampling temperature (> 0).", check=checks.above(0))
+    top_p: float = doc(1.0, "Nucleus sampling mass in (0, 1].", check=checks.within("(0, 1]"))
+    top_k: int = doc(0, "Keep the k most likely tokens; 0 = off.", check=checks.at_least(0))
+    max_new_tokens: int = doc(128, "Maximum completion length in tokens.", check=checks.at_least(1))
     max_prompt_tokens: int | None = doc(
         None, "Reject prompts longer than this many tokens; null = model context minus max_new_tokens."
     )
     stop: list[str] = doc(
         [], "Stop strings, e.g. ['</answer>']: a completion ends at the token that completes one (finish "
         "reason `stop`), the string kept in the text, in every engine; [] = stop only at EOS.",
-        check=expect(lambda v: all(isinstance(s, str) and s for s in v), "a list of non-empty strings"),
+        check=checks.expect(lambda v: all(isinstance(s, str) and s for s in v), "a list of non-empty strings"),
     )
     tools: list[str] = doc(
         [], "Tools the policy may call in multi-turn episodes: built-ins (calculator, python) or functions "
         "with type hints and a docstring by import path (`my_pkg.tools:search`, `tools.py:lookup`); [] = none.",
-        check=TOOLS,
+        check=checks.TOOLS,
     )
     tool_options: dict[str, dict[str, Any]] = doc(
         {}, "Options per tool name, e.g. {python: {timeout: 10, memory_mb: 512}} (built-in python limits).")
@@ -94,17 +85,17 @@ class RolloutConfig:
         "tool-integrated reasoning; plain-text templates always use it).",
     )
     tool_timeout: float = doc(
-        10.0, "Seconds one tool call may take before it is answered with an error.", check=above(0, SECONDS))
+        10.0, "Seconds one tool call may take before it is answered with an error.", check=checks.above(0, checks.SECONDS))
     environment: str | None = doc(
         None, "A multi-turn environment class by import path (`my_pkg.envs:Game`) with reset(example) -> "
         "messages and step(text) -> (messages, done); null = the tool environment when `tools` is set.",
     )
     environment_options: dict[str, Any] = doc({}, "Keyword arguments for the environment class.")
-    max_turns: int = doc(4, "Model turns per multi-turn episode (tools / environment).", check=at_least(1))
+    max_turns: int = doc(4, "Model turns per multi-turn episode (tools / environment).", check=checks.at_least(1))
     max_episode_tokens: int | None = doc(
         None, "Tokens after the prompt in a whole episode, sampled and inserted; null = max_new_tokens * "
         "max_turns. max_new_tokens stays the budget of one turn.",
-        check=optional(at_least(1)),
+        check=checks.optional(checks.at_least(1)),
     )
 
     @property

@@ -12,27 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grpo.config import rules
+from grpo.config import rules, sections
 from grpo.config.checks import SECONDS, above, check_fields, doc, expect
 from grpo.config.generation import RolloutConfig
 from grpo.config.rules import Facts
-from grpo.config.sections import (
-    AlgorithmConfig,
-    CheckpointConfig,
-    EvalConfig,
-    IterativeConfig,
-    LogConfig,
-    LoraConfig,
-    ModelConfig,
-    ReferenceConfig,
-    RewardSpec,
-    TaskConfig,
-    TrainConfig,
-)
-
-__all__ = ["AlgorithmConfig", "CheckpointConfig", "Config", "EvalConfig", "IterativeConfig", "LogConfig",
-           "LoraConfig", "ModelConfig", "ReferenceConfig", "RewardSpec", "RolloutConfig", "TaskConfig",
-           "TrainConfig"]
 
 
 @dataclass
@@ -40,10 +23,10 @@ class Config:
     output_dir: str = doc("runs/demo", "Run directory: config, metrics, checkpoints, final model.")
     resume: bool = doc(False, "Continue from the newest checkpoint in output_dir.")
     seed: int = doc(0, "Seed for sampling, shuffling and initialization.")
-    model: ModelConfig = doc(ModelConfig(), "Policy model.")
-    task: TaskConfig = doc(TaskConfig(), "Prompts and answers.")
-    rewards: list[RewardSpec] = doc(
-        [RewardSpec("format", 1.0), RewardSpec("accuracy", 1.0)], "Reward functions, summed by weight.",
+    model: sections.ModelConfig = doc(sections.ModelConfig(), "Policy model.")
+    task: sections.TaskConfig = doc(sections.TaskConfig(), "Prompts and answers.")
+    rewards: list[sections.RewardSpec] = doc(
+        [sections.RewardSpec("format", 1.0), sections.RewardSpec("accuracy", 1.0)], "Reward functions, summed by weight.",
         check=expect(lambda v: len(v) >= 1, "a non-empty list of {name, weight, options}"),
     )
     reward_timeout: float = doc(
@@ -54,13 +37,13 @@ class Config:
         check=above(0, SECONDS),
     )
     rollout: RolloutConfig = doc(RolloutConfig(), "Sampling.")
-    algorithm: AlgorithmConfig = doc(AlgorithmConfig(), "GRPO loss.")
-    reference: ReferenceConfig = doc(ReferenceConfig(), "Where reference log-probs come from (beta > 0).")
-    iterative: IterativeConfig = doc(IterativeConfig(), "Iterative RL: the reward model keeps learning.")
-    train: TrainConfig = doc(TrainConfig(), "Optimization.")
-    eval: EvalConfig = doc(EvalConfig(), "Held-out evaluation.")
-    checkpoint: CheckpointConfig = doc(CheckpointConfig(), "Checkpointing.")
-    log: LogConfig = doc(LogConfig(), "Logging.")
+    algorithm: sections.AlgorithmConfig = doc(sections.AlgorithmConfig(), "GRPO loss.")
+    reference: sections.ReferenceConfig = doc(sections.ReferenceConfig(), "Where reference log-probs come from (beta > 0).")
+    iterative: sections.IterativeConfig = doc(sections.IterativeConfig(), "Iterative RL: the reward model keeps learning.")
+    train: sections.TrainConfig = doc(sections.TrainConfig(), "Optimization.")
+    eval: sections.EvalConfig = doc(sections.EvalConfig(), "Held-out evaluation.")
+    checkpoint: sections.CheckpointConfig = doc(sections.CheckpointConfig(), "Checkpointing.")
+    log: sections.LogConfig = doc(sections.LogConfig(), "Logging.")
 
     def validate(self, facts: Facts | None = None) -> Config:
         """Every field's check, then the rules across fields; raises ValueError naming the field.
