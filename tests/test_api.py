@@ -91,6 +91,24 @@ def test_train_on_a_datasets_object_and_a_save_to_disk_directory(tiny_model_dir,
         grpo.train(None, dataset=[1, 2], **base)
 
 
+def test_a_50_row_dataset_without_evaluation_trains_on_every_row(tiny_model_dir, tmp_path, monkeypatch):
+    import datasets
+
+    # the demo recipe holds out task.num_eval = 100; eval.num_examples=0 asks for no evaluation
+    rows = [{"question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(50)]
+    base = overrides(tmp_path, tiny_model_dir) | {"rewards": [{"name": "format"}]}
+    for key in ("task.source", "task.path", "task.num_eval"):
+        del base[key]
+    with quick(monkeypatch):
+        results = grpo.train(None, dataset=datasets.Dataset.from_list(rows), **(base | {"eval.num_examples": 0}))
+    assert results == {}  # no evaluation was asked for
+    saved = load_config(str(tmp_path / "run" / "config.yaml"))
+    assert saved.task.num_eval == 0  # nothing held out: every row but the worked example trains
+    with pytest.raises(ValueError, match=r"50 rows.*task.num_eval = 100.*eval.num_examples=0"):
+        grpo.train(None, dataset=datasets.Dataset.from_list(rows), **(base | {"eval.num_examples": 100,
+                                                                            "output_dir": str(tmp_path / "r2")}))
+
+
 def test_a_broken_save_to_disk_directory_is_one_clear_error(tmp_path):
     from grpo.tasks import build_task
 

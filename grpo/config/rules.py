@@ -16,6 +16,7 @@ from importlib.util import find_spec
 from grpo.config.generation import RolloutConfig
 from grpo.config.sections import (
     AlgorithmConfig,
+    EvalConfig,
     IterativeConfig,
     LogConfig,
     ModelConfig,
@@ -76,6 +77,22 @@ def tools_or_environment(rollout: RolloutConfig) -> None:
 def file_source_has_a_path(task: TaskConfig) -> None:
     if task.source == "file" and task.path is None:
         raise _invalid("task.path", task.path, "a data file path when task.source=file")
+
+
+def held_out_for_evaluation(task: TaskConfig, eval_: EvalConfig) -> int:
+    """The number of held-out examples the task takes: task.num_eval, or fewer where they would
+    come out of the training data (source=file without task.eval_path; source=hub, whose cached
+    dataset may have no test split): there only as many as an evaluation scores
+    (eval.num_examples), so a run without evaluation (0) loses no training row to it.
+    Procedural tasks and a held-out file keep task.num_eval: their held-out examples cost no
+    training row. Config.validate stores the result in task.num_eval, so the run's config.yaml
+    says what was held out and `grpo eval` of the run scores those rows only."""
+    if eval_.every and not eval_.num_examples:
+        raise ValueError(f"config field `eval.every` = {eval_.every} evaluates with eval.num_examples = 0 "
+                         "(no held-out examples): set eval.num_examples > 0, or eval.every to 0")
+    if task.source == "reasoning_gym" or task.eval_path is not None:
+        return task.num_eval
+    return min(task.num_eval, eval_.num_examples)
 
 
 def reference_sync_has_a_reference_to_change(ref: ReferenceConfig, algorithm: AlgorithmConfig,

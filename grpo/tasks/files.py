@@ -9,7 +9,10 @@ becomes the <think> text when the row is used as a worked example.
 
 The split: with task.eval_path, its first num_eval distinct questions are held out (in file
 order, so the same rows every run); without it, num_eval distinct questions are drawn from
-the training file in an order seeded by task.seed. Few-shot examples come next from the
+the training file in an order seeded by task.seed (Config.validate has already lowered
+num_eval to what evaluation scores, eval.num_examples: 0 without evaluation, so those rows
+are not lost to training; grpo.config.rules.held_out_for_evaluation). A split that leaves
+no training row is one ValueError naming task.num_eval, the row count and what to set. Few-shot examples come next from the
 training file in the seeded order. Training keeps every other row of the training file, in
 file order, minus any row whose question is held out or used as a worked example.
 """
@@ -68,13 +71,24 @@ def build_file_task(cfg: TaskConfig) -> Task:
     train = [ex for ex in train_rows if question_key(ex.question) not in seen]
 
     if len(shots) < cfg.few_shot or not train:
-        raise ValueError(
-            f"data {str(table.path)!r} has {len(train_rows)} rows, too few distinct questions for "
-            f"{len(eval_)} held-out (task.num_eval = {cfg.num_eval}) plus {cfg.few_shot} worked "
-            f"examples (task.few_shot) plus at least one training row; lower those or add rows"
-        )
+        raise ValueError(_too_few(table, train_rows, cfg, from_training=held_out is None))
     attach_prompts(eval_ + train, default_system_prompt(cfg), shots, file_think)
     return Task(name=name, train=train, eval=eval_, few_shot=shots)
+
+
+def _too_few(table: Table, rows: list[Example], cfg: TaskConfig, from_training: bool) -> str:
+    """The one message for a split that leaves no training row, naming the fields to set."""
+    distinct = len({question_key(ex.question) for ex in rows})
+    head = f"data {str(table.path)!r} has {len(rows)} rows ({distinct} distinct questions)"
+    if not (from_training and cfg.num_eval):
+        return (f"{head}: too few for {cfg.few_shot} worked examples (task.few_shot) plus at least one training "
+                "row once the held-out questions are dropped; lower task.few_shot or add rows")
+    fits = max(1, distinct // 5)  # a fifth held out, as a train/test split of a small set often is
+    advice = f"task.num_eval={fits} (a fifth of the questions), " if distinct - cfg.few_shot > fits else ""
+    return (f"{head}: too few for {cfg.num_eval} held out for evaluation (task.num_eval = {cfg.num_eval}, at most "
+            f"eval.num_examples) plus {cfg.few_shot} worked examples (task.few_shot) plus at least one training "
+            f"row; set {advice}eval.num_examples=0 (no evaluation: nothing is held out), or give the held-out rows "
+            "apart (task.eval_path; grpo.train(dataset=...) a DatasetDict with a test split)")
 
 
 def read_examples(table: Table, cfg: TaskConfig) -> list[Example]:
