@@ -43,7 +43,9 @@ def train(config: str | Path | dict | Config | None = None, *, model: Any = None
     its data and resumes from it; a directory written by `save_to_disk`; or a dataset name
     (`org/name`, not an existing path) in the local Hugging Face cache, read offline
     (task.source=hub; task.subset picks its configuration). The columns are
-    task.question_field / answer_field, as for files."""
+    task.question_field / answer_field, as for files. Without a held-out split the held-out
+    rows come out of `train`: only as many as evaluation scores (eval.num_examples; 0 = none,
+    every row trains), as for a data file (grpo.config.rules.held_out_for_evaluation)."""
     from grpo.training.trainer import train as run
 
     cfg = build_config(config, overrides, rewards, tools)

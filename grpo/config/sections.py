@@ -91,7 +91,12 @@ class TaskConfig:
     subset: str | None = doc(None, "The cached dataset's configuration, e.g. gsm8k's main (source=hub).")
     params: dict[str, Any] = doc({}, "Keyword arguments for the reasoning-gym dataset.")
     num_train: int = doc(1000, "Number of procedural training examples (source=reasoning_gym).", check=at_least(1))
-    num_eval: int = doc(100, "Number of held-out examples (procedural tasks; cap for files).", check=at_least(0))
+    num_eval: int = doc(
+        100, "Held-out examples. Procedural tasks and a held-out file (eval_path) hold out this many; where they "
+        "would come out of the training data (source=file without eval_path, or hub) at most eval.num_examples, "
+        "none when that is 0 (no evaluation: every row trains), and the run's config.yaml records the number. A "
+        "split that leaves no training row is an error naming the row count and the fields to set.",
+        check=at_least(0))
     seed: int = doc(1234, "Seed of the procedural generator and of the file split.")
     path: str | None = doc(
         None, "Training data: a .jsonl, .json, .csv or .parquet file, or a directory written by datasets' "
@@ -279,7 +284,9 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every: int = doc(0, "Evaluate every N steps; 0 = only before and after training.", check=at_least(0))
-    num_examples: int = doc(100, "Held-out examples per evaluation (at most task.num_eval).", check=at_least(0))
+    num_examples: int = doc(
+        100, "Held-out examples per evaluation (at most task.num_eval); 0 = no evaluation (eval.every must be 0), "
+        "and a data task without a held-out file then holds out no rows.", check=at_least(0))
     pass_k: int = doc(1, "k of pass@k; k > 1 samples k completions per example.", check=at_least(1))
     temperature: float = doc(1.0, "Sampling temperature for pass@k (greedy accuracy uses 0).")
     max_new_tokens: int | None = doc(None, "Completion length at eval; null = rollout.max_new_tokens.")

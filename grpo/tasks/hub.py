@@ -14,7 +14,8 @@ environment variables are read once at import, so the modules' flags are set too
 in neither place is one ValueError naming task.name, not a network attempt.
 
 Splits: `train` trains; `test`, else `validation`, is held out (the first num_eval distinct
-questions); without either, num_eval rows of `train` are held out, as for one data file.
+questions); without either, num_eval rows of `train` are held out, as for one data file
+(at most eval.num_examples: Config.validate lowers num_eval for hub and file tasks).
 Columns are task.question_field / answer_field / id_field, as for files.
 """
 
