@@ -10,11 +10,12 @@ becomes the <think> text when the row is used as a worked example.
 The split: with task.eval_path, its first num_eval distinct questions are held out (in file
 order, so the same rows every run); without it, num_eval distinct questions are drawn from
 the training file in an order seeded by task.seed (Config.validate has already lowered
-num_eval to what evaluation scores, eval.num_examples: 0 without evaluation, so those rows
-are not lost to training; grpo.config.rules.held_out_for_evaluation). A split that leaves
-no training row is one ValueError naming task.num_eval, the row count and what to set. Few-shot examples come next from the
-training file in the seeded order. Training keeps every other row of the training file, in
-file order, minus any row whose question is held out or used as a worked example.
+num_eval to what evaluation scores, eval.num_examples: 0 without evaluation, so no row is
+lost to training for nothing; grpo.config.rules.held_out_for_evaluation). Few-shot examples
+come next from the training file in the seeded order. Training keeps every other row of the
+training file, in file order, minus any row whose question is held out or used as a worked
+example. A split that leaves no training row is one ValueError naming task.num_eval, the row
+count and what to set.
 """
 
 from __future__ import annotations
