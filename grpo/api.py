@@ -44,7 +44,7 @@ def train(config: str | Path | dict | Config | None = None, *, model: Any = None
     (`org/name`, not an existing path) in the local Hugging Face cache, read offline
     (task.source=hub; task.subset picks its configuration). The columns are
     task.question_field / answer_field, as for files. Without a held-out split the held-out
-    rows come out of `train`: only as many as evaluation scores (eval.num_examples; 0 = none,
+    rows (task.num_eval) come out of `train`, none when eval.num_examples is 0 (no evaluation:
     every row trains), as for a data file (grpo.config.rules.held_out_for_evaluation)."""
     from grpo.training.trainer import train as run
 

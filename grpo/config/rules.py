@@ -80,19 +80,19 @@ def file_source_has_a_path(task: TaskConfig) -> None:
 
 
 def held_out_for_evaluation(task: TaskConfig, eval_: EvalConfig) -> int:
-    """The number of held-out examples the task takes: task.num_eval, or fewer where they would
+    """The number of held-out examples the task takes: task.num_eval, or none where they would
     come out of the training data (source=file without task.eval_path; source=hub, whose cached
-    dataset may have no test split): there only as many as an evaluation scores
-    (eval.num_examples), so a run without evaluation (0) loses no training row to it.
-    Procedural tasks and a held-out file keep task.num_eval: their held-out examples cost no
-    training row. Config.validate stores the result in task.num_eval, so the run's config.yaml
-    says what was held out and `grpo eval` of the run scores those rows only."""
+    dataset may have no test split) and no evaluation scores them (eval.num_examples = 0), so
+    a run without evaluation loses no training row to it. Otherwise the split is the one it
+    always was (a resumed run trains on the same rows). Procedural tasks and a held-out file
+    keep task.num_eval: their held-out examples cost no training row. Config.validate stores
+    the result in task.num_eval, so the run's config.yaml says what was held out."""
     if eval_.every and not eval_.num_examples:
         raise ValueError(f"config field `eval.every` = {eval_.every} evaluates with eval.num_examples = 0 "
                          "(no held-out examples): set eval.num_examples > 0, or eval.every to 0")
     if task.source == "reasoning_gym" or task.eval_path is not None:
         return task.num_eval
-    return min(task.num_eval, eval_.num_examples)
+    return task.num_eval if eval_.num_examples else 0
 
 
 def reference_sync_has_a_reference_to_change(ref: ReferenceConfig, algorithm: AlgorithmConfig,

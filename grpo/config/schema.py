@@ -47,7 +47,7 @@ class Config:
 
     def validate(self, facts: Facts | None = None) -> Config:
         """Every field's check, then the rules across fields; raises ValueError naming the field.
-        A data task's task.num_eval is lowered to what evaluation scores (rules.held_out_for_evaluation).
+        A data task without evaluation holds out nothing: task.num_eval 0 (rules.held_out_for_evaluation).
         `facts`: what the running process knows (world size, installed packages); None = this one's."""
         facts = facts or Facts.here()
         check_fields(self)
@@ -56,7 +56,7 @@ class Config:
         rules.trackers_installed(self.log, facts.installed)
         rules.tools_or_environment(r)
         rules.file_source_has_a_path(self.task)
-        self.task.num_eval = rules.held_out_for_evaluation(self.task, self.eval)  # only what evaluation scores
+        self.task.num_eval = rules.held_out_for_evaluation(self.task, self.eval)  # none without evaluation
         rules.reference_sync_has_a_reference_to_change(ref, a, self.model)
         rules.iterative_rewards_are_listed(it, self.rewards)
         rules.reset_reference_has_a_reference_to_reset(it, a, ref, self.model)

@@ -92,10 +92,10 @@ class TaskConfig:
     params: dict[str, Any] = doc({}, "Keyword arguments for the reasoning-gym dataset.")
     num_train: int = doc(1000, "Number of procedural training examples (source=reasoning_gym).", check=at_least(1))
     num_eval: int = doc(
-        100, "Held-out examples. Procedural tasks and a held-out file (eval_path) hold out this many; where they "
-        "would come out of the training data (source=file without eval_path, or hub) at most eval.num_examples, "
-        "none when that is 0 (no evaluation: every row trains), and the run's config.yaml records the number. A "
-        "split that leaves no training row is an error naming the row count and the fields to set.",
+        100, "Held-out examples (procedural tasks; cap for files). Where they would come out of the training data "
+        "(source=file without eval_path, or hub) and eval.num_examples is 0 (no evaluation), none: every row "
+        "trains and the run's config.yaml records 0. A split that leaves no training row is an error naming the "
+        "row count and the fields to set.",
         check=at_least(0))
     seed: int = doc(1234, "Seed of the procedural generator and of the file split.")
     path: str | None = doc(

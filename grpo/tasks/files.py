@@ -9,9 +9,9 @@ becomes the <think> text when the row is used as a worked example.
 
 The split: with task.eval_path, its first num_eval distinct questions are held out (in file
 order, so the same rows every run); without it, num_eval distinct questions are drawn from
-the training file in an order seeded by task.seed (Config.validate has already lowered
-num_eval to what evaluation scores, eval.num_examples: 0 without evaluation, so no row is
-lost to training for nothing; grpo.config.rules.held_out_for_evaluation). Few-shot examples
+the training file in an order seeded by task.seed (none without evaluation: Config.validate
+sets num_eval 0 when eval.num_examples is 0, so no row is lost to training for nothing;
+grpo.config.rules.held_out_for_evaluation). Few-shot examples
 come next from the training file in the seeded order. Training keeps every other row of the
 training file, in file order, minus any row whose question is held out or used as a worked
 example. A split that leaves no training row is one ValueError naming task.num_eval, the row
@@ -86,8 +86,7 @@ def _too_few(table: Table, rows: list[Example], cfg: TaskConfig, from_training: 
                 "row once the held-out questions are dropped; lower task.few_shot or add rows")
     fits = max(1, distinct // 5)  # a fifth held out, as a train/test split of a small set often is
     advice = f"task.num_eval={fits} (a fifth of the questions), " if distinct - cfg.few_shot > fits else ""
-    return (f"{head}: too few for {cfg.num_eval} held out for evaluation (task.num_eval = {cfg.num_eval}, at most "
-            f"eval.num_examples) plus {cfg.few_shot} worked examples (task.few_shot) plus at least one training "
+    return (f"{head}: too few for {cfg.num_eval} held out for evaluation (task.num_eval = {cfg.num_eval}) plus {cfg.few_shot} worked examples (task.few_shot) plus at least one training "
             f"row; set {advice}eval.num_examples=0 (no evaluation: nothing is held out), or give the held-out rows "
             "apart (task.eval_path; grpo.train(dataset=...) a DatasetDict with a test split)")
 

@@ -1,7 +1,7 @@
-"""How many rows a data task holds out: only what evaluation scores (grpo.config.rules.held_out_for_evaluation).
+"""How many rows a data task holds out (grpo.config.rules.held_out_for_evaluation).
 
 A 50-row file or Dataset with eval.num_examples=0 trains on all 50; with evaluation on it holds
-out what eval.num_examples scores, or fails with one message naming the fields to set.
+out task.num_eval as it always did, or fails with one message naming the fields to set.
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ def test_no_evaluation_holds_nothing_out(tmp_path):
     assert (len(task.eval), len(task.train)) == (0, NUM_ROWS)
 
 
-def test_evaluation_holds_out_only_what_it_scores(tmp_path):
-    cfg = file_config(tmp_path, "eval.num_examples=10")
-    assert cfg.task.num_eval == 10  # task.num_eval 100 is a cap; the evaluation scores 10
+def test_with_evaluation_the_split_is_the_one_it_always_was(tmp_path):
+    # eval.num_examples below task.num_eval still holds out task.num_eval: a resumed run written
+    # before the rule trains on the same rows
+    cfg = file_config(tmp_path, "eval.num_examples=10", "task.num_eval=20")
+    assert cfg.task.num_eval == 20
     task = build_task(cfg.task)
-    assert (len(task.eval), len(task.train)) == (10, NUM_ROWS - 10)
+    assert (len(task.eval), len(task.train)) == (20, NUM_ROWS - 20)
 
 
 def test_a_held_out_share_that_does_not_fit_is_one_message_naming_the_fields(tmp_path):
