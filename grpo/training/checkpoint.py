@@ -89,6 +89,22 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> None:
         )
 
 
+def keep_recorded_split(cfg: Any) -> None:
+    """A resumed run trains on the rows it started with: where the run's config.yaml recorded
+    another task.num_eval than this config resolves to (a run written before a data task without
+    evaluation held nothing out), the recorded one is kept, so the data stream resumes exactly."""
+    path = Path(cfg.output_dir) / "config.yaml"
+    if latest_checkpoint(cfg.output_dir) is None or not path.is_file():
+        return
+    import yaml
+
+    recorded = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("task", {}).get("num_eval")
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded != cfg.task.num_eval:
+        print(f"resume: task.num_eval = {recorded} as this run started with (not {cfg.task.num_eval}), "
+              "so it trains on the same rows")
+        cfg.task.num_eval = recorded
+
+
 def parameter_state(model: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
     """CPU copies of the parameters (trainable_only: those the optimizer changes: all of them,
     or only LoRA adapters). A copy: under fsdp the gathered weights are views into one

@@ -60,6 +60,7 @@ from grpo.training.checkpoint import (
     TrainerState,
     check_run_dir,
     checkpoint_name,
+    keep_recorded_split,
     latest_checkpoint,
     load_training_state,
     load_weights,
@@ -148,6 +149,8 @@ class Trainer:
                 models.save_loaded(loaded, Path(cfg.model.path))
             world.sum(0.0)  # a barrier: the other ranks read the copy only once it is complete
         seed_everything(cfg.seed)  # the same on every rank: identical initial weights (LoRA too)
+        if cfg.resume:
+            keep_recorded_split(cfg)
         task = build_task(cfg.task)
         reward_fns = rewards.build(cfg.rewards)
         model, tokenizer = models.load_policy(cfg.model, loaded)

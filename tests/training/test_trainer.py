@@ -169,3 +169,20 @@ def test_the_data_stream_shuffles_once_per_epoch(monkeypatch):
     assert sorted(taken[:10]) == sorted(taken[10:20]) == list(range(10)) and taken[:10] != taken[10:20]
     resumed = DataStream(list(range(10)), seed=3, position=7)  # a resumed stream continues the same order
     assert resumed.take(8) == taken[7:15]
+
+
+def test_a_resumed_run_keeps_the_split_it_started_with(tmp_path, tiny_model_dir, data_file, capsys):
+    # a run written before a data task without evaluation held nothing out recorded task.num_eval 4
+    from grpo.config import save_config
+    from grpo.training.checkpoint import keep_recorded_split
+
+    old = tiny_config(tmp_path, tiny_model_dir, data_file, "eval.num_examples=2")
+    (tmp_path / "run" / "checkpoint-000001").mkdir(parents=True)
+    save_config(old, tmp_path / "run" / "config.yaml")
+    resumed = tiny_config(tmp_path, tiny_model_dir, data_file, "eval.num_examples=0", "resume=true")
+    assert (old.task.num_eval, resumed.task.num_eval) == (4, 0)
+    keep_recorded_split(resumed)
+    assert resumed.task.num_eval == 4 and "task.num_eval = 4 as this run started with" in capsys.readouterr().out
+    fresh = tiny_config(tmp_path / "other", tiny_model_dir, data_file, "eval.num_examples=0")
+    keep_recorded_split(fresh)  # no checkpoint there: nothing recorded to keep
+    assert fresh.task.num_eval == 0
