@@ -82,7 +82,8 @@ class ServerEngine(TransformersEngine):
         super().__init__(model, tokenizer, max_prompt_tokens)
         self.url, self.token = url.rstrip("/"), token
         self.request_timeout, self.server_timeout = request_timeout, server_timeout
-        self.pushes = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+        self.num_ranks = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.pushes = self.num_ranks == 1 or dist.get_rank() == 0
         self.owner = threading.get_ident()  # the thread that changes the weights, and so pushes them
         self.lock = threading.Condition()
         self.instance: str | None = None  # the server instance holding our weights (None: not pushed yet)
@@ -91,6 +92,8 @@ class ServerEngine(TransformersEngine):
         self.session = ""
         self.push_seconds = self.push_bytes = 0.0  # of the last push
         self.num_pushes = 0
+        if self.num_ranks > 1:  # where every rank is (fsdp's gathers are collectives), not in rank 0's first generate
+            self.sync_weights(model, 0)
 
     # ------------------------------------------------------------------ sampling
 
@@ -144,6 +147,12 @@ class ServerEngine(TransformersEngine):
     def sync_weights(self, model: Any, version: int) -> None:
         """Push the policy's weights (every rank calls: with fsdp all take part in gathering them)."""
         assert model is self.model, "sync_weights got a different model than the engine's policy"
+        self._sync(version)
+        if self.num_ranks > 1:  # the others ask only once rank 0 has pushed: a server an earlier run (or the
+            dist.barrier()  # model directory) left at this version number must not answer them with its weights
+
+    def _sync(self, version: int) -> None:
+        model = self.model
         self.version = version
         if not self.pushes:
             if hasattr(next(model.parameters()), "full_tensor"):

@@ -242,3 +242,36 @@ def test_two_process_lora_run_through_vllm_adapters_ends_cleanly(tmp_path, vllm_
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2] and (run / "final" / "adapter").is_dir()
     assert all(r["is_weight/mean"] == pytest.approx(1.0, abs=1e-3) for r in rows)
+
+
+RUN_WORKER = SUPPORT / "dist_run_worker.py"
+
+
+def ranks_after_run(tmp_path: Path, model_dir: Path, nproc: int, *extra: str) -> list[dict]:
+    """A whole run under torchrun (tests/support/dist_run_worker.py): what each rank held."""
+    out = tmp_path / "ranks"
+    out.mkdir(parents=True)
+    torchrun(nproc, str(RUN_WORKER), str(out), *train_args(tmp_path, model_dir, tmp_path / "run", 3, *extra)[3:])
+    return [torch.load(out / f"rank{r}.pt") for r in range(nproc)]
+
+
+def assert_ranks_bitwise_equal(ranks: list[dict]) -> None:
+    first = ranks[0]["after"]
+    for other in ranks[1:]:
+        assert other["after"].keys() == first.keys()
+        assert all(torch.equal(other["after"][n], first[n]) for n in first), "ranks' weights differ"
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_bf16_run_keeps_every_rank_bitwise_equal(tmp_path, tiny_model_dir, parallel):
+    """model.precision=bfloat16: the master-weight dither happens on every rank before ddp's
+    broadcast or fsdp's sharding (fsdp keeps each rank's own dithered shard, so the ranks must
+    dither alike); after 3 steps every rank holds the same weights, bit for bit, moved off the
+    dithered start."""
+    ranks = ranks_after_run(tmp_path, tiny_model_dir, 2, "model.precision=bfloat16", f"train.parallel={parallel}",
+                            "eval.num_examples=0")
+    assert ranks[0]["before"] == ranks[1]["before"], "the dither differed between the ranks"
+    assert_ranks_bitwise_equal(ranks)
+    start = initial_params(tiny_model_dir)
+    assert any(not torch.equal(ranks[0]["after"][n], start[n]) for n in start)
+    assert all(r["version"] == 3 for r in ranks)

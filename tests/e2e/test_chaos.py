@@ -62,3 +62,48 @@ def test_kills_lose_nothing_in_iterative_rl(tmp_path):
 def test_ten_kills_lose_nothing(tmp_path):
     summary = chaos(tmp_path, "--kills", "10", "--sigint", timeout=900)
     assert summary["kills"] == 10 and summary["kills_mid_checkpoint_write"] >= 1
+
+
+def chaos_async(tmp_path, *args, timeout):
+    out = tmp_path / "summary.json"
+    proc = subprocess.run([sys.executable, "-m", "tests.support.chaos_async", *args, "--workdir",
+                           str(tmp_path / "work"), "--json", str(out)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    assert out.exists(), proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert proc.returncode == 0 and summary["ok"], json.dumps(summary, indent=1)
+    return summary
+
+
+def test_async_run_and_its_server_killed_lose_nothing(tmp_path):
+    """rollout.max_staleness=1 through a real `grpo serve-rollout` (tests/support/chaos_async.py):
+    the trainer SIGKILLed mid-push and mid-step, the server mid-generation and mid-push; the run
+    ends with the reference's example order, every step once, every row within the bound."""
+    summary = chaos_async(tmp_path, timeout=600)
+    assert summary["kills"] == 4 and all(k["landed"] for k in summary["kill_log"])
+
+
+@pytest.mark.slow
+def test_async_run_killed_three_times_each_way_loses_nothing(tmp_path):
+    summary = chaos_async(tmp_path, "--rounds", "3", timeout=1500)
+    assert summary["kills"] == 12
+
+
+def test_the_async_check_finds_a_lost_a_repeated_and_a_stale_step(tmp_path):
+    from tests.support.chaos_async import problems
+
+    def write(run, records):
+        (run / "final").mkdir(parents=True)
+        (run / "final" / "model.safetensors").touch()
+        (run / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    ref = [{"step": s, "trained_version": s - 1, "example_ids": [f"x{s}"], "policy_versions": [max(0, s - 2)]}
+           for s in (1, 2, 3)]
+    write(tmp_path / "ok", ref)
+    assert problems(tmp_path / "ok", ref, 3) == []
+    write(tmp_path / "repeated", [ref[0], ref[1], ref[1], ref[2]])
+    assert any("once each" in p for p in problems(tmp_path / "repeated", ref, 3))
+    write(tmp_path / "lost", [ref[0], {**ref[1], "example_ids": ["x3"]}, ref[2]])
+    assert any("example order" in p for p in problems(tmp_path / "lost", ref, 3))
+    write(tmp_path / "stale", [ref[0], ref[1], {**ref[2], "policy_versions": [0]}])
+    assert any("staleness" in p for p in problems(tmp_path / "stale", ref, 3))

@@ -4,6 +4,8 @@
     .venv/bin/python bench/chaos.py --kills 3 --sigint  # the short version run with the test suite
 
 The harness lives in tests/support so that the suite and bench/chaos.py (its command line) share it.
+The asynchronous path (rollout.max_staleness > 0 through a real rollout server, trainer and server
+killed) has its own driver beside it: tests/support/chaos_async.py.
     ... --override algorithm.dynamic_sampling=true      # any extra config for every run
 
 1. A tiny random Llama (tests/support/tiny.py) trains for --steps steps, uninterrupted: the reference.
