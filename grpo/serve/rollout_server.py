@@ -16,11 +16,10 @@ and the server swaps them in between two generations. Safety as `grpo serve-ref`
 
 Threads: one runs every generation (requests queue for the device rather than compete for
 it); the event loop reads a push into fresh tensors while a generation may still run, and
-another thread then
-takes the weights lock, which a generation holds from start to end, to copy them in. A
-generation that asks for weights newer than the server holds waits while such weights are
-being received, and is refused with 409 otherwise (the server restarted: the trainer pushes
-again). A push that fails midway (the trainer died) changes nothing: the tensors were staged.
+another thread then takes the weights lock, which a generation holds from start to end, to
+copy them in. A generation waits while a push of the version it asks for (or a later one) is
+arriving, and is refused with 409 when the server then holds an older version (it restarted:
+the trainer pushes again). A push that fails midway (the trainer died) changes nothing: the tensors were staged.
 """
 
 from __future__ import annotations
@@ -97,8 +96,9 @@ class RolloutService:
 
     def generate(self, prompts: list[list[int]], params: Any, min_version: int) -> Any:
         with self.cond:
-            self.cond.wait_for(lambda: self.version >= min_version or self.pending < min_version,
-                               timeout=self.group_timeout)
+            # a push at or past the version asked for is arriving: wait for it, even when the
+            # weights held are numbered higher (a new trainer starts again from version 0)
+            self.cond.wait_for(lambda: self.pending < min_version, timeout=self.group_timeout)
             if self.version < min_version:
                 raise BadRequest(409, f"the server holds weights version {self.version}, older than the "
                                       f"{min_version} asked for (restarted?): push the weights again")
