@@ -8,8 +8,10 @@ steps: the demo recipe (bundled SmolLM2-135M, 2 prompts x G=8, up to 96 new toke
 server engine in lockstep (rollout.max_staleness=0) and asynchronous (max_staleness=1). The
 server is `grpo serve-rollout --engine shared_prefix` on the same 2 cores. Medians over the
 steps after the first (its generation also pays the server's start), from metrics.jsonl.
-push: the bundled model's push (HTTP announcement + gloo broadcast over loopback + copy-in),
-timed 5 times with the trainer's ServerEngine against the server.
+push: the bundled model's push (one streamed, authenticated HTTP request over loopback, then the
+copy-in), timed 5 times with the trainer's ServerEngine against the server; against it, the
+transport the push used before (a gloo broadcast over loopback, grpo.serve.nccl's WeightGroup
+on a HashStore, sender and receiver threads in this process) of the same tensors, 5 times.
 bytes: bytes one push sends for the bundled model and a Qwen2.5-1.5B-shaped model (built from
 transformers' Qwen2Config on the meta device: no weights, no download), fp32 and bf16, and the
 time of one loopback gloo broadcast of the 1.5B shape's tensors in bf16 (random values,
@@ -90,6 +92,7 @@ def bench_push(port: int, repeats: int = 5) -> dict:
     from grpo.compute import models
     from grpo.config import ModelConfig
     from grpo.rollout.server_engine import ServerEngine
+    from grpo.rollout.weights import unique_weights
 
     model, tokenizer = models.load_policy(ModelConfig())
     server = start_server(port)
@@ -104,8 +107,11 @@ def bench_push(port: int, repeats: int = 5) -> dict:
     finally:
         server.kill()
         server.wait()
+    shapes = [(tuple(t.shape), t.dtype) for _, t in unique_weights(model)]
+    gloo = [time_broadcast([s for s, _ in shapes], torch.float32) for _ in range(repeats)]
     result = {"push_seconds_median": round(statistics.median(times[1:]), 3), "push_bytes": int(engine.push_bytes),
-              "push_seconds": [round(t, 3) for t in times]}
+              "push_seconds": [round(t, 3) for t in times], "gloo_broadcast_seconds_median":
+              round(statistics.median(gloo), 3), "gloo_broadcast_seconds": [round(t, 3) for t in gloo]}
     print("push, bundled model:", result, flush=True)
     return result
 
@@ -140,16 +146,19 @@ def bench_bytes() -> dict:
 
 def time_broadcast(shapes: list[tuple[int, ...]], dtype: torch.dtype) -> float:
     """One loopback gloo push of tensors of these shapes (the transport only)."""
-    from grpo.serve.weights import SERVER, TRAINER, WeightGroup, open_store, spec_of
+    import torch.distributed as dist
 
-    store = open_store("127.0.0.1", 0, True, 300)
+    from grpo.serve.nccl import SERVER, TRAINER, WeightGroup
+    from grpo.serve.weights import spec_of
+
+    store = dist.HashStore()
     tensors = [torch.randn(s, dtype=dtype) for s in shapes]
     specs = [spec_of(str(i), t) for i, t in enumerate(tensors)]
-    receiver = threading.Thread(target=lambda: WeightGroup.join(store, "bench", SERVER, torch.device("cpu"),
-                                                                "127.0.0.1", 300).receive(specs))
+    cpu = torch.device("cpu")
+    receiver = threading.Thread(target=lambda: WeightGroup.join(store, "bench", SERVER, cpu, 300,
+                                                                gloo_address="127.0.0.1").receive(specs))
     receiver.start()
-    group = WeightGroup.join(open_store("127.0.0.1", store.port, False, 300), "bench", TRAINER,
-                             torch.device("cpu"), "127.0.0.1", 300)
+    group = WeightGroup.join(store, "bench", TRAINER, cpu, 300, gloo_address="127.0.0.1")
     start = time.perf_counter()
     group.send(tensors)
     seconds = time.perf_counter() - start

@@ -4,7 +4,8 @@ The trainer's side of grpo.serve.rollout_server: `generate` / `generate_tokens` 
 prompts as token ids and build the Trajectory from the reply (ids exactly as the server's
 engine sampled them, its sampler log-probs, finish reasons, the policy version it sampled
 with); `sync_weights` announces the policy's weights over HTTP and broadcasts them in the
-two-member group of grpo.serve.weights (LoRA merged in, as for vLLM). Episodes run through
+request body (grpo.serve.weights; LoRA merged in, as for vLLM), or, from a server started
+with --weight-transport nccl, broadcasts them in the NCCL group of grpo.serve.nccl. Episodes run through
 it unchanged: grpo.episodes.turns drives `generate_tokens` turn by turn.
 
 Recovery: every reply names the server instance that made it. When the server is gone
@@ -44,7 +45,8 @@ import torch.distributed as dist
 from grpo.rollout.base import SamplingParams, Trajectory
 from grpo.rollout.transformers_engine import TransformersEngine
 from grpo.rollout.weights import unique_weights
-from grpo.serve.common import error_text, is_loopback
+from grpo.serve.common import error_text
+from grpo.serve.nccl import TRAINER, HttpStore, WeightGroup
 from grpo.serve.rollout_protocol import (
     GENERATE_PATH,
     HEALTH_PATH,
@@ -53,7 +55,7 @@ from grpo.serve.rollout_protocol import (
     decode_reply,
     encode_generate,
 )
-from grpo.serve.weights import TRAINER, WeightGroup, open_store, spec_of
+from grpo.serve.weights import body_chunks, body_size, spec_of
 
 log = logging.getLogger("grpo.serve")
 
@@ -88,7 +90,8 @@ class ServerEngine(TransformersEngine):
         self.lock = threading.Condition()
         self.instance: str | None = None  # the server instance holding our weights (None: not pushed yet)
         self.pushed = -1  # the version it holds
-        self.group: WeightGroup | None = None  # the weight group of the current session
+        self.transport = "http"  # how the server takes weights (its /health says)
+        self.group: WeightGroup | None = None  # nccl: the weight group of the current session
         self.session = ""
         self.push_seconds = self.push_bytes = 0.0  # of the last push
         self.num_pushes = 0
@@ -196,18 +199,18 @@ class ServerEngine(TransformersEngine):
                 time.sleep(0.5)
 
     def _connect(self, deadline: float) -> None:
-        """Wait for the server, then join a new weight group with it."""
+        """Wait for the server; with NCCL, join a new weight group with it."""
         health = self._wait_for_health(deadline)
+        self.transport = health.get("weight_transport", "http")
+        if self.transport != "nccl":
+            return
         session = secrets.token_hex(8)
         self._post(SESSION_PATH, json.dumps({"session": session}).encode(), "application/json", 30)
-        host = urllib.parse.urlsplit(self.url).hostname or "127.0.0.1"
         timeout = max(1.0, deadline - time.monotonic())
         try:
-            store = open_store(host, int(health["group_port"]), False, timeout)
-            device = next(self.model.parameters()).device
-            self.group = WeightGroup.join(store, session, TRAINER, device, "127.0.0.1" if is_loopback(host) else None,
-                                          timeout)
-        except (RuntimeError, OSError) as e:  # gloo / NCCL / store failures: the server went away again
+            store = HttpStore(self.url, self.token, timeout)
+            self.group = WeightGroup.join(store, session, TRAINER, next(self.model.parameters()).device, timeout)
+        except (RuntimeError, OSError) as e:  # NCCL / store failures: the server went away again
             raise _Gone(f"joining the weight group failed: {type(e).__name__}: {e}") from None
         self.session = session
 
@@ -215,18 +218,26 @@ class ServerEngine(TransformersEngine):
         start = time.perf_counter()
         with torch.no_grad():
             tensors = list(unique_weights(self.model))
-            specs = [spec_of(name, t).as_dict() for name, t in tensors]
-            body = json.dumps({"session": self.session, "version": self.version, "tensors": specs}).encode()
-            reply = json.loads(self._post(WEIGHTS_PATH, body, "application/json", 60))
-            try:
-                self.group.send(t for _, t in tensors)
-            except (RuntimeError, OSError) as e:
-                raise _Gone(f"the weight broadcast failed: {type(e).__name__}: {e}") from None
+            if self.transport == "nccl":
+                reply = self._push_nccl(tensors)
+            else:
+                reply = json.loads(self._stream(WEIGHTS_PATH, body_chunks(tensors, self.version),
+                                                body_size(tensors, self.version)))
         with self.lock:
             self.instance, self.pushed = reply["instance"], self.version
             self.lock.notify_all()
         self.push_seconds, self.push_bytes = time.perf_counter() - start, float(reply["bytes"])
         self.num_pushes += 1
+
+    def _push_nccl(self, tensors: list) -> dict:
+        specs = [spec_of(name, t).as_dict() for name, t in tensors]
+        body = json.dumps({"session": self.session, "version": self.version, "tensors": specs}).encode()
+        reply = json.loads(self._post(WEIGHTS_PATH, body, "application/json", 60))
+        try:
+            self.group.send(t for _, t in tensors)
+        except (RuntimeError, OSError) as e:
+            raise _Gone(f"the weight broadcast failed: {type(e).__name__}: {e}") from None
+        return reply
 
     def _lost(self, stale: bool) -> None:
         if stale and self.pushes:
@@ -263,6 +274,33 @@ class ServerEngine(TransformersEngine):
             raise RolloutServerError(f"rollout server {self.url}{path} refused the request: {text}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             raise _Gone(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+
+    def _stream(self, path: str, chunks: Any, size: int) -> bytes:
+        """POST a body of `size` bytes given as pieces (the weights: never one bytes object)."""
+        parts = urllib.parse.urlsplit(self.url + path)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.request_timeout)
+        try:
+            conn.putrequest("POST", parts.path)
+            for key, value in (("Authorization", f"Bearer {self.token}"), ("Content-Length", str(size)),
+                               ("Content-Type", "application/octet-stream")):
+                conn.putheader(key, value)
+            conn.endheaders()
+            for chunk in chunks:
+                conn.send(chunk)
+            reply = conn.getresponse()
+            data = reply.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise _Gone(f"the weight push failed: {type(e).__name__}: {e}") from None
+        finally:
+            conn.close()
+        if reply.status == 409:
+            raise _Stale(f"HTTP 409: {data[:200]!r}")
+        if reply.status >= 500 or reply.status in (408, 429):
+            raise _Gone(f"HTTP {reply.status}: {data[:200]!r}")
+        if reply.status != 200:
+            raise RolloutServerError(f"rollout server {self.url}{path} refused the weights: HTTP {reply.status}: "
+                                     f"{data[:300].decode('utf-8', 'replace')}")
+        return data
 
     def _failure(self, last: str) -> RolloutServerError:
         return RolloutServerError(f"rollout server {self.url} did not come back within rollout.server_timeout = "

@@ -85,14 +85,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def read_deadline_protocol(read_timeout: float) -> type:
+def read_deadline_protocol(read_timeout: float, long_paths: tuple[str, ...] = (), token: str = "") -> type:
     """uvicorn's h11 protocol, plus a deadline for reading each request.
 
     The clock starts when the connection opens and again when a response completes; if the
     next request's headers and body have not all arrived read_timeout seconds later, the
     connection is closed (the handler then sees a disconnect). Once a request is read, its
-    work may take as long as it takes."""
+    work may take as long as it takes. A request to one of long_paths that carries the bearer
+    `token` (a weight push: the whole model, whose size the deadline cannot know) gets more
+    time, one read_timeout after another."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    expected = f"Bearer {token}".encode("latin-1") if token else None
+
+    def trusted(cycle) -> bool:
+        if expected is None or cycle is None or cycle.scope.get("path") not in long_paths:
+            return False
+        given = dict(cycle.scope.get("headers", [])).get(b"authorization", b"")
+        return hmac.compare_digest(given, expected)
 
     class ReadDeadlineH11Protocol(H11Protocol):
         def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -112,6 +122,9 @@ def read_deadline_protocol(read_timeout: float) -> type:
             cycle = self.cycle
             if cycle is not cycle_before and cycle is not None and not cycle.more_body:
                 return  # this request arrived whole in time
+            if trusted(cycle):
+                self._arm_read_deadline()
+                return
             if not self.transport.is_closing():
                 log.info("closing a connection from %s: no whole request within %g s", self.client, read_timeout)
                 self.transport.close()
@@ -125,14 +138,14 @@ def read_deadline_protocol(read_timeout: float) -> type:
 
 
 def run_app(app: Any, host: str, port: int, *, name: str, log_level: str = "info", read_timeout: float = 30.0,
-            max_connections: int = 64) -> None:
+            max_connections: int = 64, long_paths: tuple[str, ...] = (), token: str = "") -> None:
     """Serve `app` with uvicorn until interrupted (a warning when it listens beyond loopback)."""
     import uvicorn
 
     if not is_loopback(host):
         print(f"grpo {name}: warning: listening on {host}: plain HTTP, the token and tensors travel "
               "unencrypted; prefer an SSH tunnel or a private network", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, http=read_deadline_protocol(read_timeout),
+    uvicorn.run(app, host=host, port=port, log_level=log_level, http=read_deadline_protocol(read_timeout, long_paths, token),
                 limit_concurrency=max_connections)
 
 

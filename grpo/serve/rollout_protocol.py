@@ -1,5 +1,7 @@
 """The rollout server's wire format: safetensors (tensors, plus JSON in its metadata) and
-JSON, never pickle. Every request is checked here before it reaches the engine.
+JSON, never pickle. Every request is checked here before it reaches the engine: each field's
+type and range, with a 4xx naming the field (tests/serve/test_fuzz.py throws mutated bodies
+at these decoders).
 
     POST /v1/generate     Authorization: Bearer <token>
       safetensors {prompt_ids [sum of lengths] int64, prompt_lengths [B] int64}, the prompts'
@@ -9,11 +11,15 @@ JSON, never pickle. Every request is checked here before it reaches the engine.
            sampler_logprobs [N, C] float32, policy_version [N] int64}, N = B * group_size in
            group order; metadata "reply": JSON {completions, finish_reasons, instance}
       409: the server's weights are older than min_version (it restarted: push them again)
+    POST /v1/weights      the weights as a streamed safetensors body (grpo.serve.weights):
+      received into fresh tensors, then swapped in between two generations; later samples
+      carry the push's version
+    with --weight-transport nccl instead (grpo.serve.nccl):
+    POST /v1/store        JSON {op, key, value}: a call on the server's rendezvous store
     POST /v1/session      JSON {"session": "<hex>"}: join a weight group under that name
     POST /v1/weights      JSON {"session", "version", "tensors": [{name, shape, dtype}, ...]}:
-      receive these tensors over the session's group (grpo.serve.weights), then swap them in
-      between two generations; later samples carry `version`
-    GET /health -> JSON {status, instance, version, group_port, limits} (no token needed)
+      receive these tensors over the session's NCCL group
+    GET /health -> JSON {status, instance, version, weight_transport, limits} (no token needed)
 
 `instance` is a random id drawn when the server starts: a trainer that sees it change knows
 the server restarted and lost the weights it was sent.
@@ -22,6 +28,7 @@ the server restarted and lost the weights it was sent.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import asdict
 from typing import Any
@@ -69,16 +76,10 @@ def decode_generate(body: bytes, limits: Limits, vocab_size: int) -> tuple[list[
     if flat is None or lengths is None or flat.dtype != torch.int64 or lengths.dtype != torch.int64 \
             or flat.dim() != 1 or lengths.dim() != 1:
         raise BadRequest(400, "prompt_ids and prompt_lengths must be 1-D int64 tensors")
-    if not isinstance(request, dict):
-        raise BadRequest(400, "the request metadata must be a JSON object")
-    fields = ("group_size", "temperature", "top_p", "top_k", "max_new_tokens", "seed", "stop")
-    try:
-        params = SamplingParams(**{k: request[k] for k in fields} | {"stop": tuple(request["stop"])})
-        min_version = int(request["min_version"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise BadRequest(400, f"bad sampling parameters: {type(e).__name__}: {e}") from None
+    params, min_version = _sampling(request, vocab_size)
     B = lengths.shape[0]
-    if B < 1 or (lengths < 1).any() or int(lengths.sum()) != flat.shape[0]:
+    # max first: a sum of huge lengths would wrap around in int64 and match
+    if B < 1 or (lengths < 1).any() or int(lengths.max()) > flat.shape[0] or int(lengths.sum()) != flat.shape[0]:
         raise BadRequest(400, "every prompt needs >= 1 token and prompt_lengths must sum to len(prompt_ids)")
     rows, tokens = B * params.group_size, B * params.group_size * (int(lengths.max()) + params.max_new_tokens)
     if rows > limits.max_rows or tokens > limits.max_tokens:
@@ -87,6 +88,45 @@ def decode_generate(body: bytes, limits: Limits, vocab_size: int) -> tuple[list[
     if flat.min() < 0 or flat.max() >= vocab_size:
         raise BadRequest(400, f"prompt_ids holds ids outside [0, {vocab_size}) (another tokenizer?)")
     return [p.tolist() for p in flat.split(lengths.tolist())], params, min_version
+
+
+MAX_SEED = 2**62  # vLLM gives the G samples seeds seed, seed + 1, ...: room to add
+MAX_STOPS, MAX_STOP_CHARS = 64, 256
+
+
+def _sampling(request: Any, vocab_size: int) -> tuple[SamplingParams, int]:
+    """The request's sampling fields, each checked for type and range (JSON allows NaN and
+    Infinity, Python's bool is an int): a BadRequest names the first field that is wrong."""
+    if not isinstance(request, dict):
+        raise BadRequest(400, "the request metadata must be a JSON object")
+    checks = {
+        "group_size": (_integer(1, 2**20), "an integer >= 1"),
+        "temperature": (_number(0, 1e6), "a finite number >= 0"),
+        "top_p": (lambda v: _number(0, 1)(v) and v > 0, "a number in (0, 1]"),
+        "top_k": (_integer(0, vocab_size), f"an integer in [0, {vocab_size}] (0 = off)"),
+        "max_new_tokens": (_integer(1, 2**31), "an integer >= 1"),
+        "seed": (lambda v: v is None or _integer(0, MAX_SEED)(v), f"null or an integer in [0, {MAX_SEED}]"),
+        "stop": (lambda v: isinstance(v, list) and len(v) <= MAX_STOPS
+                 and all(isinstance(x, str) and 0 < len(x) <= MAX_STOP_CHARS for x in v),
+                 f"a list of at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} characters"),
+        "min_version": (_integer(0, 2**62), "an integer >= 0"),
+    }
+    for field, (ok, allowed) in checks.items():
+        if field not in request:
+            raise BadRequest(400, f"request field `{field}` is missing: expected {allowed}")
+        if not ok(request[field]):
+            raise BadRequest(400, f"request field `{field}` = {str(request[field])[:100]} is invalid: expected {allowed}")
+    fields = ("group_size", "temperature", "top_p", "top_k", "max_new_tokens", "seed")
+    params = SamplingParams(**{k: request[k] for k in fields}, stop=tuple(request["stop"]))
+    return params, request["min_version"]
+
+
+def _integer(low: int, high: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _number(low: float, high: float):
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
 
 
 def encode_reply(trajectory: Any, instance: str) -> bytes:
@@ -124,12 +164,12 @@ def decode_weights(body: bytes) -> tuple[str, int, list[TensorSpec]]:
     data = _json(body)
     session = decode_session(body)
     version, specs = data.get("version"), data.get("tensors")
-    if not isinstance(version, int) or version < 0 or not isinstance(specs, list) or not specs:
+    if not _integer(0, 2**62)(version) or not isinstance(specs, list) or not specs:
         raise BadRequest(400, "version must be an integer >= 0 and tensors a non-empty list")
     out = []
     for s in specs:
         ok = (isinstance(s, dict) and isinstance(s.get("name"), str) and s.get("dtype") in DTYPES
-              and isinstance(s.get("shape"), list) and all(isinstance(n, int) and n >= 0 for n in s["shape"]))
+              and isinstance(s.get("shape"), list) and len(s["shape"]) <= 8 and all(_integer(0, 2**48)(n) for n in s["shape"]))
         if not ok:
             raise BadRequest(400, f"bad tensor spec {str(s)[:200]}: expected {{name, shape, dtype in "
                                   f"{', '.join(DTYPES)}}}")

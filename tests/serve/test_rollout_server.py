@@ -28,6 +28,7 @@ from grpo.serve.rollout_protocol import (
     encode_generate,
 )
 from grpo.serve.rollout_server import build_service, make_app
+from grpo.serve.weights import TensorSpec, encode_header
 from grpo.training.trainer import Trainer, train
 from tests.support.episodes import EXAMPLES, echo, sampler
 from tests.support.runs import read_metrics, tiny_config
@@ -36,8 +37,8 @@ from tests.support.servers import GREEDY, TOKEN, ServerThread, client, free_port
 LIMITS = Limits(max_body_bytes=16 * 1024, max_rows=64, max_tokens=8192)
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    service, group_port = build_service(str(tiny_model_dir), engine="shared_prefix", group_port=0, group_timeout=30)
-    s = ServerThread(make_app(service, TOKEN, LIMITS, group_port))
+    service = build_service(str(tiny_model_dir), engine="shared_prefix", group_timeout=30)
+    s = ServerThread(make_app(service, TOKEN, LIMITS))
     s.service = service
     yield s
     s.stop()
@@ -104,12 +105,14 @@ def test_bad_requests_are_refused_and_the_server_keeps_serving(server, policy):
     ids = {"prompt_ids": torch.tensor([5, 6]), "prompt_lengths": torch.tensor([2])}
     assert post(server.port, GENERATE_PATH, save(ids, metadata={"request": json.dumps(request)}))[0] == 400
     assert post(server.port, GENERATE_PATH, save(ids, metadata={"request": "[1, 2"}))[0] == 400
-    assert post(server.port, SESSION_PATH, b"{not json")[0] == 400
-    assert post(server.port, SESSION_PATH, json.dumps({"session": "../x"}).encode())[0] == 400
-    spec = {"session": "nosuch", "version": 1, "tensors": [{"name": "x", "shape": [2], "dtype": "int8"}]}
-    assert post(server.port, WEIGHTS_PATH, json.dumps(spec).encode())[0] == 400
-    spec["tensors"][0]["dtype"] = "float32"
-    assert post(server.port, WEIGHTS_PATH, json.dumps(spec).encode())[0] == 409  # no such weight group
+    assert post(server.port, SESSION_PATH, b"{}")[0] == 404  # the NCCL transport's routes only
+    assert post(server.port, WEIGHTS_PATH, b"{not a weights header")[0] in (400, 413)
+    x = TensorSpec("x", (2,), "float32")
+    assert post(server.port, WEIGHTS_PATH, encode_header([x], 1) + bytes(8))[0] == 400  # not the model's
+    embed = next(iter(server.service.params))  # the model's tensor, but the push leaves the rest out
+    spec = TensorSpec(embed, tuple(server.service.params[embed].shape), "float32")
+    status, body = post(server.port, WEIGHTS_PATH, encode_header([spec], 1))
+    assert status == 400 and "leaves out" in json.loads(body)["error"]
     with pytest.raises(RolloutServerError, match="refused"):
         ServerEngine(model, tokenizer, url=server.url, token="wrong", server_timeout=5).generate(
             render(tokenizer)[:1], GREEDY)
@@ -194,17 +197,17 @@ def test_config_refuses_what_cannot_work(overrides, field):
         load_config(None, overrides)
 
 
-def start_server(model_dir, port, group_port):
+def start_server(model_dir, port):
     env = {**os.environ, "GRPO_ROLLOUT_TOKEN": TOKEN, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     return subprocess.Popen([sys.executable, "-m", "grpo", "serve-rollout", "--model", str(model_dir), "--port",
-                             str(port), "--group-port", str(group_port), "--engine", "shared_prefix",
+                             str(port), "--engine", "shared_prefix",
                              "--group-timeout", "20"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def test_a_server_killed_and_restarted_mid_run_is_recovered(tmp_path, tiny_model_dir, data_file, monkeypatch):
     monkeypatch.setenv("GRPO_ROLLOUT_TOKEN", TOKEN)
     port = free_port()
-    first = start_server(tiny_model_dir, port, free_port())
+    first = start_server(tiny_model_dir, port)
     cfg = async_config(tmp_path, tiny_model_dir, data_file, f"http://127.0.0.1:{port}", "train.num_steps=5",
                        "rollout.max_staleness=1", "rollout.server_timeout=90", "checkpoint.every=0")
     metrics = Path(cfg.output_dir) / "metrics.jsonl"
@@ -215,7 +218,7 @@ def test_a_server_killed_and_restarted_mid_run_is_recovered(tmp_path, tiny_model
             time.sleep(0.05)
         first.kill()  # SIGKILL: no goodbye, mid-run
         first.wait()
-        servers.append(start_server(tiny_model_dir, port, free_port()))
+        servers.append(start_server(tiny_model_dir, port))
 
     killer = threading.Thread(target=kill_and_restart, daemon=True)
     killer.start()

@@ -20,9 +20,8 @@ pytestmark = pytest.mark.vllm
 def test_after_a_push_vllm_greedy_outputs_equal_the_in_process_engine(tmp_path_factory):
     # head_dim 32: vLLM's CPU attention has no kernels for the default tiny model's 16
     model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("tiny_vllm_server"), hidden_size=128)
-    service, group_port = build_service(str(model_dir), engine="vllm", group_port=0, group_timeout=30,
-                                        engine_options={"enforce_eager": True})
-    server = ServerThread(make_app(service, TOKEN, group_port=group_port))
+    service = build_service(str(model_dir), engine="vllm", group_timeout=30, engine_options={"enforce_eager": True})
+    server = ServerThread(make_app(service, TOKEN))
     try:
         model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
         engine = client(server.url, model, tokenizer)
