@@ -31,7 +31,7 @@ def served(tiny_model_dir):
     port = free_port()
     env = {**os.environ, "GRPO_ROLLOUT_TOKEN": TOKEN, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "grpo", "serve-rollout", "--model", str(tiny_model_dir), "--port",
-                             str(port), "--group-port", str(free_port()), "--engine", "shared_prefix", "--seed", "0",
+                             str(port), "--engine", "shared_prefix", "--seed", "0",
                              "--group-timeout", "60"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     while True:  # up once /health answers (or the process died: its stderr says why)

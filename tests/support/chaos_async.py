@@ -112,7 +112,7 @@ class AsyncChaos:
 
     def start_server(self) -> subprocess.Popen:
         proc = self.popen(["-m", "tests.support.marked_server", str(self.marks), "--model", str(self.model),
-                           "--port", str(self.port), "--group-port", str(free_port()), "--engine", "shared_prefix",
+                           "--port", str(self.port), "--engine", "shared_prefix",
                            "--seed", "0", "--group-timeout", "15"])
         while True:
             try:

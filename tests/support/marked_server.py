@@ -4,7 +4,7 @@ so that tests/support/chaos_async.py can time its kills by events rather than by
     python -m tests.support.marked_server MARKS_DIR serve-rollout-argument...
 
 It is the real server (grpo.serve.rollout_server.main, in its own process); only
-RolloutService.generate and RolloutService.receive are wrapped to touch MARKS_DIR/<kind>-<pid>-<n>
+RolloutService.generate and RolloutService.begin (a push's header has arrived) are wrapped to touch MARKS_DIR/<kind>-<pid>-<n>
 first (kind: generate | push).
 """
 
@@ -29,7 +29,7 @@ def marking(method, kind: str, marks: Path):
 def main(marks: str, argv: list[str]) -> int:
     service = rollout_server.RolloutService
     service.generate = marking(service.generate, "generate", Path(marks))
-    service.receive = marking(service.receive, "push", Path(marks))
+    service.begin = marking(service.begin, "push", Path(marks))
     return rollout_server.main(argv)
 
 
