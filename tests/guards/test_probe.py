@@ -2,7 +2,7 @@
 
 from grpo.config import Config
 from grpo.guards.probe import ProbeReport, problems
-from tests.support.cli_runs import metrics, quick, run_cli, tiny_args
+from tests.support.cli_runs import LENGTH, REWARDS, metrics, quick, run_cli, tiny_args
 
 
 def report(**changes):
@@ -49,3 +49,29 @@ def test_the_check_leaves_the_run_unchanged(tiny_model_dir, tmp_path, monkeypatc
         rows.append(metrics(tmp_path / on, drop_times=True))
     assert rows[0] == rows[1]
     assert (tmp_path / "true" / "prompt.txt").is_file() and not (tmp_path / "false" / "prompt.txt").exists()
+
+
+def test_train_names_a_reward_that_scores_every_completion_alike_while_the_total_varies(tiny_model_dir, tmp_path,
+                                                                                        monkeypatch, capsys):
+    # tiny_args rewards length (varies: the total varies) and format, which a random model never satisfies:
+    # format is 0 on all 2 x G=4 probe completions, invisible in the total (issue 33: the calculator recipe)
+    with quick(monkeypatch):
+        status, _, err = run_cli(capsys, "train", *tiny_args(tmp_path, tiny_model_dir))
+    assert status == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning (first-run check)")]
+    (line,) = [w for w in warnings if "reward `format`" in w]
+    assert "scored all 8 probe completions 0:" in line and "rewards[1]" in line, line
+    assert not any("length_reward" in w for w in warnings), warnings
+    assert not any("same total reward" in w for w in warnings), warnings
+
+
+def test_a_reward_that_fails_on_every_completion_is_reported_as_failing_not_constant(tiny_model_dir, tmp_path,
+                                                                                      monkeypatch, capsys):
+    broken = f"{REWARDS}:broken_reward"
+    args = tiny_args(tmp_path, tiny_model_dir) + [f"rewards=[{{name: '{LENGTH}'}}, {{name: '{broken}'}}]"]
+    with quick(monkeypatch):
+        status, _, err = run_cli(capsys, "train", *args)
+    assert status == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning (first-run check)")]
+    (line,) = [w for w in warnings if "broken_reward" in w]
+    assert "failed on all 8 probe completions" in line and "scored all" not in line, line
