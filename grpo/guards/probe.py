@@ -99,7 +99,7 @@ def reward_problems(spread: list[RewardSpread], what: str, total_varies: bool) -
             out.append(f"reward `{s.name}` scored all {s.num_scored} {what} {s.min:g}{failed}: it cannot tell them "
                        f"apart, so it adds the same to every total and teaches nothing; see what it expects with "
                        f"`grpo check`, make the layout it asks for clearer (task.system_prompt, task.few_shot), "
-                       f"or drop {field_} from `rewards`")
+                       f"or change {field_} (its options or weight, or drop it)")
     return out
 
 
