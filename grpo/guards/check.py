@@ -21,6 +21,11 @@ It prints one table per group (mean total and per-function scores) and FAILS (ex
   - something (any other candidate, model samples included) scores more than it.
 Smaller problems (an equivalent form scored lower, format breakage unpunished, gold answers
 that do not parse, failing reward calls) are printed as warnings.
+
+It also prints each function's spread (min, max, std, distinct values; grpo.guards.probe.spreads)
+over the written completions, the model samples and the first-run probe's, and warns, in the
+probe's words, about a function that scores every written completion alike while the total
+varies (the probe's own warnings cover its samples).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from grpo.tasks.base import Example, worked_answer
 EXPECTED, EQUIVALENT, WRONG, BROKEN, MODEL = (
     "expected format", "equivalent forms", "wrong answers", "broken formats", "model samples")
 GROUPS = (EXPECTED, EQUIVALENT, WRONG, BROKEN, MODEL)
+WRITTEN = "written completions"  # every group but the model samples
 THINK = "Let me work through the problem step by step."  # no digits: the last number is the answer's
 
 
@@ -64,6 +70,8 @@ class CheckResult:
     warnings: list[str] = field(default_factory=list)
     prompt: str = ""  # the first example's prompt as the model sees it (with the model)
     first_run: list[str] = field(default_factory=list)  # grpo.guards.probe's problems (with the model)
+    # (which completions, each function's spread over them): written, then model samples and probe
+    spreads: list[tuple[str, list[probe.RewardSpread]]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -184,6 +192,11 @@ def run_check(cfg: Config, *, use_model: bool = True, num_examples: int = 8, gro
                          {name: values.tolist() for name, values in scores.per_function.items()})
     if report is not None:
         result.prompt, result.first_run = report.prompt, probe.problems(report, cfg)
+    sets = [(WRITTEN, [i for i, c in enumerate(candidates) if c.group != MODEL]),
+            ("model samples", result.indices(MODEL))]
+    result.spreads = [(what, probe.spreads(fns, scores, rows)) for what, rows in sets if rows]
+    if report is not None:
+        result.spreads.append(("probe completions", report.rewards))
     judge(result)
     return result
 
@@ -231,10 +244,16 @@ def _warn(result: CheckResult, gold: list[float]) -> None:
     if unparsed:
         result.warnings.append(f"{len(unparsed)} of {n} gold answers do not parse as math "
                                f"(e.g. {result.examples[unparsed[0]].answer[:60]!r}): accuracy is 0 for them")
-    for name, values in result.per_function.items():
-        failed = sum(math.isnan(v) for v in values)
+    for name in result.per_function:  # from the spreads: a step reward's NaN row may be a completion without steps
+        drawn = [s for what, spreads in result.spreads if what != "probe completions" for s in spreads if s.name == name]
+        failed = sum(s.num_failed for s in drawn)
         if failed:
-            result.warnings.append(f"reward `{name}` failed on {failed} of {len(values)} calls (see the log above)")
+            result.warnings.append(f"reward `{name}` failed on {failed} of {sum(s.num_completions for s in drawn)} "
+                                   "calls (see the log above)")
+    written = [i for i, c in enumerate(result.candidates) if c.group != MODEL]
+    spread = [s for what, spreads in result.spreads if what == WRITTEN for s in spreads
+              if s.num_failed < s.num_completions]  # a failing one has its own warning above
+    result.warnings += probe.reward_problems(spread, WRITTEN, len({total[i] for i in written}) > 1)
     samples = result.indices(MODEL)
     if len(samples) > 1 and len({total[i] for i in samples}) == 1:
         result.warnings.append(f"every model sample scores {total[samples[0]]:.3g}: groups whose completions all "
@@ -295,6 +314,8 @@ def print_result(result: CheckResult, console: Any = None) -> None:
             cells += [_fmt(_mean([result.per_function[name][i] for i in members])) for name in result.reward_names]
             table.add_row(Text(form), *cells, Text(_preview(result.candidates[members[0]].completion)))
         console.print(table)
+    if result.spreads:
+        console.print(_spread_table(result))
     for warning in result.warnings:
         console.print(Text(f"warning: {warning}", style="yellow"))
     for message in result.first_run:
@@ -304,6 +325,22 @@ def print_result(result: CheckResult, console: Any = None) -> None:
                            "the wrong answers", style="green"))
     for failure in result.failures:
         console.print(Text(f"check FAILED: {failure}", style="bold red"))
+
+
+def _spread_table(result: CheckResult) -> Any:
+    """Each function's spread over each set of completions: a constant one cannot tell them apart."""
+    from rich.table import Table
+
+    table = Table(title="reward spread", title_justify="left")
+    for column in ("completions", "reward", "scored", "failed", "min", "max", "std", "distinct"):
+        table.add_column(column, justify="left" if column in ("completions", "reward") else "right")
+    for what, spreads in result.spreads:
+        for s in spreads:
+            scored = f"{s.num_scored}/{s.num_completions}" + (" (step)" if s.step else "")
+            low, high, std = ("-", "-", "-") if s.num_scored == 0 else (_fmt(s.min), _fmt(s.max), _fmt(s.std))
+            table.add_row(what, s.name, scored, str(s.num_failed), low, high, std,
+                          str(s.num_distinct) + (" (constant)" if s.constant else ""))
+    return table
 
 
 def _by_form(result: CheckResult, rows: list[int], per_sample: bool) -> list[tuple[str, list[int]]]:

@@ -76,3 +76,14 @@ def test_accuracy_fails_on_gold_answers_that_are_not_numbers(tmp_path):
     assert not result.ok
     assert "cannot tell right from wrong" in result.failures[0]
     assert "do not parse as math" in result.failures[0] and "accuracy" in result.failures[0]
+
+
+def test_each_rewards_spread_is_printed_and_a_constant_one_named(capsys):
+    # accuracy separates the written completions (the total varies); constant_reward gives 1 to all of them
+    code = main(["check", "--no-model", *SMALL_TASK, f"rewards=[{{name: accuracy}}, {{name: '{CONSTANT_REWARD}'}}]"])
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert code == 0, out
+    assert "reward spread" in out and "distinct" in out
+    (line,) = [w for w in out.split("warning: ")[1:] if "constant_reward" in w and "scored all" in w]
+    assert "written completions 1:" in line and "rewards[1]" in line, line
+    assert "reward `accuracy` scored all" not in out

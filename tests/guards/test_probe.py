@@ -2,7 +2,8 @@
 
 from grpo.config import Config
 from grpo.guards.probe import ProbeReport, problems
-from tests.support.cli_runs import metrics, quick, run_cli, tiny_args
+from tests.support.cli_runs import LENGTH, REWARDS, metrics, quick, run_cli, tiny_args
+from tests.support.rewards_for_tests import constant_reward, length_reward
 
 
 def report(**changes):
@@ -49,3 +50,60 @@ def test_the_check_leaves_the_run_unchanged(tiny_model_dir, tmp_path, monkeypatc
         rows.append(metrics(tmp_path / on, drop_times=True))
     assert rows[0] == rows[1]
     assert (tmp_path / "true" / "prompt.txt").is_file() and not (tmp_path / "false" / "prompt.txt").exists()
+
+
+def test_train_names_a_reward_that_scores_every_completion_alike_while_the_total_varies(tiny_model_dir, tmp_path,
+                                                                                        monkeypatch, capsys):
+    # tiny_args rewards length (varies: the total varies) and format, which a random model never satisfies:
+    # format is 0 on all 2 x G=4 probe completions, invisible in the total (issue 33: the calculator recipe)
+    with quick(monkeypatch):
+        status, _, err = run_cli(capsys, "train", *tiny_args(tmp_path, tiny_model_dir))
+    assert status == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning (first-run check)")]
+    (line,) = [w for w in warnings if "reward `format`" in w]
+    assert "scored all 8 probe completions 0:" in line and "rewards[1]" in line, line
+    assert not any("length_reward" in w for w in warnings), warnings
+    assert not any("same total reward" in w for w in warnings), warnings
+
+
+def test_a_reward_that_fails_on_every_completion_is_reported_as_failing_not_constant(tiny_model_dir, tmp_path,
+                                                                                      monkeypatch, capsys):
+    broken = f"{REWARDS}:broken_reward"
+    args = tiny_args(tmp_path, tiny_model_dir) + [f"rewards=[{{name: '{LENGTH}'}}, {{name: '{broken}'}}]"]
+    with quick(monkeypatch):
+        status, _, err = run_cli(capsys, "train", *args)
+    assert status == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning (first-run check)")]
+    (line,) = [w for w in warnings if "broken_reward" in w]
+    assert "failed on all 8 probe completions" in line and "scored all" not in line, line
+
+
+def test_spreads_judge_each_function_and_leave_step_rewards_out_of_the_constant_test():
+    import torch
+
+    from grpo.guards.probe import reward_problems, spreads
+    from grpo.rewards import RewardScores
+    from grpo.rewards.steps import step_reward
+
+    nan = float("nan")
+    fns = [("varies", 1.0, length_reward), ("flat", 1.0, constant_reward), ("half_broken", 1.0, constant_reward),
+           ("broken", 1.0, constant_reward), ("steps", 1.0, step_reward("newline")(constant_reward)),
+           ("no_steps", 1.0, step_reward("newline")(constant_reward)), ("unweighted", 0.0, constant_reward)]
+    rows = {"varies": [0.0, 1.0, 2.0, 1.0], "flat": [0.0] * 4, "half_broken": [2.0, nan, 2.0, nan],
+            "broken": [nan] * 4, "steps": [0.5] * 4,  # e.g. steps [1, 0] and [0, 1]: one mean, still a signal
+            "no_steps": [nan] * 4, "unweighted": [3.0] * 4}
+    scores = RewardScores(torch.zeros(4), {k: torch.tensor(v) for k, v in rows.items()},
+                          {"half_broken": 2, "broken": 4})
+    got = {s.name: s for s in spreads(fns, scores)}
+    # varies: [0, 1, 2, 1]: mean 1, population std sqrt((1 + 0 + 1 + 0) / 4) = 0.707; 3 distinct values
+    assert (got["varies"].min, got["varies"].max, got["varies"].num_distinct) == (0.0, 2.0, 3)
+    assert abs(got["varies"].std - 0.5 ** 0.5) < 1e-6
+    assert got["half_broken"].num_failed == 2 and got["no_steps"].num_failed == 0
+    lines = reward_problems(list(got.values()), "probe completions", total_varies=True)
+    assert len(lines) == 4, lines
+    assert "reward `flat` scored all 4 probe completions 0:" in lines[0] and "rewards[1]" in lines[0]
+    assert "reward `half_broken` scored all 2 probe completions 2 (2 more failed)" in lines[1]
+    assert "reward `broken` failed on all 4 probe completions" in lines[2]
+    assert "step reward `no_steps` found no step" in lines[3] and "rewards[5].steps" in lines[3]
+    # a constant total has its own line: only the failing functions are named then
+    assert len(reward_problems(list(got.values()), "probe completions", total_varies=False)) == 2
