@@ -21,7 +21,12 @@ from typing import Any
 
 import torch
 
-from grpo.reward_model.training import RewardModelTraining, read_records, train_with_trainer
+from grpo.reward_model.training import (
+    RewardModelTraining,
+    read_records,
+    train_with_trainer,
+    with_seeded_head,
+)
 from grpo.rewards.process import prm_layout
 
 IGNORE = -100  # tokens without a step label: out of the loss
@@ -102,7 +107,8 @@ def train_process_reward_model(samples: list[dict[str, Any]], base: str | Path, 
     random.Random(settings.seed).shuffle(rows)
     cut = int(round(len(rows) * held_out))
     test, train = rows[:cut], rows[cut:]
-    model = AutoModelForTokenClassification.from_pretrained(base, num_labels=2, dtype=torch.float32)
+    model = with_seeded_head(
+        lambda: AutoModelForTokenClassification.from_pretrained(base, num_labels=2, dtype=torch.float32), settings.seed)
     model.config.pad_token_id = tokenizer.pad_token_id
     steps = [label for r in rows for label in r["labels"] if label != IGNORE]
     metrics: dict[str, Any] = {"num_train": len(train), "num_held_out": len(test), "steps": len(steps),

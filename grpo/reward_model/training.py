@@ -158,8 +158,18 @@ def split_held_out(samples: list[LabelledSample], fraction: float, seed: int) ->
     return [samples[i] for i in order[cut:]], [samples[i] for i in order[:cut]]
 
 
-def load_for_training(base: str | Path) -> tuple[Any, Any]:
-    """A one-logit sequence classifier from a local directory (a causal LM's gets a new head)."""
+def with_seeded_head(load: Any, seed: int) -> Any:
+    """`load()`, a from_pretrained that adds a freshly initialized head, with that head drawn from
+    `seed` whatever the global RNG state: the same base and seed give the same reward model (its
+    accuracy no longer depends on what ran before in the process); the global streams are left
+    as they were."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return load()
+
+
+def load_for_training(base: str | Path, seed: int = 0) -> tuple[Any, Any]:
+    """A one-logit sequence classifier from a local directory (a causal LM's gets a new head, seeded)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if not (Path(base) / "config.json").is_file():
@@ -170,7 +180,8 @@ def load_for_training(base: str | Path) -> tuple[Any, Any]:
                          "renders prompt + completion with it)")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
+    model = with_seeded_head(
+        lambda: AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32), seed)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
@@ -180,7 +191,7 @@ def train_reward_model(samples: list[LabelledSample], base: str | Path, out: str
     """Train from `base` on `samples` (held_out of them kept aside), save into `out`; the metrics."""
     if not samples:
         raise ValueError("no labelled samples to train the reward model on")
-    model, tokenizer = load_for_training(base)
+    model, tokenizer = load_for_training(base, settings.seed)
     train, test = split_held_out(samples, held_out, settings.seed)
     metrics: dict[str, Any] = {"num_train": len(train), "num_held_out": len(test),
                                "positive_fraction": sum(x.label for x in samples) / len(samples),

@@ -86,3 +86,21 @@ def test_train_rm_prm_learns_the_scored_steps_and_process_reward_model_reads_it(
     assert main(["train-rm", str(run), "--prm", "--split", "offsets", "--base", str(tiny_model_dir),
                  "--out", str(out)]) == 2
     assert "--split" in capsys.readouterr().err
+
+
+def test_the_new_head_is_the_same_whatever_ran_before(tiny_model_dir):
+    # from_pretrained draws a causal LM's new classification head from the global RNG: seeded,
+    # the same base gives the same head (and the same trained reward model) in any process state
+    import torch
+
+    from grpo.reward_model.training import load_for_training
+
+    heads = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        before = torch.random.get_rng_state()
+        model, _ = load_for_training(tiny_model_dir, seed=0)
+        assert torch.equal(torch.random.get_rng_state(), before)  # the global stream left as it was
+        heads.append(model.score.weight.detach().clone())
+    assert torch.equal(heads[0], heads[1])
+    assert not torch.equal(heads[0], load_for_training(tiny_model_dir, seed=1)[0].score.weight)
