@@ -70,6 +70,17 @@ async def read_body(request: Any, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+def json_object(raw: bytes, what: str) -> dict:
+    """`raw` parsed as a JSON object; BadRequest (400) saying that `what` is not one."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(400, f"{what} is not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise BadRequest(400, f"{what} must be a JSON object")
+    return data
+
+
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
     from starlette.responses import JSONResponse
 

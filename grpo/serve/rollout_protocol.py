@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load, save
 
 from grpo.rollout.base import SamplingParams
-from grpo.serve.common import BadRequest
+from grpo.serve.common import BadRequest, json_object
 from grpo.serve.protocol import HEALTH_PATH, Limits
 from grpo.serve.weights import DTYPES, TensorSpec
 
@@ -153,7 +153,7 @@ def decode_reply(body: bytes, num_rows: int) -> tuple[dict[str, torch.Tensor], d
 
 
 def decode_session(body: bytes) -> str:
-    session = _json(body).get("session")
+    session = json_object(body, "the body").get("session")
     if not (isinstance(session, str) and 1 <= len(session) <= 64 and session.isalnum()):
         raise BadRequest(400, "session must be 1-64 letters and digits")
     return session
@@ -161,7 +161,7 @@ def decode_session(body: bytes) -> str:
 
 def decode_weights(body: bytes) -> tuple[str, int, list[TensorSpec]]:
     """(session, version, tensor specs) of a weight announcement."""
-    data = _json(body)
+    data = json_object(body, "the body")
     session = decode_session(body)
     version, specs = data.get("version"), data.get("tensors")
     if not _integer(0, 2**62)(version) or not isinstance(specs, list) or not specs:
@@ -176,12 +176,3 @@ def decode_weights(body: bytes) -> tuple[str, int, list[TensorSpec]]:
         out.append(TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]))
     return session, version, out
 
-
-def _json(body: bytes) -> dict:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(400, f"the body is not JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise BadRequest(400, "the body must be a JSON object")
-    return data

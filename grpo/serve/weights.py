@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from grpo.compute.dtypes import DTYPES  # the weight dtypes a run may ask for are the ones pushed
-from grpo.serve.common import BadRequest
+from grpo.serve.common import BadRequest, json_object
 
 WIRE = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}  # safetensors' dtype codes
 FROM_WIRE = {code: name for name, code in WIRE.items()}
@@ -86,12 +86,7 @@ def body_size(named: list[tuple[str, torch.Tensor]], version: int) -> int:
 def decode_header(raw: bytes) -> tuple[int, list[TensorSpec]]:
     """(version, specs in data order) of a push header (without its 8 length bytes);
     BadRequest naming what is wrong. The offsets must tile the data from 0 without gaps."""
-    try:
-        header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(400, f"the weights header is not JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise BadRequest(400, "the weights header must be a JSON object")
+    header = json_object(raw, "the weights header")
     meta = header.pop("__metadata__", None)
     version = meta.get("version") if isinstance(meta, dict) else None
     if not (isinstance(version, str) and version.isdigit() and len(version) <= 18):

@@ -30,9 +30,10 @@ from grpo.serve.rollout_protocol import (
 from grpo.serve.rollout_server import build_service, make_app
 from grpo.serve.weights import TensorSpec, encode_header
 from grpo.training.trainer import Trainer, train
+from tests.support import free_port
 from tests.support.episodes import EXAMPLES, echo, sampler
 from tests.support.runs import read_metrics, tiny_config
-from tests.support.servers import GREEDY, TOKEN, ServerThread, client, free_port, render
+from tests.support.servers import GREEDY, TOKEN, ServerThread, client, render
 
 LIMITS = Limits(max_body_bytes=16 * 1024, max_rows=64, max_tokens=8192)
 @pytest.fixture(scope="module")

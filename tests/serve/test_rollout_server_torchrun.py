@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from grpo.rollout import SharedPrefixEngine
 from grpo.serve.rollout_protocol import GENERATE_PATH, decode_reply, encode_generate
 from tests.compute.test_distributed import metrics, ranks_after_run
-from tests.support.servers import GREEDY, TOKEN, free_port, render
+from tests.support import free_port
+from tests.support.servers import GREEDY, TOKEN, render
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,8 @@ from grpo.serve.protocol import LOGPROBS_PATH, Limits, encode_request
 from grpo.serve.server import make_app, serve
 from grpo.training.trainer import LocalReference, Trainer
 from grpo.trajectory import TokenSequences
-from tests.support.servers import ServerThread, free_port
+from tests.support import free_port
+from tests.support.servers import ServerThread
 
 TOKEN = "test-token-0123456789abcdef"
 TEMPERATURE = 0.7  # not 1, so a temperature lost on the way would show

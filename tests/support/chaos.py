@@ -342,10 +342,15 @@ def main(argv: list[str] | None = None) -> int:
         summary["ok"] = (summary["kills"] >= ns.kills and summary["all_resumed"] and not summary["final_problems"]
                          and not summary.get("sigint", {}).get("problems"))
         summary["seconds"] = round(time.monotonic() - began, 1)
+    return report(summary, ns.json)
+
+
+def report(summary: dict, path: Path | None) -> int:
+    """Print the JSON summary (and write it to `path`); the exit status: 0 when every check passed."""
     text = json.dumps(summary, indent=1)
     print(text)
-    if ns.json:
-        ns.json.write_text(text)
+    if path:
+        path.write_text(text)
     return 0 if summary["ok"] else 1
 
 

@@ -36,20 +36,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from tests.support import REWARDS_FILE  # noqa: E402
-from tests.support.chaos import logged_steps  # noqa: E402
+from tests.support import REWARDS_FILE, free_port  # noqa: E402
+from tests.support.chaos import logged_steps, report  # noqa: E402
 
 TOKEN = "chaos-async-token-0123456789"
 KINDS = ("trainer-mid-push", "trainer-mid-step", "server-mid-generation", "server-mid-push")
 STALENESS = 1
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rows(run: Path) -> list[dict]:
@@ -198,11 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             chaos.server.wait()
         summary["ok"] = summary["kills"] == kills and not summary["problems"]
         summary["seconds"] = round(time.monotonic() - began, 1)
-    text = json.dumps(summary, indent=1)
-    print(text)
-    if ns.json:
-        ns.json.write_text(text)
-    return 0 if summary["ok"] else 1
+    return report(summary, ns.json)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """Servers on loopback for tests: an ASGI app in a thread of the test process."""
 
-import socket
 import threading
 import time
 
@@ -28,12 +27,6 @@ class ServerThread:
     def stop(self):
         self.server.should_exit = True
         self.thread.join(10)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # The rollout server's tests (serve/test_rollout_server*.py) share these.
