@@ -186,3 +186,24 @@ def check_staleness(rollout: RolloutConfig, algorithm: AlgorithmConfig, engine: 
         raise ValueError(f"config field `rollout.max_staleness` = {k} is less than "
                          f"algorithm.num_iterations = {algorithm.num_iterations}: a step makes that many updates, so "
                          "no rollout could be generated ahead; use a multiple of num_iterations")
+
+
+def objective_options_fit(algorithm: AlgorithmConfig) -> None:
+    """dual_clip belongs to the clip objective and must lie above its upper clip bound; SAPO gates
+    token ratios (grpo.algorithm.POLICY_OBJECTIVES says which objectives take the sequence ratio)."""
+    a = algorithm
+    if a.dual_clip is not None:
+        if a.policy_objective != "clip":
+            raise ValueError(f"config field `algorithm.dual_clip` = {a.dual_clip} applies to "
+                             f"algorithm.policy_objective=clip only (it is {a.policy_objective!r}); set it to null")
+        sequence = a.importance_sampling_level == "sequence"
+        name = "sequence_epsilon_high" if sequence else "epsilon_high"
+        high = a.sequence_epsilon_high if sequence else (a.epsilon if a.epsilon_high is None else a.epsilon_high)
+        if a.dual_clip <= 1 + high:
+            raise _invalid("algorithm.dual_clip", a.dual_clip,
+                           f"null or a number > 1 + algorithm.{name} = {1 + high} (the ratio's upper clip bound)")
+    if a.policy_objective == "sapo" and a.importance_sampling_level != "token":
+        raise ValueError("config field `algorithm.policy_objective` = 'sapo' needs algorithm.importance_sampling_level "
+                         f"= token (it is {a.importance_sampling_level!r}): SAPO's gate damps the few off-policy "
+                         "tokens of a completion and keeps the rest, which one ratio per completion cannot; "
+                         "use policy_objective clip or cispo with sequence")

@@ -62,6 +62,7 @@ class Config:
         rules.reset_reference_has_a_reference_to_reset(it, a, ref, self.model)
         rules.prompts_divide_among_processes(t, facts.world_size)
         rules.fsdp_without_lora(t, self.model)
+        rules.objective_options_fit(a)
         engine = rules.engine_choice(r.engine, lambda: facts.installed("vllm"))
         rules.check_engine(r, engine)
         rules.check_staleness(r, a, engine)

@@ -35,6 +35,7 @@ from grpo.config.values import (
     LOSS_TYPES,
     LR_SCHEDULES,
     PARALLEL_MODES,
+    POLICY_OBJECTIVE_NAMES,
     PRECISION_NAMES,
     SAMPLER_CORRECTION_LEVELS,
     SAMPLER_CORRECTION_NAMES,
@@ -171,6 +172,27 @@ class AlgorithmConfig:
         "moves ~100x less than a token's, so 0.2 would never clip).", check=at_least(0, NUMBER))
     sequence_epsilon_high: float = doc(
         4e-4, "Upper clip range at importance_sampling_level=sequence (GSPO's 4e-4).", check=at_least(0, NUMBER))
+    policy_objective: Literal[POLICY_OBJECTIVE_NAMES] = doc(
+        "clip", "Per-token surrogate (docs/algorithm.md): clip = PPO / GRPO's clipped ratio (with dual_clip); "
+        "cispo = MiniMax-M1's CISPO, REINFORCE weighted by the clipped, detached ratio, so clipped tokens keep "
+        "their gradient; sapo = Qwen's SAPO, a sigmoid gate in place of the hard clip (token level only).")
+    dual_clip: float | None = doc(
+        None, "Dual clip for policy_objective=clip: where A < 0 the token loss is at most -A * dual_clip, so a "
+        "token whose ratio ran far above 1 stops pushing (Ye et al. 2020; verl's clip_ratio_c, 3; INTELLECT-2's "
+        "delta). Must exceed 1 + the upper clip range in use; null = off.", check=optional(above(1)))
+    cispo_epsilon_low: float | None = doc(
+        None, "CISPO's weight is clip(ratio, 1 - cispo_epsilon_low, 1 + cispo_epsilon_high); null = no lower "
+        "bound (MiniMax-M1 bounds it only above).", check=optional(within("[0, 1]")))
+    cispo_epsilon_high: float = doc(
+        4.0, "CISPO's upper weight bound is 1 + this: 4 caps the weight at 5, TRL's and ScaleRL's epsilon_max "
+        "(TRL's epsilon_high caps the raw ratio; here, as in MiniMax-M1 and verl, it is 1 + epsilon).",
+        check=at_least(0, NUMBER))
+    sapo_temperature_pos: float = doc(
+        1.0, "SAPO's gate temperature for tokens with A > 0 (the paper's and TRL's tau_pos, 1.0): larger = the "
+        "gate closes faster as the ratio leaves 1.", check=above(0))
+    sapo_temperature_neg: float = doc(
+        1.05, "SAPO's gate temperature for tokens with A <= 0 (tau_neg, 1.05): above tau_pos because negative "
+        "updates spread probability over many unsampled tokens and destabilize sooner.", check=above(0))
     sampler_correction: Literal[SAMPLER_CORRECTION_NAMES] = doc(
         "auto", "Correct for the sampler's distribution q differing from the trainer's pi_old with "
         "importance weights w = pi_old/q: truncate (TIS, weight min(w, cap)), mask (MIS, weight 0 "

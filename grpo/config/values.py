@@ -39,6 +39,8 @@ ADVANTAGE_SCALE_NAMES = ("group", "batch", "none")
 ADVANTAGE_SOURCE_NAMES = ("sum", "outcome", "process")
 # algorithm.importance_sampling_level: grpo.algorithm.IMPORTANCE_SAMPLING_LEVELS
 IMPORTANCE_SAMPLING_LEVEL_NAMES = ("token", "sequence")
+# algorithm.policy_objective: grpo.algorithm.POLICY_OBJECTIVES
+POLICY_OBJECTIVE_NAMES = ("clip", "cispo", "sapo")
 # algorithm.sampler_correction: grpo.algorithm.SAMPLER_CORRECTIONS, plus auto
 SAMPLER_CORRECTION_NAMES = ("auto", "none", "truncate", "mask")
 # algorithm.sampler_correction_level: grpo.algorithm.SAMPLER_CORRECTION_LEVELS

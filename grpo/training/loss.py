@@ -5,7 +5,8 @@ global normalizer that aggregation divides by.
     num_items = world.sum(loss.local_items(trajectory.loss_mask))   # every rank, every micro-batch
     value, metrics = loss(logprobs, old_logprobs, advantages, loss_mask, ref_logprobs, num_items)
 
-The math is `algorithm.policy_loss`; which count the aggregation normalizes by (sequences or
+The math is `algorithm.policy_loss`, its surrogate the config's `policy_objective` (a key of
+`algorithm.POLICY_OBJECTIVES`, resolved here once); which count the aggregation normalizes by (sequences or
 loss-masked tokens) is declared next to it in `algorithm.AGGREGATIONS`, so neither the
 trainer nor the update knows a loss type by name.
 
@@ -37,6 +38,12 @@ class PolicyLoss:
     kl_estimator: str
     max_completion_length: int
     importance_sampling_level: str = "token"
+    objective: str = "clip"  # algorithm.POLICY_OBJECTIVES, with the options each one reads
+    dual_clip: float | None = None
+    cispo_epsilon_low: float | None = None
+    cispo_epsilon_high: float = 4.0
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.05
 
     @classmethod
     def from_config(cls, a: AlgorithmConfig, max_completion_length: int) -> PolicyLoss:
@@ -47,8 +54,10 @@ class PolicyLoss:
         sequence = a.importance_sampling_level == "sequence"
         epsilon, epsilon_high = ((a.sequence_epsilon, a.sequence_epsilon_high) if sequence
                                  else (a.epsilon, a.epsilon_high))
+        algorithm.policy_objective(a.policy_objective, a.importance_sampling_level)  # fails here, not mid-step
         return cls(a.loss_type, a.beta, epsilon, epsilon_high, a.kl_estimator, max_completion_length,
-                   a.importance_sampling_level)
+                   a.importance_sampling_level, a.policy_objective, a.dual_clip, a.cispo_epsilon_low,
+                   a.cispo_epsilon_high, a.sapo_temperature_pos, a.sapo_temperature_neg)
 
     @property
     def needs_reference(self) -> bool:
@@ -68,7 +77,9 @@ class PolicyLoss:
             epsilon=self.epsilon, epsilon_high=self.epsilon_high, loss_type=self.loss_type,
             max_completion_length=self.max_completion_length, kl_estimator=self.kl_estimator,
             num_items=max(num_items, 1.0), importance_sampling_level=self.importance_sampling_level,
-            token_weights=token_weights,
+            token_weights=token_weights, objective=self.objective, dual_clip=self.dual_clip,
+            cispo_epsilon_low=self.cispo_epsilon_low, cispo_epsilon_high=self.cispo_epsilon_high,
+            sapo_temperature_pos=self.sapo_temperature_pos, sapo_temperature_neg=self.sapo_temperature_neg,
         )
 
 

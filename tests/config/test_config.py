@@ -143,6 +143,7 @@ def dispatch_tables():
         "algorithm.scale_rewards": tuple(algorithm.ADVANTAGE_SCALES),
         "algorithm.advantages": tuple(algorithm.ADVANTAGE_SOURCES),
         "algorithm.importance_sampling_level": tuple(algorithm.IMPORTANCE_SAMPLING_LEVELS),
+        "algorithm.policy_objective": tuple(algorithm.POLICY_OBJECTIVES),
         "algorithm.sampler_correction": ("auto", *tuple(algorithm.SAMPLER_CORRECTIONS)),
         "algorithm.sampler_correction_level": tuple(algorithm.SAMPLER_CORRECTION_LEVELS),
         "train.lr_schedule": tuple(LR_SCHEDULE_AT_END),  # make_scheduler branches: see the test below
