@@ -18,6 +18,8 @@ Where we depart from the papers:
   processes), so gradient accumulation and data parallelism give the same gradient as one
   big batch. `bnpo` and `dapo` then coincide; they differ (as in TRL) only when `num_items`
   is left to default to the local micro-batch count.
+- CISPO's weight bound is 1 + cispo_epsilon_high, as MiniMax-M1 and verl write it; TRL's
+  `epsilon_high` for cispo caps the raw ratio (its 5.0 is our default 4).
 """
 
 from __future__ import annotations
