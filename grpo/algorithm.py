@@ -18,6 +18,9 @@ Where we depart from the papers:
   processes), so gradient accumulation and data parallelism give the same gradient as one
   big batch. `bnpo` and `dapo` then coincide; they differ (as in TRL) only when `num_items`
   is left to default to the local micro-batch count.
+- DeepSeek-V3.2's unbiased KL weighs each token's estimate by the token ratio pi_theta / pi_old
+  (the surrogate's pi_old), also at sequence level; its off-policy mask keeps a completion it
+  cannot measure (no token with finite sampler and trainer log-probs).
 """
 
 from __future__ import annotations
