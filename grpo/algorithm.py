@@ -20,6 +20,9 @@ Where we depart from the papers:
   is left to default to the local micro-batch count.
 - CISPO's weight bound is 1 + cispo_epsilon_high, as MiniMax-M1 and verl write it; TRL's
   `epsilon_high` for cispo caps the raw ratio (its 5.0 is our default 4).
+- DeepSeek-V3.2's unbiased KL weighs each token's estimate by the token ratio pi_theta / pi_old
+  (the surrogate's pi_old), also at sequence level; its off-policy mask keeps a completion it
+  cannot measure (no token with finite sampler and trainer log-probs).
 """
 
 from __future__ import annotations
@@ -161,7 +164,8 @@ ADVANTAGE_SOURCES = {
 
 
 def kl_divergence(
-    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k3"
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k3",
+    old_logprobs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token estimate of KL(pi_theta || pi_ref) from tokens sampled from pi_theta.
 
@@ -170,11 +174,20 @@ def kl_divergence(
       k1 = -log_ratio                          unbiased, high variance, can be negative
       k2 = log_ratio**2 / 2                    biased, low variance
       k3 = exp(log_ratio) - log_ratio - 1      unbiased, low variance, always >= 0
+    With old_logprobs [B, T] (the tokens were sampled from pi_old, not pi_theta), each
+    estimate is importance-weighted (DeepSeek-V3.2's unbiased KL estimate):
+      KL_t = exp(logp - old)_t * k_t           the ratio keeps its gradient: with it,
+    d KL_t / d theta = log(pi_theta / pi_ref)_t * d logp_t / d theta, whose expectation under
+    pi_old is the exact gradient of KL(pi_theta || pi_ref) (for k1 and k3; k2 stays biased).
     Returns [B, T].
+    # logp = ln 0.5, ref = ln 0.25, old = ln 0.25: k3 = 0.193147, ratio 2 -> 0.386294
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"estimator={estimator!r} is invalid; allowed: {', '.join(KL_ESTIMATORS)}")
-    return KL_ESTIMATORS[estimator](ref_logprobs - logprobs)
+    estimate = KL_ESTIMATORS[estimator](ref_logprobs - logprobs)
+    if old_logprobs is None:
+        return estimate
+    return torch.exp(logprobs - old_logprobs) * estimate  # the token ratio, never the sequence one
 
 
 def sampling_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
@@ -420,6 +433,7 @@ def policy_loss(
     cispo_epsilon_high: float = 4.0,
     sapo_temperature_pos: float = 1.0,
     sapo_temperature_neg: float = 1.05,
+    kl_importance_weighted: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Surrogate (`objective`, default the clipped one) plus KL penalty, aggregated by `loss_type`.
 
@@ -436,7 +450,8 @@ def policy_loss(
     given the ratio and the options its docstring names (sapo at token level only); their flags join
     the metrics.
     (epsilon_high defaults to epsilon; w_it = 1 without token_weights, which weigh only the
-    surrogate, as TRL does; the KL term only when beta > 0.) At sequence level every token of
+    surrogate, as TRL does; the KL term only when beta > 0, times the token ratio
+    exp(logprobs - old_logprobs)_it with kl_importance_weighted: see kl_divergence.) At sequence level every token of
     a completion carries the same ratio and its gradient reaches every token through the mean.
     Aggregation (AGGREGATIONS), with m the mask and |o_i| the number of masked tokens of sequence i:
       grpo:    sum_i (sum_t m*l / |o_i|) / num_items   num_items = #sequences (default local)
@@ -480,7 +495,8 @@ def policy_loss(
     if beta > 0:
         if ref_logprobs is None:
             raise ValueError("beta > 0 needs ref_logprobs")
-        kl = kl_divergence(logprobs, ref_logprobs, kl_estimator)  # [B, T]
+        kl = kl_divergence(logprobs, ref_logprobs, kl_estimator,
+                           old_logprobs if kl_importance_weighted else None)  # [B, T]
         per_token = per_token + beta * kl
 
     masked = torch.where(keep, per_token, torch.zeros_like(per_token))  # [B, T]
@@ -563,3 +579,42 @@ def sampler_correction_weights(
         "kl_sum": (torch.exp(tokens_d) - tokens_d - 1).sum(), "kl_tokens": torch.tensor(float(tokens_d.numel())),
     }
     return weights, sums
+
+
+@torch.no_grad()
+def off_policy_sequence_mask(
+    logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, advantages: torch.Tensor, loss_mask: torch.Tensor,
+    threshold: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DeepSeek-V3.2's off-policy sequence masking: which completions keep their surrogate.
+
+    logprobs: [B, T] pi_theta's log-probs of the sampled tokens (the current policy, under the
+    distribution the sampler drew from); sampler_logprobs: [B, T] the sampler's own, q;
+    advantages: [B] (or [B, T] per token); loss_mask: [B, T]. Per completion i:
+      KL_i = sum_t m_t (q_t - logp_t) / |o_i|          over the tokens where both are finite
+      M_i  = 0 if A_i < 0 and KL_i > threshold, else 1  (M_it with per-token advantages A_it)
+    KL_i, the mean of log(q / pi_theta) over tokens drawn from q, estimates KL(q || pi_theta)
+    per token. A completion without a token where both log-probs are finite cannot be
+    measured: it is kept (no evidence that it drifted) and counted.
+    Returns (keep: [B, 1] (or [B, T]) in logprobs' dtype; sums for metrics: num_sequences
+    (with a token to train on), num_masked (those that lose a token to the mask), kl_sum and
+    num_measured (KL_i over the measurable ones), num_unmeasured).
+    # q - logp = [[0.1, 0.3], [1.0, 2.0], [1.0, 2.0]], A = [-1, -1, +1], threshold 0.5
+    # -> KL = [0.2, 1.5, 1.5] -> keep [1, 0, 1] (the last has A > 0): one of three masked
+    """
+    trained = loss_mask.bool()  # [B, T]
+    q, logp = sampler_logprobs.float().to(logprobs.device), logprobs.detach().float()
+    finite = trained & torch.isfinite(q) & torch.isfinite(logp)  # [B, T]
+    counted = finite.sum(1, keepdim=True)  # [B, 1]
+    seq_kl = torch.where(finite, q - logp, 0.0).sum(1, keepdim=True) / counted.clamp(min=1)  # [B, 1]
+    measured = counted > 0  # [B, 1]
+    adv = advantages.to(logp.device)
+    adv = adv.unsqueeze(1) if adv.dim() == 1 else adv  # [B, 1] or [B, T]
+    drop = (adv < 0) & (seq_kl > threshold) & measured  # [B, 1] or [B, T]
+    rows = trained.any(1)  # [B]
+    sums = {
+        "num_sequences": rows.sum().float(), "num_masked": (drop & trained).any(1).sum().float(),
+        "kl_sum": seq_kl[measured].sum(), "num_measured": measured.sum().float(),
+        "num_unmeasured": (rows & ~measured.squeeze(1)).sum().float(),
+    }
+    return (~drop).to(logprobs.dtype), sums

@@ -107,6 +107,14 @@ def reference_sync_has_a_reference_to_change(ref: ReferenceConfig, algorithm: Al
                          f"model of its own in this process: {why}; set it to 0")
 
 
+def kl_weighting_has_a_kl_term(algorithm: AlgorithmConfig) -> None:
+    """kl_importance_weighted weighs the KL term; with beta = 0 there is none, so asking for it is a mistake."""
+    if algorithm.kl_importance_weighted and algorithm.beta == 0:
+        raise ValueError("config field `algorithm.kl_importance_weighted` = true needs algorithm.beta > 0 "
+                         "(beta = 0 adds no KL term to weigh): set algorithm.beta > 0, or "
+                         "kl_importance_weighted to false")
+
+
 def iterative_rewards_are_listed(it: IterativeConfig, rewards: list[RewardSpec]) -> None:
     if not it.retrain_every:
         return

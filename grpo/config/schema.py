@@ -58,6 +58,7 @@ class Config:
         rules.file_source_has_a_path(self.task)
         self.task.num_eval = rules.held_out_for_evaluation(self.task, self.eval)  # none without evaluation
         rules.reference_sync_has_a_reference_to_change(ref, a, self.model)
+        rules.kl_weighting_has_a_kl_term(a)
         rules.iterative_rewards_are_listed(it, self.rewards)
         rules.reset_reference_has_a_reference_to_reset(it, a, ref, self.model)
         rules.prompts_divide_among_processes(t, facts.world_size)

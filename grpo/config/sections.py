@@ -202,6 +202,16 @@ class AlgorithmConfig:
     sampler_correction_level: Literal[SAMPLER_CORRECTION_LEVELS] = doc(
         "token", "w per token, or per completion (exp of the mean token log-ratio).")
     sampler_correction_cap: float = doc(2.0, "The cap C of sampler_correction (> 1).", check=above(1))
+    off_policy_mask_threshold: float | None = doc(
+        None, "DeepSeek-V3.2's off-policy sequence masking (delta; TRL's off_policy_mask_threshold): a "
+        "completion with a negative advantage whose mean per-token log(q / pi_theta), sampler q against the "
+        "current policy, exceeds this loses its surrogate (its KL term and its place in the normalizer stay): "
+        "a negative sample far off-policy can mislead and destabilize the update. Matters with rollout.max_staleness > 0 and the vllm "
+        "and server engines. null = off.", check=optional(at_least(0, NUMBER)))
+    kl_importance_weighted: bool = doc(
+        False, "DeepSeek-V3.2's unbiased KL estimate (TRL's use_bias_correction_kl): each token's KL estimate "
+        "times its ratio pi_theta / pi_old (with its gradient), since the tokens were drawn from pi_old, not "
+        "pi_theta. Needs beta > 0.")
     dynamic_sampling: bool = doc(
         False, "DAPO's dynamic sampling: drop groups whose total-reward std is at most "
         "dynamic_sampling_tolerance (no advantage, no signal) and draw more prompts until "

@@ -12,7 +12,9 @@ trainer nor the update knows a loss type by name.
 
 `SamplerCorrection`, also built once, turns the engine's sampler log-probs and the trainer's
 log-probs of the same tokens into the importance weights that policy_loss multiplies the
-surrogate by (algorithm.sampler_correction_weights).
+surrogate by (algorithm.sampler_correction_weights). `OffPolicyMask` (DeepSeek-V3.2's
+off-policy sequence masking) takes the surrogate away from negative-advantage completions
+that the current policy has drifted too far from (algorithm.off_policy_sequence_mask).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from grpo import algorithm
 from grpo.rollout import ENGINES
 
 if TYPE_CHECKING:
-    from grpo.config import AlgorithmConfig
+    from grpo.config import AlgorithmConfig, RolloutConfig
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class PolicyLoss:
     cispo_epsilon_high: float = 4.0
     sapo_temperature_pos: float = 1.0
     sapo_temperature_neg: float = 1.05
+    kl_importance_weighted: bool = False  # DeepSeek-V3.2's unbiased KL: k3 times the token ratio
 
     @classmethod
     def from_config(cls, a: AlgorithmConfig, max_completion_length: int) -> PolicyLoss:
@@ -57,7 +60,8 @@ class PolicyLoss:
         algorithm.policy_objective(a.policy_objective, a.importance_sampling_level)  # fails here, not mid-step
         return cls(a.loss_type, a.beta, epsilon, epsilon_high, a.kl_estimator, max_completion_length,
                    a.importance_sampling_level, a.policy_objective, a.dual_clip, a.cispo_epsilon_low,
-                   a.cispo_epsilon_high, a.sapo_temperature_pos, a.sapo_temperature_neg)
+                   a.cispo_epsilon_high, a.sapo_temperature_pos, a.sapo_temperature_neg,
+                   a.kl_importance_weighted)
 
     @property
     def needs_reference(self) -> bool:
@@ -80,6 +84,7 @@ class PolicyLoss:
             token_weights=token_weights, objective=self.objective, dual_clip=self.dual_clip,
             cispo_epsilon_low=self.cispo_epsilon_low, cispo_epsilon_high=self.cispo_epsilon_high,
             sapo_temperature_pos=self.sapo_temperature_pos, sapo_temperature_neg=self.sapo_temperature_neg,
+            kl_importance_weighted=self.kl_importance_weighted,
         )
 
 
@@ -138,4 +143,50 @@ class SamplerCorrection:
             f"is_weight/{corrected}": total["num_corrected"] / n,
             "is_weight/nonfinite": int(total["num_nonfinite"]),
             "sampler_kl": total["kl_sum"] / max(total["kl_tokens"], 1.0),
+        }
+
+
+@dataclass(frozen=True)
+class OffPolicyMask:
+    """DeepSeek-V3.2's off-policy sequence masking (threshold None: off).
+
+    Every update compares the current policy with the sampler on each micro-batch's own
+    forward: pi_theta's log-probs under the sampler's distribution (its top-k and top-p
+    truncation too, so a truncation alone never reads as drift) against the trajectory's
+    sampler_logprobs. The mask multiplies the surrogate's token weights; the KL term and the
+    normalizer keep every completion, as in the paper's objective (1/G over all of them).
+    """
+
+    threshold: float | None
+    top_k: int = 0
+    top_p: float = 1.0
+
+    @classmethod
+    def from_config(cls, a: AlgorithmConfig, rollout: RolloutConfig) -> OffPolicyMask:
+        return cls(a.off_policy_mask_threshold, rollout.top_k, rollout.top_p)
+
+    @property
+    def active(self) -> bool:
+        return self.threshold is not None
+
+    def keep(self, logits: torch.Tensor, completion_ids: torch.Tensor, logprobs: torch.Tensor,
+             sampler_logprobs: torch.Tensor, advantages: torch.Tensor, loss_mask: torch.Tensor,
+             temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The keep mask [b, 1] (or [b, C] with per-token advantages) of one micro-batch and its sums.
+        logits [b, C, V], logprobs [b, C] (temperature only), the rest [b, C] (advantages [b])."""
+        if self.top_k > 0 or self.top_p < 1:  # the sampler drew from the truncated distribution
+            logprobs = algorithm.token_logprobs(logits.detach(), completion_ids, temperature, self.top_k, self.top_p)
+        return algorithm.off_policy_sequence_mask(logprobs, sampler_logprobs, advantages,
+                                                  loss_mask.to(logprobs.device), self.threshold)
+
+    def metrics(self, parts: list[dict[str, torch.Tensor]], world: Any) -> dict[str, float]:
+        """Over every micro-batch of every rank: off_policy/masked (fraction of the completions
+        trained on whose surrogate the mask took), off_policy/kl (mean per-token KL(q || pi_theta)
+        of a completion) and off_policy/unmeasured (completions without a finite log-prob pair, kept)."""
+        total = {k: world.sum(sum(float(p[k]) for p in parts))
+                 for k in ("num_sequences", "num_masked", "kl_sum", "num_measured", "num_unmeasured")}
+        return {
+            "off_policy/masked": total["num_masked"] / max(total["num_sequences"], 1.0),
+            "off_policy/kl": total["kl_sum"] / max(total["num_measured"], 1.0),
+            "off_policy/unmeasured": int(total["num_unmeasured"]),
         }

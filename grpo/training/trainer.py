@@ -11,8 +11,9 @@ One step, as numbered in `train_step` below:
   5. old log-probs (only when num_iterations > 1) and reference log-probs (only when beta > 0)
   6. num_iterations updates: gradients over micro-batches of the loss built once from the
      config (grpo.training.update.Updater, grpo.training.loss; the first update also weighs the
-     sampler's tokens by pi_old / q when the correction is on), then clip, finite check, AdamW
-     step and LR schedule (grpo.training.update.optimizer_step); a non-finite update is skipped and counted
+     sampler's tokens by pi_old / q when the correction is on; with algorithm.off_policy_mask_threshold
+     each update drops the surrogate of negative completions the policy drifted from), then clip,
+     finite check, AdamW step and LR schedule (grpo.training.update.optimizer_step); a non-finite update is skipped and counted
   7. the engine samples from the new weights from now on (engine.sync_weights)
   8. metrics and sample completions to the run directory
 and, at their intervals, held-out evaluation and an atomic checkpoint. Under torchrun each
@@ -71,7 +72,7 @@ from grpo.training.checkpoint import (
 from grpo.training.collect import Ahead, Rounds, build_collector
 from grpo.training.interrupt import Interrupted, StopSignals
 from grpo.training.logprobs import LocalReference, ReferenceModel, batch_logprobs
-from grpo.training.loss import PolicyLoss, SamplerCorrection
+from grpo.training.loss import OffPolicyMask, PolicyLoss, SamplerCorrection
 from grpo.training.step_metrics import rollout_metrics, sample_records
 from grpo.training.update import (
     SamplerWeights,
@@ -193,7 +194,8 @@ class Trainer:
         return cls(cfg=cfg, model=model, tokenizer=tokenizer, reference=reference, engine=engine, sampler=sampler,
                    reward_fns=reward_fns, task=task,
                    collector=build_collector(cfg, sampler, reward_fns, world, engine, tokenizer.pad_token_id),
-                   updater=Updater(model, params, loss, world, settings), correction=correction,
+                   updater=Updater(model, params, loss, world, settings,
+                                   OffPolicyMask.from_config(cfg.algorithm, cfg.rollout)), correction=correction,
                    optimizer=optimizer, scheduler=scheduler, device=device, state=state,
                    data=DataStream(task.train, cfg.seed, state.examples_seen), world=world, precision=precision,
                    iterative=iterative)

@@ -36,7 +36,7 @@ from grpo.training.logprobs import (
     make_micro_batch,
     prompt_cache,
 )
-from grpo.training.loss import PolicyLoss, SamplerCorrection
+from grpo.training.loss import OffPolicyMask, PolicyLoss, SamplerCorrection
 from grpo.trajectory import Trajectory
 
 
@@ -105,13 +105,15 @@ class Updater:
     loss: PolicyLoss
     world: World
     settings: UpdateSettings
+    off_policy: OffPolicyMask = OffPolicyMask(None)  # DeepSeek-V3.2's off-policy sequence masking (None: off)
 
     def accumulate_gradients(self, batch: UpdateBatch, with_entropy: bool = False) -> dict[str, float]:
         """Backward of the whole batch's loss into the .grad of `params`.
 
         Returns, over all ranks: `loss` (the batch loss) and the loss metrics as means over
         loss-masked tokens (each micro-batch weighted by its share of them), plus `entropy`
-        when asked and the correction's metrics on the update that filled its weights.
+        when asked, the correction's metrics on the update that filled its weights and the
+        off-policy mask's (off_policy/*) when it is on.
         """
         trajectory, world, model, sampler = batch.trajectory, self.world, self.model, batch.sampler
         # One autocast region over every micro-batch: its cache keeps each weight's bf16 cast for the
@@ -121,13 +123,15 @@ class Updater:
             num_items = world.sum(self.loss.local_items(trajectory.loss_mask))
             num_tokens = max(world.sum(float(trajectory.loss_mask.sum().item())), 1.0)
             sums: dict[str, float] = {}
+            masked_parts: list[dict[str, torch.Tensor]] = []  # the off-policy mask's sums per micro-batch
             total_loss = 0.0
             world.gather_weights(model)
             prompts = prompt_cache(model, trajectory, self.settings.device)  # each distinct prompt once per update
             chunks = length_sorted_rows(trajectory, self.settings.micro_batch_size)
             for i, rows in enumerate(chunks):
                 world.gradient_sync(model, prompts is None and i == len(chunks) - 1)  # the last backward
-                value, metrics, num_masked = self._micro_batch(batch, rows, prompts, num_items, with_entropy)
+                value, metrics, num_masked = self._micro_batch(batch, rows, prompts, num_items, with_entropy,
+                                                               masked_parts)
                 total_loss += value
                 share = num_masked / num_tokens  # token-weighted means of the micro-batch metrics
                 for key, v in metrics.items():
@@ -141,10 +145,13 @@ class Updater:
         if sampler is not None and not sampler.complete:
             sampler.complete = True
             out.update(sampler.correction.metrics(sampler.sums, world))
+        if self.off_policy.active:
+            out.update(self.off_policy.metrics(masked_parts, world))
         return out
 
     def _micro_batch(self, batch: UpdateBatch, rows: torch.Tensor, prompts: PromptCache | None, num_items: float,
-                     with_entropy: bool) -> tuple[float, dict[str, torch.Tensor], float]:
+                     with_entropy: bool, masked_parts: list[dict[str, torch.Tensor]],
+                     ) -> tuple[float, dict[str, torch.Tensor], float]:
         """Forward and backward of one micro-batch: (its loss, its metrics, its loss-masked tokens)."""
         trajectory, device, temperature = batch.trajectory, self.settings.device, self.settings.temperature
         mb = make_micro_batch(trajectory, rows, device)
@@ -156,9 +163,15 @@ class Updater:
         ref = None if batch.ref_logprobs is None else batch.ref_logprobs[mb.rows, :C].to(device)
         weights = (None if batch.sampler is None else
                    batch.sampler.for_micro_batch(trajectory, mb, logits, logprobs, temperature))
-        del logits
         advantages = batch.advantages
         adv = advantages[mb.rows] if advantages.dim() == 1 else advantages[mb.rows, :C]  # [b] or [b, C']
+        if self.off_policy.active:  # negative completions the policy drifted from leave the surrogate
+            sampler_logprobs = trajectory.sampler_logprobs[mb.rows, :C]
+            keep, masked = self.off_policy.keep(logits, mb.completion_ids, logprobs, sampler_logprobs, adv,
+                                                mb.loss_mask, temperature)  # [b, 1] or [b, C']
+            weights = keep.expand_as(logprobs) if weights is None else weights * keep
+            masked_parts.append(masked)
+        del logits
         value, metrics = self.loss(logprobs, old, adv.to(device), mb.loss_mask, ref, num_items, weights)
         value.backward()
         if entropy is not None:

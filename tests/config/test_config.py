@@ -78,6 +78,8 @@ def test_int_is_accepted_for_float_field():
         ("model=3", "section `model` must be a mapping"),
         ("algorithm.beta", "must look like `section.field=value`"),
         ("algorithm.beta.x=1", "`algorithm.beta`"),
+        ("algorithm.off_policy_mask_threshold=-0.1", "`algorithm.off_policy_mask_threshold` = -0.1 is invalid: "
+         "expected null or a number >= 0"),
     ],
 )
 def test_bad_values_name_the_field(override, fragment):
@@ -218,6 +220,8 @@ MODEL_FREE_RULES = {
                                           "`rollout.vllm_lora_sync`"),
     "prompts not divisible by the processes": (["train.prompts_per_step=3", "train.micro_batch_size=4"], 2,
                                                "divisible by the number of processes (2)"),
+    "an importance-weighted KL without a KL term": (["algorithm.kl_importance_weighted=true"], 1,
+                                                    "`algorithm.kl_importance_weighted` = true needs algorithm.beta > 0"),
 }
 
 
