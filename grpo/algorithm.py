@@ -18,6 +18,8 @@ Where we depart from the papers:
   processes), so gradient accumulation and data parallelism give the same gradient as one
   big batch. `bnpo` and `dapo` then coincide; they differ (as in TRL) only when `num_items`
   is left to default to the local micro-batch count.
+- normalize_then_sum (GDPO) leaves out the batch mean GDPO and TRL subtract (zero by
+  construction) and zeroes groups whose normalized rewards cancel (decoupled_advantages).
 """
 
 from __future__ import annotations
