@@ -37,6 +37,7 @@ from grpo.config.values import (
     PARALLEL_MODES,
     POLICY_OBJECTIVE_NAMES,
     PRECISION_NAMES,
+    REWARD_AGGREGATION_NAMES,
     SAMPLER_CORRECTION_LEVELS,
     SAMPLER_CORRECTION_NAMES,
     TASK_SOURCES,
@@ -159,6 +160,13 @@ class AlgorithmConfig:
         "group", "Advantage scaling: group std, batch std, or none (Dr. GRPO)."
     )
     advantage_eps: float = doc(1e-4, "Added to the std before dividing.", check=at_least(0, NUMBER))
+    reward_aggregation: Literal[REWARD_AGGREGATION_NAMES] = doc(
+        "sum_then_normalize", "How several outcome rewards become advantages. sum_then_normalize: the weighted "
+        "total is normalized in its group (GRPO). normalize_then_sum: each reward function is normalized in its "
+        "group on its own, the weighted sum is then divided by its std over the batch (GDPO, Liu et al. 2026; "
+        "TRL's multi_objective_aggregation), so one reward's spread cannot drown another's and distinct "
+        "combinations of rewards keep distinct advantages. scale_rewards picks each function's std; none = no "
+        "std anywhere, where the two agree. A failed call scores 0 in both; step rewards are in neither.")
     advantages: Literal[ADVANTAGE_SOURCE_NAMES] = doc(
         "sum", "With step (process) rewards: which advantages train the policy. sum = outcome + process, each "
         "normalized on its own (the paper uses them separately: pick outcome or process for that); outcome = "

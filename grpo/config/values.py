@@ -35,6 +35,8 @@ KL_ESTIMATOR_NAMES = ("k1", "k2", "k3")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 # algorithm.scale_rewards: grpo.algorithm.ADVANTAGE_SCALES
 ADVANTAGE_SCALE_NAMES = ("group", "batch", "none")
+# algorithm.reward_aggregation: grpo.algorithm.REWARD_AGGREGATIONS
+REWARD_AGGREGATION_NAMES = ("sum_then_normalize", "normalize_then_sum")
 # algorithm.advantages: grpo.algorithm.ADVANTAGE_SOURCES
 ADVANTAGE_SOURCE_NAMES = ("sum", "outcome", "process")
 # algorithm.importance_sampling_level: grpo.algorithm.IMPORTANCE_SAMPLING_LEVELS

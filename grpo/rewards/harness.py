@@ -5,6 +5,7 @@
     scores.per_function     # name -> [N] float32, NaN where the call failed
     scores.errors           # name -> number of failed calls in this batch
     scores.steps            # None, or per row [(end offset, weighted score), ...] of the step rewards
+    scores.outcome(fns)     # ([F, N] the outcome rewards' rows, [F] their weights): what total sums
 
 Each function is a Reward (grpo.rewards.reward; a plain function is wrapped into one) and the
 harness reads its fields. A step (process) reward (`steps` set: grpo.rewards.steps) returns the
@@ -47,12 +48,13 @@ from typing import Any, NamedTuple
 
 import torch
 
+from grpo import algorithm
 from grpo.plugins.abandoned import abandon
 from grpo.rewards import steps as step_splits
 from grpo.rewards.reward import Reward
 from grpo.tasks.base import Example
 
-__all__ = ["RewardScores", "WeightedReward", "score"]
+__all__ = ["RewardScores", "WeightedReward", "outcome_scores", "score"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,10 @@ class RewardScores:
     per_function: dict[str, torch.Tensor]  # name -> [N] float32, NaN where the call failed
     errors: dict[str, int]  # name -> failed calls in this batch
     steps: list[step_splits.Steps] | None = None  # per row, the step rewards' (end, weighted score)
+
+    def outcome(self, reward_fns: list[WeightedReward]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows and weights that `total` sums (outcome_scores)."""
+        return outcome_scores(reward_fns, self.per_function, len(self.total))
 
     def select(self, rows: list[int]) -> RewardScores:
         """The scores of some rows (the errors stay the batch's: they happened)."""
@@ -87,6 +93,17 @@ class RewardScores:
         return RewardScores(torch.cat([p.total for p in parts]),
                             {k: torch.cat([p.per_function[k] for p in parts]) for k in parts[0].per_function}, errors,
                             steps)
+
+
+def outcome_scores(reward_fns: list[WeightedReward] | list[tuple[str, float, Callable[..., Any]]],
+                   per_function: dict[str, torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outcome rewards' scores [F, N] (NaN where a call failed) and weights [F] (float64), in
+    the order of `reward_fns`; a step reward is not one (its row is the mean of its steps).
+    The total is algorithm.weighted_sum of these, and the advantages read the same rows."""
+    outcome = [(name, float(weight)) for name, weight, fn in reward_fns if Reward.of(fn).steps is None]
+    rows = [per_function[name] for name, _ in outcome]
+    return (torch.stack(rows) if rows else torch.zeros(0, n),
+            torch.tensor([weight for _, weight in outcome], dtype=torch.float64))
 
 
 class _Failure(str):
@@ -114,7 +131,6 @@ def score(
             for (name, _, _), reward in zip(reward_fns, declared, strict=True)]
     _watch(runs)
     n = len(completions)
-    total = torch.zeros(n, dtype=torch.float32)  # [N]
     per_function: dict[str, torch.Tensor] = {}
     errors: dict[str, int] = {}
     pooled: list[step_splits.Steps] | None = None
@@ -135,10 +151,9 @@ def score(
             else:
                 values[i] = outcome
         per_function[name] = values
-        if not is_step_reward:
-            total += float(weight) * torch.nan_to_num(values, nan=0.0)
     if pooled is not None:
         pooled = [sorted(row, key=lambda step: step[0]) for row in pooled]
+    total = algorithm.weighted_sum(*outcome_scores(reward_fns, per_function, n))  # [N]
     return RewardScores(total=total, per_function=per_function, errors=errors, steps=pooled)
 
 

@@ -10,7 +10,9 @@ steps trained (grpo.rollout.pipeline: at most max_staleness updates old).
 
 In lockstep without algorithm.dynamic_sampling a step is one round. With it (DAPO's dynamic
 sampling): rounds of train.prompts_per_step prompts, keeping the groups whose reward std
-exceeds the tolerance, until this rank holds its share or max_generation_rounds is reached.
+exceeds the tolerance (algorithm.reward_aggregation's own test: under normalize_then_sum, some
+reward varies and the normalized rewards do not cancel, so exactly the groups it gives
+advantages), until this rank holds its share or max_generation_rounds is reached.
 Every rank takes every round's prompts from the stream (a full rank skips generating them)
 and the rounds end together (world.any), so ranks stay in step and a resumed run draws the
 same prompts. A rank that found no group with signal trains on its last round as it is
@@ -62,6 +64,9 @@ class Rounds:
     tolerance: float = 0.0  # a group with a reward std at most this has no signal
     max_rounds: int = 1
     pad_token_id: int = 0  # joins the kept rounds' trajectories
+    reward_aggregation: str = "sum_then_normalize"  # which groups have signal (algorithm.REWARD_AGGREGATIONS)
+    scale_rewards: str = "group"  # ... and its normalization (normalize_then_sum's cancellation test)
+    advantage_eps: float = 1e-4
     prompts_in_flight = 0  # nothing is generated ahead in lockstep
     trained_order = None  # Ahead's record of what each step trained on
 
@@ -70,7 +75,8 @@ class Rounds:
                     world: World, pad_token_id: int) -> Rounds:
         a = cfg.algorithm
         return cls(sampler, reward_fns, world, cfg.train.prompts_per_step, cfg.rollout.group_size, cfg.reward_timeout,
-                   a.dynamic_sampling, a.dynamic_sampling_tolerance, a.max_generation_rounds, pad_token_id)
+                   a.dynamic_sampling, a.dynamic_sampling_tolerance, a.max_generation_rounds, pad_token_id,
+                   a.reward_aggregation, a.scale_rewards, a.advantage_eps)
 
     def score(self, examples: list[Example], trajectory: Trajectory) -> RewardScores:
         """Rewards per completion: completion i belongs to prompt i // G."""
@@ -105,7 +111,9 @@ class Rounds:
                     return examples, trajectory, scores, {}
                 for name, n in scores.errors.items():
                     errors[name] = errors.get(name, 0) + n
-                signal = algorithm.groups_with_signal(scores.total, G, self.tolerance)  # [share]
+                signal = algorithm.REWARD_AGGREGATIONS[self.reward_aggregation].with_signal(
+                    *scores.outcome(self.reward_fns), G, self.tolerance, self.scale_rewards,
+                    self.advantage_eps)  # [share]
                 num_dropped += int((~signal).sum())
                 groups = signal.nonzero().flatten().tolist()[: share - num_kept]
                 if groups:

@@ -29,6 +29,8 @@ def rollout_metrics(trajectory: Trajectory, scores: RewardScores, advantages: to
         "reward/std": total.std().item() if total.numel() > 1 else 0.0,
         "frac_reward_zero_std": (total.view(-1, G).std(1) == 0).float().mean().item(),
         "advantage/abs_mean": advantages.abs().mean().item(),
+        # no signal as the advantages see it: normalize_then_sum can differ from the total's zero std
+        "advantage/frac_zero_groups": (advantages.view(-1, G) == 0).all(1).float().mean().item(),
         "completion_length/mean": lengths.mean().item(),
         "completion_length/min": lengths.min().item(),
         "completion_length/max": lengths.max().item(),

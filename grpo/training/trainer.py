@@ -5,8 +5,9 @@ One step, as numbered in `train_step` below:
   2. generate G completions per prompt: a Trajectory (rollout engine)
   3. score them with the reward functions (contained: a failing function never ends the run);
      steps 1-3 live in grpo.training.collect, in rounds under algorithm.dynamic_sampling
-  4. group-relative advantages (algorithm.group_advantages); with step rewards also per-token
-     process advantages (algorithm.process_advantages, combined by algorithm.advantages);
+  4. group-relative advantages of the outcome rewards (algorithm.REWARD_AGGREGATIONS: their weighted
+     total normalized in its group, or each normalized on its own, then summed); with step rewards also
+     per-token process advantages (algorithm.process_advantages, combined by algorithm.advantages);
      truncated completions leave the loss mask when algorithm.mask_truncated_completions
   5. old log-probs (only when num_iterations > 1) and reference log-probs (only when beta > 0)
   6. num_iterations updates: gradients over micro-batches of the loss built once from the
@@ -225,7 +226,9 @@ class Trainer:
                                    scores.per_function[cfg.iterative.label], self.world)
         # 4. advantages (over whole groups, truncated completions included); step rewards: per token
         a = cfg.algorithm
-        advantages = algorithm.group_advantages(scores.total, G, a.scale_rewards, a.advantage_eps)  # [N]
+        aggregation = algorithm.REWARD_AGGREGATIONS[a.reward_aggregation]
+        advantages = aggregation.advantages(*scores.outcome(self.reward_fns), G, a.scale_rewards,
+                                            a.advantage_eps)  # [N]
         process: dict[str, float] = {}
         if scores.steps is not None:
             placed = place_steps(self.tokenizer, trajectory.completion_ids, trajectory.completion_mask,

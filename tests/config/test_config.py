@@ -144,6 +144,7 @@ def dispatch_tables():
         "algorithm.loss_type": tuple(algorithm.AGGREGATIONS),
         "algorithm.scale_rewards": tuple(algorithm.ADVANTAGE_SCALES),
         "algorithm.advantages": tuple(algorithm.ADVANTAGE_SOURCES),
+        "algorithm.reward_aggregation": tuple(algorithm.REWARD_AGGREGATIONS),
         "algorithm.importance_sampling_level": tuple(algorithm.IMPORTANCE_SAMPLING_LEVELS),
         "algorithm.policy_objective": tuple(algorithm.POLICY_OBJECTIVES),
         "algorithm.sampler_correction": ("auto", *tuple(algorithm.SAMPLER_CORRECTIONS)),

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import torch
 
-from grpo import rewards
+from grpo import algorithm, rewards
 from grpo.rewards import Reward, WeightedReward, score
 from grpo.tasks.base import Example
 
@@ -220,3 +220,18 @@ def test_bad_arguments():
         score([WeightedReward("length", 1.0, length)], ["a"], exs[:1], timeout=0)
     empty = score([WeightedReward("length", 1.0, length)], [], [])
     assert empty.total.shape == (0,) and empty.per_function["length"].shape == (0,)
+
+
+def test_outcome_rows_are_what_the_total_sums_and_leave_step_rewards_out():
+    exs = examples(3)
+    steps = Reward(lambda completion, example: [float(len(line)) for line in completion.split("\n")], steps="newline")
+    fns = [WeightedReward("length", 0.5, length), WeightedReward("steps", 3.0, steps),
+           WeightedReward("match", 2.0, answer_is_index), WeightedReward("broken", 1.0, lambda c, e: None)]
+    scores = score(fns, ["0", "x\nx", "abc"], exs)
+    rows, weights = scores.outcome(fns)
+    # length [1, 3, 3], match [1, 0, 0], broken NaN everywhere (counts 0); the step reward is not in it
+    assert weights.tolist() == [0.5, 2.0, 1.0] and weights.dtype == torch.float64
+    assert rows[:2].tolist() == [[1.0, 3.0, 3.0], [1.0, 0.0, 0.0]] and rows[2].isnan().all()
+    assert scores.total.tolist() == [2.5, 1.5, 1.5] == algorithm.weighted_sum(rows, weights).tolist()
+    assert scores.per_function["steps"].tolist() == [1.0, 1.0, 3.0]  # its steps' mean, in no total
+    assert scores.select([2, 0]).outcome(fns)[0][:2].tolist() == [[3.0, 1.0], [0.0, 1.0]]
