@@ -29,6 +29,7 @@ Where we depart from the papers:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -359,23 +360,68 @@ def token_logprobs(
     return torch.cat(out).view(B, T)
 
 
-@torch.no_grad()
+def _token_blocks(B: int, T: int):
+    """(row slice, column slice) blocks of at most LOGPROB_CHUNK_TOKENS positions of a [B, T] grid:
+    whole rows where they fit, else one row cut into column chunks. Views of [B, T, V] logits
+    by these blocks are never copies, whatever the strides."""
+    if T <= LOGPROB_CHUNK_TOKENS:
+        rows = max(1, LOGPROB_CHUNK_TOKENS // max(T, 1))
+        for b in range(0, B, rows):
+            yield slice(b, b + rows), slice(0, T)
+    else:
+        for b in range(B):
+            for t in range(0, T, LOGPROB_CHUNK_TOKENS):
+                yield slice(b, b + 1), slice(t, t + LOGPROB_CHUNK_TOKENS)
+
+
+def _entropy_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32  # float64 for gradcheck
+
+
+class _BlockwiseEntropy(torch.autograd.Function):
+    """H of softmax(logits / temperature) per position, with a backward that recomputes each
+    block's softmax instead of keeping it: autograd saves only `logits` (no float32 [B, T, V]
+    temporaries), so the bonus costs one more [B, T, V] gradient, not a second copy of the logits.
+    dH/dz_j = -p_j (z_j - sum_k p_k z_k), z = logits / temperature."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        ctx.save_for_backward(logits)
+        ctx.temperature = temperature
+        B, T, _ = logits.shape
+        out = logits.new_zeros((B, T), dtype=_entropy_dtype(logits))
+        for rows, cols in _token_blocks(B, T):
+            z = logits[rows, cols].to(out.dtype) / temperature  # [r, t, V]
+            p = torch.softmax(z, dim=-1)
+            out[rows, cols] = torch.logsumexp(z, dim=-1) - (p * z).sum(-1)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_entropy: torch.Tensor):
+        (logits,) = ctx.saved_tensors
+        grad = torch.zeros_like(logits)  # [B, T, V] in the logits' dtype
+        for rows, cols in _token_blocks(*logits.shape[:2]):
+            z = logits[rows, cols].to(_entropy_dtype(logits)) / ctx.temperature  # [r, t, V]
+            p = torch.softmax(z, dim=-1)
+            centred = z - (p * z).sum(-1, keepdim=True)
+            g = grad_entropy[rows, cols].to(z.dtype).unsqueeze(-1)  # [r, t, 1]
+            grad[rows, cols] = (-p * centred * g / ctx.temperature).to(grad.dtype)
+        return grad, None
+
+
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of the sampling distribution at each position, chunked like token_logprobs.
+    """Entropy of the sampling distribution at each position, in blocks like token_logprobs.
 
     logits: [B, T, V]. H = logsumexp(z) - sum(softmax(z) * z), z = logits / temperature.
-    Returns float32 [B, T].
+    Returns float32 [B, T] (float64 for float64 logits), differentiable (the entropy bonus) with dH/dz_j = -p_j (z_j - E_p[z]);
+    pass logits.detach() for a metric. The gradient is recomputed block by block in backward,
+    so autograd holds no [B, T, V] temporaries of its own.
+    # z [ln 3, 0]: p [0.75, 0.25], H = 0.75 ln(4/3) + 0.25 ln 4 = 0.5623
+    # E_p[z] = 0.75 ln 3 = 0.8240 -> dH/dz = [-0.75 (1.0986 - 0.8240), -0.25 (0 - 0.8240)] = [-0.2060, 0.2060]
     """
-    B, T, V = logits.shape
-    flat = logits.reshape(B * T, V)
-    out = []
-    for start in range(0, B * T, LOGPROB_CHUNK_TOKENS):
-        z = flat[start : start + LOGPROB_CHUNK_TOKENS].float() / temperature  # [n, V]
-        lse = torch.logsumexp(z, dim=-1, keepdim=True)  # [n, 1]
-        out.append((lse - (torch.softmax(z, dim=-1) * z).sum(-1, keepdim=True)).squeeze(1))
-    if not out:
-        return logits.new_zeros((B, T), dtype=torch.float32)
-    return torch.cat(out).view(B, T)
+    if logits.shape[0] * logits.shape[1] == 0:
+        return logits.new_zeros(logits.shape[:2], dtype=_entropy_dtype(logits))
+    return _BlockwiseEntropy.apply(logits, temperature)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -736,3 +782,65 @@ def off_policy_sequence_mask(
         "num_unmeasured": (rows & ~measured.squeeze(1)).sum().float(),
     }
     return (~drop).to(logprobs.dtype), sums
+
+
+# --------------------------------------------------------------------------- entropy in the objective
+
+
+def entropy_bonus(
+    entropy: torch.Tensor, loss_mask: torch.Tensor, coef: float, loss_type: str = "grpo",
+    num_items: float | int | torch.Tensor | None = None, max_completion_length: int | None = None,
+) -> torch.Tensor:
+    """The entropy bonus as a term of the loss: -coef * agg(H), agg the loss_type's aggregation.
+
+    entropy: [B, T] (with grad: token_entropy), loss_mask: [B, T]. agg is AGGREGATIONS[loss_type]
+    with the same num_items as policy_loss (the global count), so micro-batch terms add up to
+    the whole batch's, and masked positions get exactly zero gradient. Returns 0-d.
+    # H [[1, 2], [3, pad]], mask [[1, 1], [1, 0]], coef 0.1
+    # grpo (num_items 2 sequences): (3/2 + 3/1) / 2 = 2.25 -> -0.225; dH = -0.1 [[1/4, 1/4], [1/2, 0]]
+    # dapo (num_items 3 tokens): 6 / 3 = 2 -> -0.2; dr_grpo (2 sequences, max length 2): 6 / 4 -> -0.15
+    """
+    if loss_type not in AGGREGATIONS:
+        raise ValueError(f"loss_type={loss_type!r} is invalid; allowed: {', '.join(LOSS_TYPES)}")
+    aggregation = AGGREGATIONS[loss_type]
+    mask = loss_mask.to(entropy.dtype)
+    masked = torch.where(loss_mask.bool(), entropy, torch.zeros_like(entropy))  # [B, T]
+    n = num_items if num_items is not None else aggregation.count(mask).clamp(min=1.0)
+    return -coef * aggregation.reduce(masked, mask, n, max_completion_length)
+
+
+def adapted_entropy_coef(coef: float, entropy: float, target: float, lr: float) -> float:
+    """The entropy bonus's next coefficient: max(0, coef + lr * (target - entropy)).
+
+    Gradient ascent on the dual variable of the constraint entropy >= target (the form of SAC's
+    temperature update, on the coefficient itself): the bonus grows while the measured mean
+    token entropy is below the target and shrinks to 0 above it. A non-finite measurement
+    leaves coef as it is.
+    # coef 0.01, target 1.0, lr 0.05: entropy 0.6 -> 0.01 + 0.05 * 0.4 = 0.03; entropy 1.5 -> max(0, -0.015) = 0
+    """
+    if entropy != entropy or entropy in (float("inf"), float("-inf")):
+        return coef
+    return max(0.0, coef + lr * (target - entropy))
+
+
+def entropy_threshold(entropies: torch.Tensor, top_quantile: float) -> torch.Tensor:
+    """The smallest entropy among the top `top_quantile` fraction: the k-th largest of
+    `entropies` [n] (the loss-masked tokens of the whole batch), k = ceil(top_quantile * n), at
+    least 1. Returns 0-d (+inf when n = 0: nothing is selected).
+    # entropies [0.1, 0.9, 0.5, 0.3, 0.7], top_quantile 0.4 -> k = 2 -> 0.7
+    """
+    n = entropies.numel()
+    if n == 0:
+        return torch.tensor(float("inf"))
+    k = min(n, max(1, math.ceil(top_quantile * n - 1e-9)))  # 0.2 * 10 is 2, not 3, in spite of rounding
+    return torch.kthvalue(entropies.float().flatten(), n - k + 1).values
+
+
+def high_entropy_mask(entropy: torch.Tensor, loss_mask: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """The tokens the surrogate trains on under high-entropy selection ("Beyond the 80/20 Rule",
+    Wang et al. 2025): loss-masked and entropy >= threshold (entropy_threshold). Ties at the
+    threshold are all kept. entropy, loss_mask: [B, T] -> bool [B, T].
+    # H [[0.1, 0.9], [0.7, pad]], mask [[1, 1], [1, 0]], threshold 0.7 -> [[False, True], [True, False]]
+    """
+    keep = loss_mask.bool()
+    return keep & (torch.where(keep, entropy.float(), float("-inf")) >= threshold)

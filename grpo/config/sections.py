@@ -233,6 +233,28 @@ class AlgorithmConfig:
     mask_truncated_completions: bool = doc(
         False, "Completions that hit rollout.max_new_tokens are not trained on (DAPO's overlong "
         "filtering); they still count in their group's advantages.")
+    entropy_coef: float = doc(
+        0.0, "Entropy bonus: loss -= entropy_coef * the entropy of the sampling distribution (logits / "
+        "rollout.temperature) of each loss-masked token, aggregated as loss_type aggregates the policy loss (PPO's "
+        "entropy bonus; verl's entropy_coeff); it keeps the policy exploring where GRPO's entropy collapses. "
+        "With entropy_target set: the starting coefficient. 0 = no bonus.", check=at_least(0, NUMBER))
+    entropy_target: float | None = doc(
+        None, "Adapt the bonus's coefficient toward this mean token entropy (nats) after each step: "
+        "coef <- max(0, coef + entropy_coef_lr * (entropy_target - entropy)), gradient ascent on the dual "
+        "variable of the constraint entropy >= target (SAC's temperature update; Skywork-OR1's adaptive entropy "
+        "control steers the same way with fixed steps). The coefficient is saved in checkpoints. null = "
+        "entropy_coef stays fixed.", check=optional(at_least(0, NUMBER)))
+    entropy_coef_lr: float = doc(
+        1e-3, "Step size of the adaptive coefficient (entropy_target): its change per nat of entropy below or "
+        "above the target, per step.", check=above(0))
+    top_entropy_quantile: float = doc(
+        1.0, "Train the surrogate only on the loss-masked tokens whose entropy is in this top fraction of the "
+        "step's batch (\"Beyond the 80/20 Rule\", Wang et al. 2025, trains on the top 0.2; TRL's "
+        "top_entropy_quantile); the others keep their KL and entropy terms and their count in the normalizer. "
+        "The threshold is taken over the whole batch of every process from the policy that sampled it (TRL "
+        "takes it per micro-batch), so micro_batch_size and the number of processes never change which tokens "
+        "train; it costs one no-grad forward of the batch (shared with the old log-probs' when num_iterations > "
+        "1). 1 = every token.", check=within("(0, 1]"))
 
 
 @dataclass

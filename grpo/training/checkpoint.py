@@ -52,6 +52,7 @@ class TrainerState:
     num_skipped_updates: int = 0
     num_updates: int = 0  # optimizer updates made: the policy version that trajectories carry
     reference_moved: bool = False  # reference.sync_every or iterative RL changed the reference
+    entropy_coef: float | None = None  # the adapted entropy bonus coefficient (algorithm.entropy_target); None: fixed
 
 
 REFERENCE_FILE = "reference.safetensors"  # only in runs whose reference moved (sync_every, iterative RL)

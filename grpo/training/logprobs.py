@@ -180,13 +180,26 @@ def batch_logprobs(
     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
 ) -> torch.Tensor:
     """No-grad log-probs for a whole rollout batch: [N, C] (zeros on padding)."""
+    return batch_logprobs_and_entropy(model, batch, micro_batch_size, device, temperature, top_k, top_p)[0]
+
+
+@torch.no_grad()
+def batch_logprobs_and_entropy(
+    model: torch.nn.Module, batch: TokenSequences, micro_batch_size: int, device: torch.device,
+    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """batch_logprobs, plus the entropy of logits / temperature [N, C] (zeros on padding) when
+    asked: one forward gives both (high-entropy token selection reads the entropy)."""
     out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
+    entropy = torch.zeros(batch.completion_ids.shape, dtype=torch.float32) if with_entropy else None
     prompts = prompt_cache(model, batch, device)
     for rows in length_sorted_rows(batch, micro_batch_size):
         mb = make_micro_batch(batch, rows, device)
-        lp, _ = completion_logprobs(model, batch, mb, prompts, temperature, top_k=top_k, top_p=top_p)
+        lp, ent = completion_logprobs(model, batch, mb, prompts, temperature, with_entropy, top_k=top_k, top_p=top_p)
         out[mb.rows, : lp.shape[1]] = torch.where(mb.completion_mask.bool(), lp, 0.0).float().cpu()
-    return out
+        if entropy is not None:
+            entropy[mb.rows, : ent.shape[1]] = torch.where(mb.completion_mask.bool(), ent, 0.0).cpu()
+    return out, entropy
 
 
 class ReferenceModel(Protocol):

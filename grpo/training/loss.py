@@ -10,6 +10,11 @@ The math is `algorithm.policy_loss`, its surrogate the config's `policy_objectiv
 loss-masked tokens) is declared next to it in `algorithm.AGGREGATIONS`, so neither the
 trainer nor the update knows a loss type by name.
 
+`EntropyControl`, also built once, holds entropy's place in the objective: the bonus term
+(algorithm.entropy_bonus, aggregated like the loss), its coefficient's update toward a target
+(algorithm.adapted_entropy_coef; the coefficient itself is TrainerState, saved in checkpoints)
+and the high-entropy token selection (algorithm.entropy_threshold over the whole batch).
+
 `SamplerCorrection`, also built once, turns the engine's sampler log-probs and the trainer's
 log-probs of the same tokens into the importance weights that policy_loss multiplies the
 surrogate by (algorithm.sampler_correction_weights). `OffPolicyMask` (DeepSeek-V3.2's
@@ -72,6 +77,12 @@ class PolicyLoss:
         loss-masked tokens (algorithm.Aggregation.count)."""
         return float(algorithm.AGGREGATIONS[self.loss_type].count(loss_mask.float()))
 
+    def entropy_term(self, entropy: torch.Tensor, loss_mask: torch.Tensor, num_items: float,
+                     coef: float) -> torch.Tensor:
+        """One micro-batch's share of the entropy bonus, -coef * H aggregated as this loss aggregates."""
+        return algorithm.entropy_bonus(entropy, loss_mask, coef, self.loss_type, max(num_items, 1.0),
+                                       self.max_completion_length)
+
     def __call__(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                  loss_mask: torch.Tensor, ref_logprobs: torch.Tensor | None, num_items: float,
                  token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -86,6 +97,50 @@ class PolicyLoss:
             sapo_temperature_pos=self.sapo_temperature_pos, sapo_temperature_neg=self.sapo_temperature_neg,
             kl_importance_weighted=self.kl_importance_weighted,
         )
+
+
+@dataclass(frozen=True)
+class EntropyControl:
+    """The entropy bonus's coefficient (fixed, or adapted toward a target entropy after each
+    step) and the high-entropy token selection."""
+
+    coef: float = 0.0  # the coefficient a run starts with
+    target: float | None = None  # None: coef stays fixed
+    coef_lr: float = 1e-3
+    top_quantile: float = 1.0  # 1: every loss-masked token trains the surrogate
+
+    @classmethod
+    def from_config(cls, a: AlgorithmConfig) -> EntropyControl:
+        return cls(a.entropy_coef, a.entropy_target, a.entropy_coef_lr, a.top_entropy_quantile)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.target is not None
+
+    @property
+    def has_bonus(self) -> bool:
+        return self.coef > 0 or self.adaptive
+
+    @property
+    def selects(self) -> bool:
+        return self.top_quantile < 1.0
+
+    def current(self, saved: float | None) -> float:
+        """The coefficient for this step: the one the run's state carries, else the configured one."""
+        return self.coef if saved is None else saved
+
+    def next_coef(self, coef: float, entropy: float) -> float:
+        """After a step whose sampling policy had mean token entropy `entropy` (every rank's)."""
+        return algorithm.adapted_entropy_coef(coef, entropy, self.target, self.coef_lr) if self.adaptive else coef
+
+    def selection(self, entropy: torch.Tensor, loss_mask: torch.Tensor, world: Any) -> tuple[torch.Tensor, float]:
+        """The tokens whose surrogate trains ([N, C] float, 1 or 0) and their fraction of the
+        loss-masked tokens, the threshold taken over every rank's loss-masked entropies [N, C]."""
+        keep = loss_mask.bool()
+        threshold = algorithm.entropy_threshold(world.gather(entropy[keep].float()), self.top_quantile)
+        selected = algorithm.high_entropy_mask(entropy, loss_mask, threshold)  # [N, C]
+        fraction = world.sum(float(selected.sum())) / max(world.sum(float(keep.sum())), 1.0)
+        return selected.float(), fraction
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,15 @@ One step, as numbered in `train_step` below:
      total normalized in its group, or each normalized on its own, then summed); with step rewards also
      per-token process advantages (algorithm.process_advantages, combined by algorithm.advantages);
      truncated completions leave the loss mask when algorithm.mask_truncated_completions
-  5. old log-probs (only when num_iterations > 1) and reference log-probs (only when beta > 0)
+  5. old log-probs (only when num_iterations > 1) and reference log-probs (only when beta > 0); with
+     algorithm.top_entropy_quantile < 1 the same no-grad forward gives the entropies that pick the
+     tokens the surrogate trains on (grpo.training.loss.EntropyControl)
   6. num_iterations updates: gradients over micro-batches of the loss built once from the
      config (grpo.training.update.Updater, grpo.training.loss; the first update also weighs the
      sampler's tokens by pi_old / q when the correction is on; with algorithm.off_policy_mask_threshold
      each update drops the surrogate of negative completions the policy drifted from), then clip,
-     finite check, AdamW step and LR schedule (grpo.training.update.optimizer_step); a non-finite update is skipped and counted
+     finite check, AdamW step and LR schedule (grpo.training.update.optimizer_step); a non-finite update is skipped and counted;
+     then the entropy bonus's coefficient moves toward algorithm.entropy_target when one is set
   7. the engine samples from the new weights from now on (engine.sync_weights)
   8. metrics and sample completions to the run directory
 and, at their intervals, held-out evaluation and an atomic checkpoint. Under torchrun each
@@ -72,8 +75,8 @@ from grpo.training.checkpoint import (
 )
 from grpo.training.collect import Ahead, Rounds, build_collector
 from grpo.training.interrupt import Interrupted, StopSignals
-from grpo.training.logprobs import LocalReference, ReferenceModel, batch_logprobs
-from grpo.training.loss import OffPolicyMask, PolicyLoss, SamplerCorrection
+from grpo.training.logprobs import LocalReference, ReferenceModel, batch_logprobs_and_entropy
+from grpo.training.loss import EntropyControl, OffPolicyMask, PolicyLoss, SamplerCorrection
 from grpo.training.step_metrics import rollout_metrics, sample_records
 from grpo.training.update import (
     SamplerWeights,
@@ -130,6 +133,7 @@ class Trainer:
     collector: Rounds | Ahead  # steps 1-3: in lockstep (dynamic sampling's rounds) or ahead (grpo.training.collect)
     updater: Updater  # step 6's gradients, of the loss built once from the config (grpo.training.update)
     correction: SamplerCorrection
+    entropy: EntropyControl  # the entropy bonus (its coefficient is self.state's) and token selection
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
@@ -197,6 +201,7 @@ class Trainer:
                    collector=build_collector(cfg, sampler, reward_fns, world, engine, tokenizer.pad_token_id),
                    updater=Updater(model, params, loss, world, settings,
                                    OffPolicyMask.from_config(cfg.algorithm, cfg.rollout)), correction=correction,
+                   entropy=EntropyControl.from_config(cfg.algorithm),
                    optimizer=optimizer, scheduler=scheduler, device=device, state=state,
                    data=DataStream(task.train, cfg.seed, state.examples_seen), world=world, precision=precision,
                    iterative=iterative)
@@ -245,14 +250,20 @@ class Trainer:
             masked = {"truncated_masked": int(self.world.sum(trajectory.finish_reasons.count(FINISH_LENGTH)))}
         # 5. old and reference log-probs, no grad
         mbs, temp = cfg.train.micro_batch_size, cfg.rollout.temperature
-        with self.precision.autocast():
-            old_logprobs = (batch_logprobs(self.model, trained, mbs, self.device, temp)
-                            if a.num_iterations > 1 else None)
+        old_logprobs, selected, selection = None, None, {}
+        if a.num_iterations > 1 or self.entropy.selects:
+            with self.precision.autocast():
+                old_logprobs, entropies = batch_logprobs_and_entropy(self.model, trained, mbs, self.device, temp,
+                                                                   with_entropy=self.entropy.selects)
+            old_logprobs = old_logprobs if a.num_iterations > 1 else None
+            if entropies is not None:  # over the whole batch of every rank: any micro-batching selects the same
+                selected, fraction = self.entropy.selection(entropies, trained.loss_mask, self.world)
+                selection = {"entropy/selected": fraction}
         ref_logprobs = self.reference.logprobs(trained) if self.reference is not None else None
         lap("logprobs")
         # 6. policy updates (the first one also weighs the sampler's tokens when the correction is on)
         updates_before = self.state.num_updates
-        update_metrics = self.update(trained, advantages, old_logprobs, ref_logprobs)
+        update_metrics = {**self.update(trained, advantages, old_logprobs, ref_logprobs, selected), **selection}
         # 7. the next rollout samples from the new weights; every reference.sync_every steps the
         # reference moves to them too; iterative RL retrains the reward model and resets the reference
         if self.state.num_updates != updates_before:
@@ -286,14 +297,15 @@ class Trainer:
         return SamplingParams.from_config(self.cfg.rollout)
 
     def update(self, trajectory: Trajectory, advantages: torch.Tensor, old_logprobs: torch.Tensor | None,
-               ref_logprobs: torch.Tensor | None) -> dict[str, float]:
+               ref_logprobs: torch.Tensor | None, selected: torch.Tensor | None = None) -> dict[str, float]:
         """num_iterations optimizer updates on one trajectory. Every metric (loss, grad_norm, clip
         fractions, ratio, KL) is the plain mean over the iterations; entropy is the first
-        iteration's, the policy that sampled."""
+        iteration's, the policy that sampled, and moves an adaptive entropy coefficient."""
         cfg, r, params = self.cfg, self.cfg.rollout, self.updater.params
         # pi_old for the correction is the policy of the first update, under the sampler's distribution
         sampler = SamplerWeights(self.correction, r.top_k, r.top_p) if self.correction.active else None
-        batch = UpdateBatch(trajectory, advantages, old_logprobs, ref_logprobs, sampler)
+        coef = self.entropy.current(self.state.entropy_coef)
+        batch = UpdateBatch(trajectory, advantages, old_logprobs, ref_logprobs, sampler, selected, coef)
         per_iteration = []
         self.model.train()
         for iteration in range(cfg.algorithm.num_iterations):
@@ -307,7 +319,12 @@ class Trainer:
                 self.state.bad_steps_in_a_row += 1
                 self.state.num_skipped_updates += 1
             per_iteration.append(metrics)
-        return {**mean_over_iterations(per_iteration), "skipped_updates": self.state.num_skipped_updates}
+        bonus = {}
+        if self.entropy.has_bonus:
+            bonus = {"entropy/coef": coef}  # the coefficient this step trained with
+            if self.entropy.adaptive:
+                self.state.entropy_coef = self.entropy.next_coef(coef, per_iteration[0]["entropy"])
+        return {**mean_over_iterations(per_iteration), **bonus, "skipped_updates": self.state.num_skipped_updates}
 
     # ----------------------------------------------------------------- the run
 

@@ -5,7 +5,8 @@
     grad_norm, applied = optimizer_step(optimizer, scheduler, params, max_grad_norm, metrics["loss"])
 
 `UpdateBatch` is what an update trains on: the trajectory, its advantages, the old and
-reference log-probs and the sampler correction's weights (`SamplerWeights`). The updater's
+reference log-probs, the sampler correction's weights (`SamplerWeights`), the high-entropy
+tokens the surrogate is restricted to and the entropy bonus's coefficient. The updater's
 `accumulate_gradients` owns the micro-batch loop: rows cut by completion length
 (`length_sorted_rows`), each distinct prompt run once per update with its share of the
 gradient pushed through in a second stage (`PromptCache.backward`), and the World's hooks
@@ -90,6 +91,8 @@ class UpdateBatch:
     old_logprobs: torch.Tensor | None = None  # [N, C]; None: the current policy, detached (ratio 1)
     ref_logprobs: torch.Tensor | None = None  # [N, C]; None without a KL term
     sampler: SamplerWeights | None = None  # the sampler correction's weights (filled on the first update)
+    selected: torch.Tensor | None = None  # [N, C] 1 on the high-entropy tokens the surrogate trains on; None: all
+    entropy_coef: float = 0.0  # the entropy bonus's coefficient this step (0: no bonus, no entropy gradient)
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ class Updater:
     def accumulate_gradients(self, batch: UpdateBatch, with_entropy: bool = False) -> dict[str, float]:
         """Backward of the whole batch's loss into the .grad of `params`.
 
-        Returns, over all ranks: `loss` (the batch loss) and the loss metrics as means over
+        Returns, over all ranks: `loss` (the batch loss, entropy bonus included) and the loss metrics as means over
         loss-masked tokens (each micro-batch weighted by its share of them), plus `entropy`
         when asked, the correction's metrics on the update that filled its weights and the
         off-policy mask's (off_policy/*) when it is on.
@@ -157,12 +160,17 @@ class Updater:
         mb = make_micro_batch(trajectory, rows, device)
         logits = completion_logits(self.model, trajectory, mb, prompts)  # [b, C', V]
         logprobs = algorithm.token_logprobs(logits, mb.completion_ids, temperature)  # float32
-        entropy = algorithm.token_entropy(logits.detach(), temperature) if with_entropy else None
+        bonus = batch.entropy_coef > 0  # the bonus needs the entropy's gradient; the metric does not
+        entropy = (algorithm.token_entropy(logits if bonus else logits.detach(), temperature)
+                   if with_entropy or bonus else None)  # [b, C']
         C = logprobs.shape[1]
         old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[mb.rows, :C].to(device)
         ref = None if batch.ref_logprobs is None else batch.ref_logprobs[mb.rows, :C].to(device)
         weights = (None if batch.sampler is None else
                    batch.sampler.for_micro_batch(trajectory, mb, logits, logprobs, temperature))
+        if batch.selected is not None:  # the surrogate of the other tokens weighs 0
+            chosen = batch.selected[mb.rows, :C].to(device)
+            weights = chosen if weights is None else weights * chosen
         advantages = batch.advantages
         adv = advantages[mb.rows] if advantages.dim() == 1 else advantages[mb.rows, :C]  # [b] or [b, C']
         if self.off_policy.active:  # negative completions the policy drifted from leave the surrogate
@@ -173,9 +181,11 @@ class Updater:
             masked_parts.append(masked)
         del logits
         value, metrics = self.loss(logprobs, old, adv.to(device), mb.loss_mask, ref, num_items, weights)
+        if bonus:
+            value = value + self.loss.entropy_term(entropy, mb.loss_mask, num_items, batch.entropy_coef)
         value.backward()
-        if entropy is not None:
-            metrics["entropy"] = algorithm.masked_mean(entropy, mb.loss_mask)
+        if with_entropy:
+            metrics["entropy"] = algorithm.masked_mean(entropy.detach(), mb.loss_mask)
         return value.item(), metrics, mb.loss_mask.sum().item()
 
 

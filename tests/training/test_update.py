@@ -31,14 +31,19 @@ def setup(tiny_model_dir):
     return model, trajectory, inserted & trajectory.completion_mask.bool()
 
 
-def plain_loss(model, trajectory, advantages, old, ref, loss):
-    """The same loss from one plain forward of every row: the reference the update must equal."""
+def plain_logits(model, trajectory):
+    """The logits predicting every completion token from one plain forward of every row: [N, C, V]."""
     ids = torch.cat([trajectory.prompt_ids, trajectory.completion_ids], 1)
     mask = torch.cat([trajectory.prompt_mask, trajectory.completion_mask], 1)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
-    C = trajectory.completion_ids.shape[1]
-    logprobs = algorithm.token_logprobs(logits[:, -C - 1 : -1], trajectory.completion_ids)
-    entropy = algorithm.token_entropy(logits[:, -C - 1 : -1].detach())
+    return logits[:, -trajectory.completion_ids.shape[1] - 1 : -1]
+
+
+def plain_loss(model, trajectory, advantages, old, ref, loss):
+    """The same loss from one plain forward of every row: the reference the update must equal."""
+    logits = plain_logits(model, trajectory)
+    logprobs = algorithm.token_logprobs(logits, trajectory.completion_ids)
+    entropy = algorithm.token_entropy(logits.detach())
     num_items = loss.local_items(trajectory.loss_mask)
     value, metrics = loss(logprobs, old, advantages, trajectory.loss_mask, ref, num_items)
     return value, metrics, algorithm.masked_mean(entropy, trajectory.loss_mask)
@@ -69,6 +74,44 @@ def test_inserted_tokens_get_no_gradient_and_are_not_counted(setup, loss_type):
     for p, w in zip(params, want, strict=True):
         assert torch.isfinite(p.grad).all()
         torch.testing.assert_close(p.grad, w, atol=1e-5 * scale, rtol=0)
+
+
+@pytest.mark.parametrize("loss_type", algorithm.LOSS_TYPES)
+def test_entropy_bonus_and_token_selection_give_the_plain_forward_gradient(setup, loss_type):
+    # the update (prompt cache, micro-batches of 3 rows) against one plain forward of
+    # policy_loss with the selection as token weights, minus 0.05 * the entropy aggregated like the loss
+    model, trajectory, _ = setup
+    loss = PolicyLoss.from_config(AlgorithmConfig(loss_type=loss_type), 10)
+    params = [p for p in model.parameters() if p.requires_grad]
+    advantages = torch.linspace(-1, 1, len(trajectory))
+    torch.manual_seed(0)
+    old = torch.randn(trajectory.completion_ids.shape) * 0.1 - 3
+    selected = (torch.rand(trajectory.completion_ids.shape) > 0.5).float()
+    logits = plain_logits(model, trajectory)
+    logprobs = algorithm.token_logprobs(logits, trajectory.completion_ids)
+    num_items = loss.local_items(trajectory.loss_mask)
+    value, _ = loss(logprobs, old, advantages, trajectory.loss_mask, None, num_items, selected)
+    value = value + loss.entropy_term(algorithm.token_entropy(logits), trajectory.loss_mask, num_items, 0.05)
+    value.backward()
+    want = [p.grad.clone() for p in params]
+    model.zero_grad(set_to_none=True)
+    updater = Updater(model, params, loss, World(), UpdateSettings(3, 1.0, CPU))
+    got = updater.accumulate_gradients(UpdateBatch(trajectory, advantages, old, selected=selected, entropy_coef=0.05))
+    assert got["loss"] == pytest.approx(value.item(), rel=1e-5)
+    scale = max(w.abs().max().item() for w in want)
+    for p, w in zip(params, want, strict=True):
+        torch.testing.assert_close(p.grad, w, atol=1e-5 * scale, rtol=0)
+
+
+def test_no_selected_token_and_no_bonus_leave_no_gradient(setup):
+    model, trajectory, _ = setup
+    params = [p for p in model.parameters() if p.requires_grad]
+    updater = Updater(model, params, PolicyLoss.from_config(AlgorithmConfig(), 10), World(), UpdateSettings(3, 1.0, CPU))
+    none = torch.zeros(trajectory.completion_ids.shape)
+    updater.accumulate_gradients(UpdateBatch(trajectory, torch.linspace(-1, 1, len(trajectory)), selected=none))
+    assert all(p.grad is None or (p.grad == 0).all() for p in params)
+    updater.accumulate_gradients(UpdateBatch(trajectory, torch.zeros(len(trajectory)), entropy_coef=0.1))
+    assert any(p.grad is not None and (p.grad != 0).any() for p in params)  # the bonus alone moves the weights
 
 
 def test_a_masked_token_gets_exactly_zero_gradient():
