@@ -74,6 +74,13 @@ class ModelConfig:
         "CUDA bfloat16 where supported (grpo.compute.precision; the choice is written to <run>/precision.json "
         "and kept on resume).",
     )
+    lm_head_fp32: bool = doc(
+        True, "Compute the LM head (the hidden-to-vocabulary product) in float32 outside autocast while the body "
+        "runs in a lower model.precision, in the update, the old/reference passes and rollouts that decode with "
+        "the policy itself: bf16 logits are the largest source of the sampler/trainer log-prob mismatch "
+        "(MiniMax-M1; ScaleRL; TRL's cast_lm_head_to_fp32). Works with tied embeddings and LoRA; in float32 "
+        "runs it changes nothing (grpo.compute.lm_head).",
+    )
     device: str = doc("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
     gradient_checkpointing: bool = doc(False, "Recompute activations in backward to save memory.")
     lora: LoraConfig = doc(LoraConfig(), "LoRA / PEFT settings.")
