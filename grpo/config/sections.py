@@ -277,6 +277,13 @@ class TrainConfig:
     )
     max_bad_steps: int = doc(
         3, "Stop (with a checkpoint) after this many non-finite losses in a row.", check=at_least(1))
+    fp16_initial_scale: float = doc(
+        65536.0, "model.precision=float16: the dynamic loss scaler's first scale (torch.amp.GradScaler's default, "
+        "as verl's float16 runs use). An update whose scaled gradients overflow is skipped and halves the "
+        "scale; it does not count towards train.max_bad_steps (grpo.compute.loss_scale).", check=above(0))
+    fp16_growth_interval: int = doc(
+        2000, "model.precision=float16: double the loss scale after this many updates in a row without an "
+        "overflow (torch.amp.GradScaler's default).", check=at_least(1))
     first_run_check: bool = doc(
         True, "At the start of a fresh run, sample G completions for 2 training prompts (its own seed: the run's "
         "random streams are untouched) and warn, one line each naming the field to change, about truncation, "
