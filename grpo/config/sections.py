@@ -77,7 +77,7 @@ class ModelConfig:
     lm_head_fp32: bool = doc(
         True, "Compute the LM head (the hidden-to-vocabulary product) in float32 outside autocast while the body "
         "runs in a lower model.precision, in the update, the old/reference passes and rollouts that decode with "
-        "the policy itself: bf16 logits are the largest source of the sampler/trainer log-prob mismatch "
+        "the policy itself: bf16 logits are a large, cheaply removed part of the sampler/trainer log-prob mismatch "
         "(MiniMax-M1; ScaleRL; TRL's cast_lm_head_to_fp32). Works with tied embeddings and LoRA; in float32 "
         "runs it changes nothing (grpo.compute.lm_head).",
     )
