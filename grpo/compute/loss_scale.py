@@ -12,9 +12,9 @@ its sharded form), here with the step decision kept in grpo.training.update.opti
 skip is counted apart from the bad steps that stop a run (`overflowed`).
 
 Under train.parallel=fsdp each rank holds a shard of the gradients, so an overflow must be
-agreed on by all ranks: torch.distributed.fsdp's ShardedGradScaler all-reduces its finding.
-That path is written for fsdp but untested here (the 2-process gloo tests cover ddp and fsdp
-without float16). Under ddp the gradients are summed before the unscale, so every rank sees the
+agreed on by all ranks: torch.distributed.fsdp's ShardedGradScaler all-reduces its finding
+(FSDP2's sharded gradients included: tests/compute/test_distributed.py runs 2 gloo processes,
+on CPU only). Under ddp the gradients are summed before the unscale, so every rank sees the
 same ones and the plain scaler agrees by construction.
 """
 
