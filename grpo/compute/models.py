@@ -35,6 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from grpo.compute.attention import attention_for
 from grpo.compute.dtypes import resolve_dtype, weight_dtype
 from grpo.compute.gguf_cache import bundled_model_dir, cached_conversion, gguf_model_dir
+from grpo.compute.lm_head import keep_head_float32
 from grpo.config import ModelConfig
 
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
@@ -176,6 +177,8 @@ def load_policy(cfg: ModelConfig, loaded: LoadedModel | None = None) -> tuple[nn
         path = resolve_model_dir(cfg.path)
         tokenizer = load_tokenizer(path)
         model = _model_from(path, weight_dtype(cfg.dtype), device)
+    if cfg.lm_head_fp32:  # before LoRA: the head's class switch, not a wrapper (grpo.compute.lm_head)
+        keep_head_float32(model)
     if cfg.gradient_checkpointing:
         # non-reentrant: works when the inputs need no grad (frozen embeddings under LoRA)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -244,7 +247,8 @@ def load_reference(cfg: ModelConfig, policy: nn.Module, dtype: torch.dtype | Non
     if hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
         return AdapterDisabledReference(policy)
     weight = next(policy.parameters())
-    return load_frozen(cfg, dtype or weight.dtype, weight.device)
+    reference = load_frozen(cfg, dtype or weight.dtype, weight.device)
+    return keep_head_float32(reference) if cfg.lm_head_fp32 else reference  # log-probs as the policy's
 
 
 def load_frozen(cfg: ModelConfig, dtype: torch.dtype | None = None, device: torch.device | None = None) -> nn.Module:

@@ -29,11 +29,14 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
+from grpo.compute.lm_head import Float32Head
+
 
 def _packable(layer: nn.Module) -> bool:
     weight = getattr(layer, "weight", None)
-    # exactly nn.Linear: a subclass may compute something else in its forward
-    return (type(layer) is nn.Linear and type(weight) in (torch.Tensor, nn.Parameter)
+    # exactly nn.Linear (a subclass may compute something else in its forward), or the float32
+    # head, which computes x @ W^T + b too (packed in float32 only: _pack)
+    return (type(layer) in (nn.Linear, Float32Head) and type(weight) in (torch.Tensor, nn.Parameter)
             and weight.device.type == "cpu" and weight.dtype == torch.float32
             and torch.backends.mkldnn.is_available())
 
@@ -122,8 +125,9 @@ def _pack(model: nn.Module, dtype: torch.dtype) -> list[nn.Module]:
             layer.forward = _sibling_forward(layer, product, index)
         packed += group
     for layer in [m for m in model.modules() if _packable(m) and "forward" not in vars(m)]:
-        weight = layer.weight.detach().to(dtype)
-        layer.forward = _packed_forward(layer, torch.ops.mkldnn._reorder_linear_weight(weight), dtype)
+        own = torch.float32 if isinstance(layer, Float32Head) else dtype  # model.lm_head_fp32
+        weight = layer.weight.detach().to(own)
+        layer.forward = _packed_forward(layer, torch.ops.mkldnn._reorder_linear_weight(weight), own)
         packed.append(layer)
     return packed
 

@@ -76,6 +76,13 @@ class ModelConfig:
         "CUDA bfloat16 where supported (grpo.compute.precision; the choice is written to <run>/precision.json "
         "and kept on resume).",
     )
+    lm_head_fp32: bool = doc(
+        True, "Compute the LM head (the hidden-to-vocabulary product) in float32 outside autocast while the body "
+        "runs in a lower model.precision, in the update, the old/reference passes and rollouts that decode with "
+        "the policy itself: bf16 logits are a large, cheaply removed part of the sampler/trainer log-prob mismatch "
+        "(MiniMax-M1; ScaleRL; TRL's cast_lm_head_to_fp32). Works with tied embeddings and LoRA; in float32 "
+        "runs it changes nothing (grpo.compute.lm_head).",
+    )
     device: str = doc("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
     gradient_checkpointing: bool = doc(False, "Recompute activations in backward to save memory.")
     lora: LoraConfig = doc(LoraConfig(), "LoRA / PEFT settings.")
@@ -332,6 +339,13 @@ class TrainConfig:
     )
     max_bad_steps: int = doc(
         3, "Stop (with a checkpoint) after this many non-finite losses in a row.", check=at_least(1))
+    fp16_initial_scale: float = doc(
+        65536.0, "model.precision=float16: the dynamic loss scaler's first scale (torch.amp.GradScaler's default, "
+        "as verl's float16 runs use). An update whose scaled gradients overflow is skipped and halves the "
+        "scale; it does not count towards train.max_bad_steps (grpo.compute.loss_scale).", check=above(0))
+    fp16_growth_interval: int = doc(
+        2000, "model.precision=float16: double the loss scale after this many updates in a row without an "
+        "overflow (torch.amp.GradScaler's default).", check=at_least(1))
     first_run_check: bool = doc(
         True, "At the start of a fresh run, sample G completions for 2 training prompts (its own seed: the run's "
         "random streams are untouched) and warn, one line each naming the field to change, about truncation, "

@@ -53,6 +53,8 @@ class TrainerState:
     num_updates: int = 0  # optimizer updates made: the policy version that trajectories carry
     reference_moved: bool = False  # reference.sync_every or iterative RL changed the reference
     entropy_coef: float | None = None  # the adapted entropy bonus coefficient (algorithm.entropy_target); None: fixed
+    num_overflow_skips: int = 0  # float16 updates skipped because the scaled gradients overflowed
+    loss_scale: dict[str, Any] = field(default_factory=dict)  # the float16 loss scaler's state_dict
 
 
 REFERENCE_FILE = "reference.safetensors"  # only in runs whose reference moved (sync_every, iterative RL)

@@ -16,7 +16,8 @@ One step, as numbered in `train_step` below:
      config (grpo.training.update.Updater, grpo.training.loss; the first update also weighs the
      sampler's tokens by pi_old / q when the correction is on; with algorithm.off_policy_mask_threshold
      each update drops the surrogate of negative completions the policy drifted from), then clip,
-     finite check, AdamW step and LR schedule (grpo.training.update.optimizer_step); a non-finite update is skipped and counted;
+     finite check, AdamW step and LR schedule (grpo.training.update.optimizer_step); a non-finite update is skipped and counted
+     (under float16 an overflow of the scaled gradients is counted apart: grpo.compute.loss_scale);
      then the entropy bonus's coefficient moves toward algorithm.entropy_target when one is set
   7. the engine samples from the new weights from now on (engine.sync_weights)
   8. metrics and sample completions to the run directory
@@ -44,6 +45,7 @@ from grpo import algorithm, rewards
 from grpo.compute import models
 from grpo.compute.allocator import keep_freed_memory
 from grpo.compute.distributed import World
+from grpo.compute.loss_scale import build_loss_scaler, overflowed, scale_of
 from grpo.compute.precision import Precision, dither_master_weights
 from grpo.compute.precision import resolve as resolve_precision
 from grpo.compute.precision import save as save_precision
@@ -182,11 +184,15 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, betas=tuple(cfg.train.adam_betas),
                                       weight_decay=cfg.train.weight_decay, fused=device.type in ("cpu", "cuda"))
         scheduler = make_scheduler(optimizer, cfg, cfg.train.num_steps * cfg.algorithm.num_iterations)
+        scaler = build_loss_scaler(precision.compute, device.type, params, world, cfg.train.fp16_initial_scale,
+                                   cfg.train.fp16_growth_interval)  # float16: dynamic loss scaling
         sampler = build_sampler(cfg, engine, tokenizer)  # tools and environments load: bad ones fail now
         resources.preflight(cfg, model, tokenizer, task, optimizer, device, sampler.render)  # prompts, memory, disk
         state = TrainerState()
         if ckpt is not None:
             state = load_training_state(ckpt, model, optimizer, scheduler, world)
+            if scaler is not None and state.loss_scale:
+                scaler.load_state_dict(state.loss_scale)  # the scale and its growth count: exact resume
             engine.sync_weights(model, state.num_updates)  # the checkpoint's weights, not model.path's
             if isinstance(reference, LocalReference) and (Path(ckpt) / REFERENCE_FILE).is_file():
                 load_weights(ckpt, reference.model, REFERENCE_FILE, every_parameter=True)  # where syncs moved it
@@ -199,7 +205,7 @@ class Trainer:
         return cls(cfg=cfg, model=model, tokenizer=tokenizer, reference=reference, engine=engine, sampler=sampler,
                    reward_fns=reward_fns, task=task,
                    collector=build_collector(cfg, sampler, reward_fns, world, engine, tokenizer.pad_token_id),
-                   updater=Updater(model, params, loss, world, settings,
+                   updater=Updater(model, params, loss, world, settings, scaler,
                                    OffPolicyMask.from_config(cfg.algorithm, cfg.rollout)), correction=correction,
                    entropy=EntropyControl.from_config(cfg.algorithm),
                    optimizer=optimizer, scheduler=scheduler, device=device, state=state,
@@ -308,13 +314,17 @@ class Trainer:
         batch = UpdateBatch(trajectory, advantages, old_logprobs, ref_logprobs, sampler, selected, coef)
         per_iteration = []
         self.model.train()
+        scaler = self.updater.scaler
         for iteration in range(cfg.algorithm.num_iterations):
             metrics = self.updater.accumulate_gradients(batch, with_entropy=iteration == 0)
+            scale_before = scale_of(scaler)
             metrics["grad_norm"], applied = optimizer_step(self.optimizer, self.scheduler, params,
-                                                           cfg.train.max_grad_norm, metrics["loss"])
+                                                           cfg.train.max_grad_norm, metrics["loss"], scaler)
             if applied:
                 self.state.num_updates += 1
                 self.state.bad_steps_in_a_row = 0
+            elif overflowed(scale_before, metrics["loss"]):  # float16: the halved scale retries; not a bad step
+                self.state.num_overflow_skips += 1
             else:  # the weights are unchanged; train.max_bad_steps of these in a row stop the run
                 self.state.bad_steps_in_a_row += 1
                 self.state.num_skipped_updates += 1
@@ -324,7 +334,8 @@ class Trainer:
             bonus = {"entropy/coef": coef}  # the coefficient this step trained with
             if self.entropy.adaptive:
                 self.state.entropy_coef = self.entropy.next_coef(coef, per_iteration[0]["entropy"])
-        return {**mean_over_iterations(per_iteration), **bonus, "skipped_updates": self.state.num_skipped_updates}
+        fp16 = {} if scaler is None else {"fp16/scale": scale_of(scaler), "fp16/skipped": self.state.num_overflow_skips}
+        return {**mean_over_iterations(per_iteration), **bonus, "skipped_updates": self.state.num_skipped_updates, **fp16}
 
     # ----------------------------------------------------------------- the run
 
@@ -353,6 +364,8 @@ class Trainer:
         # rollouts in flight are dropped: a resumed run requests their prompts again
         self.state.examples_seen = self.data.position - self.collector.prompts_in_flight
         snapshot = take_snapshot(self.model, self.optimizer, self.scheduler, self.world)
+        if self.updater.scaler is not None:
+            self.state.loss_scale = self.updater.scaler.state_dict()
         if self.state.reference_moved:
             snapshot.reference = parameter_state(self.reference.model)
         if self.iterative is not None:

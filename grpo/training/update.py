@@ -13,7 +13,8 @@ gradient pushed through in a second stage (`PromptCache.backward`), and the Worl
 that make the last backward (and only it) reduce gradients across ranks. The normalizers
 are global (every micro-batch of every rank), so the gradients add up to the gradient of
 the whole batch in one process. `optimizer_step` clips, refuses a non-finite update, steps
-and advances the schedule (`make_scheduler`). None of them knows a loss type by name
+and advances the schedule (`make_scheduler`); under float16 the backwards are scaled and
+optimizer_step unscales (grpo.compute.loss_scale). None of them knows a loss type by name
 (grpo.training.loss) or touches an engine.
 """
 
@@ -108,6 +109,7 @@ class Updater:
     loss: PolicyLoss
     world: World
     settings: UpdateSettings
+    scaler: torch.amp.GradScaler | None = None  # float16: every backward scaled (grpo.compute.loss_scale)
     off_policy: OffPolicyMask = OffPolicyMask(None)  # DeepSeek-V3.2's off-policy sequence masking (None: off)
 
     def accumulate_gradients(self, batch: UpdateBatch, with_entropy: bool = False) -> dict[str, float]:
@@ -183,7 +185,8 @@ class Updater:
         value, metrics = self.loss(logprobs, old, adv.to(device), mb.loss_mask, ref, num_items, weights)
         if bonus:
             value = value + self.loss.entropy_term(entropy, mb.loss_mask, num_items, batch.entropy_coef)
-        value.backward()
+        # scaled: the prompt cache's leaves accumulate scaled gradients, so its backward is scaled too
+        (value if self.scaler is None else self.scaler.scale(value)).backward()
         if with_entropy:
             metrics["entropy"] = algorithm.masked_mean(entropy.detach(), mb.loss_mask)
         return value.item(), metrics, mb.loss_mask.sum().item()
@@ -205,16 +208,22 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_updates:
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, scheduler, params: list[torch.nn.Parameter],
-                   max_grad_norm: float, loss: float) -> tuple[float, bool]:
+                   max_grad_norm: float, loss: float, scaler: torch.amp.GradScaler | None = None) -> tuple[float, bool]:
     """Clip the gradient norm (0 = no clipping), step unless the loss or the norm is not
     finite (a poisoned update is skipped, not written into the weights), advance the
-    schedule (it counts updates made), clear the gradients. Returns (norm before clipping, applied)."""
+    schedule (it counts updates made), clear the gradients. Returns (norm before clipping, applied).
+    With a loss scaler (float16) the gradients are unscaled first, so clipping and the norm see
+    the true ones, and the scaler then adjusts its scale to what its unscale found."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
     grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # fsdp: a DTensor
     applied = math.isfinite(grad_norm) and math.isfinite(loss)
     if applied:
         optimizer.step()
         scheduler.step()
+    if scaler is not None:
+        scaler.update()  # an overflow halves the scale; growth_interval clean updates double it
     optimizer.zero_grad(set_to_none=True)
     return grad_norm, applied
 

@@ -275,3 +275,19 @@ def test_two_process_bf16_run_keeps_every_rank_bitwise_equal(tmp_path, tiny_mode
     start = initial_params(tiny_model_dir)
     assert any(not torch.equal(ranks[0]["after"][n], start[n]) for n in start)
     assert all(r["version"] == 3 for r in ranks)
+
+
+def test_two_process_fsdp_float16_run_agrees_on_overflows_and_updates(tmp_path, tiny_model_dir):
+    """model.precision=float16 under fsdp: ShardedGradScaler all-reduces its overflow finding, so both
+    ranks skip together (a 2^126 scale overflows every update; max_bad_steps=1 is not triggered by
+    them) and, at the default scale, both step together."""
+    common = ("train.parallel=fsdp", "model.precision=float16", "eval.num_examples=0")
+    over, ok = tmp_path / "over", tmp_path / "ok"
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, over, 2, *common, "train.max_bad_steps=1",
+                            "train.fp16_initial_scale=8.507059173023462e37"))
+    assert [(r["fp16/scale"], r["fp16/skipped"], r["skipped_updates"]) for r in metrics(over)] == [
+        (2.0**125, 1, 0), (2.0**124, 2, 0)]
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, ok, 2, *common))
+    assert [(r["fp16/scale"], r["fp16/skipped"], r["skipped_updates"]) for r in metrics(ok)] == [
+        (2.0**16, 0, 0), (2.0**16, 0, 0)]
+    assert all(r["grad_norm"] > 0 for r in metrics(ok))
