@@ -95,3 +95,11 @@ def test_loading_a_config_imports_no_torch():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_algorithm_is_pure_math_that_imports_no_other_grpo_module():
+    graph = import_graph()
+    algorithm = {name for name in graph if name == "grpo.algorithm" or name.startswith("grpo.algorithm.")}
+    assert len(algorithm) > 1
+    outside = {name: sorted(graph[name] - algorithm) for name in algorithm if graph[name] - algorithm}
+    assert outside == {}

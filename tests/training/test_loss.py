@@ -17,7 +17,7 @@ def test_from_config_passes_the_objective_and_its_options():
     cfg = load_config(None, ["algorithm.policy_objective=cispo", "algorithm.cispo_epsilon_low=0.2",
                              "algorithm.cispo_epsilon_high=0.28"])
     loss = PolicyLoss.from_config(cfg.algorithm, 8)
-    # the hand-worked CISPO case of tests/test_algorithm_objectives.py through the loss object (loss_type
+    # the hand-worked CISPO case of tests/algorithm/test_objectives.py through the loss object (loss_type
     # grpo: one sequence of three tokens, so / 3): r = [0.5, 1.27, 1.29], A = +1 -> w = [0.8, 1.27, 1.28],
     # d l / d logp = -w / 3; 0.5 and 1.29 clipped -> 2 of 3
     lp = torch.log(torch.tensor([[0.5, 1.27, 1.29]])).requires_grad_(True)

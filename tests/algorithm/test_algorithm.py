@@ -104,7 +104,7 @@ def test_token_logprobs_matches_log_softmax_and_chunks(monkeypatch):
     logits = torch.randn(3, 5, 11)
     ids = torch.randint(0, 11, (3, 5))
     full = torch.log_softmax(logits / 0.7, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    monkeypatch.setattr(algorithm, "LOGPROB_CHUNK_TOKENS", 4)  # 15 tokens -> 4 chunks
+    monkeypatch.setattr(algorithm.tokens, "LOGPROB_CHUNK_TOKENS", 4)  # 15 tokens -> 4 chunks
     got = token_logprobs(logits, ids, temperature=0.7)
     torch.testing.assert_close(got, full)
 

@@ -1,0 +1,87 @@
+"""The GRPO math as pure tensor functions.
+
+Nothing here touches a model, a tokenizer or a process group: every function takes tensors
+and returns tensors, so each is tested against hand-computed values.
+
+Shapes: B = number of completions in the (micro-)batch (prompts x G, ordered group by
+group), T = completion length (padded), V = vocabulary size.
+
+Where we depart from the papers:
+- DeepSeekMath's GRPO objective averages token losses per sequence, then over sequences
+  (`loss_type="grpo"`). That gives long sequences less weight per token (the length bias
+  Dr. GRPO points out), so `bnpo`, `dr_grpo` and `dapo` aggregations are offered too.
+- The KL penalty uses Schulman's k3 estimator by default and is added per token to the
+  surrogate (as DeepSeekMath and TRL do), not folded into the reward.
+- The group std is Bessel-corrected (torch's default), as TRL and verl compute it; a group
+  whose rewards are all equal gets zero advantages, never NaN.
+- `num_items` is the normalizer over the whole global batch (all micro-batches and all
+  processes), so gradient accumulation and data parallelism give the same gradient as one
+  big batch. `bnpo` and `dapo` then coincide; they differ (as in TRL) only when `num_items`
+  is left to default to the local micro-batch count.
+- CISPO's weight bound is 1 + cispo_epsilon_high, as MiniMax-M1 and verl write it; TRL's
+  `epsilon_high` for cispo caps the raw ratio (its 5.0 is our default 4).
+- DeepSeek-V3.2's unbiased KL weighs each token's estimate by the token ratio pi_theta / pi_old
+  (the surrogate's pi_old), also at sequence level; its off-policy mask keeps a completion it
+  cannot measure (no token with finite sampler and trainer log-probs).
+- normalize_then_sum (GDPO) leaves out the batch mean GDPO and TRL subtract (zero by
+  construction) and zeroes groups whose normalized rewards cancel (decoupled_advantages).
+"""
+
+# Every name lives in one submodule (a concern each); `grpo.algorithm.X` reaches all of them.
+from grpo.algorithm.advantages import (  # noqa: F401
+    ADVANTAGE_SCALES,
+    ADVANTAGE_SOURCES,
+    CANCELLED,
+    REWARD_AGGREGATIONS,
+    RewardAggregation,
+    decoupled_advantages,
+    decoupled_signal,
+    decoupled_sum,
+    group_advantages,
+    groups_with_signal,
+    process_advantages,
+    summed_advantages,
+    summed_signal,
+    weighted_sum,
+)
+from grpo.algorithm.corrections import (  # noqa: F401
+    SAMPLER_CORRECTION_LEVELS,
+    SAMPLER_CORRECTIONS,
+    off_policy_sequence_mask,
+    sampler_correction_weights,
+)
+from grpo.algorithm.entropy import (  # noqa: F401
+    adapted_entropy_coef,
+    entropy_bonus,
+    entropy_threshold,
+    high_entropy_mask,
+)
+from grpo.algorithm.losses import (  # noqa: F401
+    AGGREGATIONS,
+    IMPORTANCE_SAMPLING_LEVELS,
+    KL_ESTIMATORS,
+    LOSS_TYPES,
+    Aggregation,
+    constant_normalized_sum,
+    kl_divergence,
+    per_sequence_mean,
+    policy_loss,
+    surrogate_metrics,
+    token_sum,
+)
+from grpo.algorithm.objectives import (  # noqa: F401
+    POLICY_OBJECTIVES,
+    Objective,
+    ObjectiveOptions,
+    cispo_surrogate,
+    clipped_surrogate,
+    policy_objective,
+    sapo_surrogate,
+)
+from grpo.algorithm.tokens import (  # noqa: F401
+    LOGPROB_CHUNK_TOKENS,
+    masked_mean,
+    sampling_logits,
+    token_entropy,
+    token_logprobs,
+)
