@@ -1,7 +1,15 @@
 """The GRPO math as pure tensor functions.
 
 Nothing here touches a model, a tokenizer or a process group: every function takes tensors
-and returns tensors, so each is tested against hand-computed values.
+and returns tensors, so each is tested against hand-computed values. One submodule per concern:
+  tokens       logits -> the sampler's processed logits, picked-token log-probs, entropy
+  advantages   group-relative advantages (one total, or several rewards apart), process advantages
+  objectives   per-token surrogates: clip (with the dual clip), CISPO, SAPO
+  losses       ratio level, KL estimators, aggregations, policy_loss
+  corrections  sampler importance weights (TIS/MIS), off-policy sequence masking
+  entropy      the entropy bonus, its adaptive coefficient, high-entropy token selection
+The tables the code dispatches on (config fields list their keys as the allowed values) are
+named in capitals in each.
 
 Shapes: B = number of completions in the (micro-)batch (prompts x G, ordered group by
 group), T = completion length (padded), V = vocabulary size.
