@@ -81,7 +81,8 @@ class ModelConfig:
         "runs in a lower model.precision, in the update, the old/reference passes and rollouts that decode with "
         "the policy itself: bf16 logits are a large, cheaply removed part of the sampler/trainer log-prob mismatch "
         "(MiniMax-M1; ScaleRL; TRL's cast_lm_head_to_fp32). Works with tied embeddings and LoRA; in float32 "
-        "runs it changes nothing (grpo.compute.lm_head).",
+        "runs it changes nothing (grpo.compute.lm_head). Its cost: the logits are float32, twice the memory of bf16 "
+        "logits; false for the lower-precision head.",
     )
     device: str = doc("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
     gradient_checkpointing: bool = doc(False, "Recompute activations in backward to save memory.")

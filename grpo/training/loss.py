@@ -152,8 +152,8 @@ class SamplerCorrection:
     the weights, their own kernels and dtype), for asynchronous generation (max_staleness >
     0: q is an older policy than pi_old) and wherever rollouts or the trainer compute below
     float32 (grpo.compute.precision: bf16 rounding separates the sampler's log-probs from the
-    trainer's, mean |difference| ~0.02 per token measured on the bundled model), none for
-    the engines that sample with the trainer's own module in float32.
+    trainer's; docs/algorithm.md has the measured gap), none for the engines that sample with
+    the trainer's own module in float32.
     """
 
     mode: str  # none | truncate | mask
