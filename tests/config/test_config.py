@@ -130,12 +130,13 @@ def dispatch_tables():
     from grpo import algorithm, rollout, tasks
     from grpo.compute import distributed, dtypes
     from grpo.record import trackers
-    from grpo.tasks import prompts
+    from grpo.tasks import prompts, sampling
 
     return {
         "model.dtype": ("auto", *tuple(dtypes.DTYPES)),
         "model.precision": ("auto", *tuple(dtypes.DTYPES)),
         "task.source": tuple(tasks.SOURCES),
+        "task.sampler": tuple(sampling.SAMPLERS),
         "rollout.engine": ("auto", *tuple(rollout.ENGINES)),
         "rollout.vllm_lora_sync": tuple(rollout.LORA_SYNCS),
         "rollout.precision": ("auto", *tuple(dtypes.DTYPES)),
