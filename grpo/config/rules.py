@@ -215,3 +215,30 @@ def objective_options_fit(algorithm: AlgorithmConfig) -> None:
                          f"= token (it is {a.importance_sampling_level!r}): SAPO's gate damps the few off-policy "
                          "tokens of a completion and keeps the rest, which one ratio per completion cannot; "
                          "use policy_objective clip or cispo with sequence")
+
+
+def prompt_sampler_fits(task: TaskConfig, rewards: list[RewardSpec], rollout: RolloutConfig) -> None:
+    """difficulty_pool and curriculum read the success reward's scores, draw from estimates that the
+    trained steps updated (nothing generated ahead: rollout.max_staleness 0), and curriculum
+    regenerates a reasoning-gym task."""
+    d = task.difficulty
+    if d.hard_below > d.easy_above:
+        raise _invalid("task.difficulty.easy_above", d.easy_above,
+                       f"a number >= task.difficulty.hard_below = {d.hard_below}")
+    if task.sampler == "uniform":
+        return
+    names = [spec.name for spec in rewards]
+    if d.success_reward not in names:
+        raise _invalid("task.difficulty.success_reward", d.success_reward,
+                       f"an entry of `rewards` (one of {', '.join(names)}) with task.sampler={task.sampler}")
+    if rollout.max_staleness:
+        raise ValueError(f"config field `task.sampler` = {task.sampler!r} needs rollout.max_staleness = 0 (it is "
+                         f"{rollout.max_staleness}): prompts requested ahead would be drawn from estimates the steps "
+                         "in between have not updated; use task.sampler=uniform")
+    if task.sampler == "curriculum" and task.source != "reasoning_gym":
+        raise ValueError(f"config field `task.sampler` = 'curriculum' needs task.source=reasoning_gym (it is "
+                         f"{task.source!r}): the levels are a reasoning-gym curriculum's; allowed for other sources: "
+                         "uniform, difficulty_pool")
+    if task.sampler == "difficulty_pool" and not (d.easy_weight or d.learnable_weight or d.hard_weight):
+        raise _invalid("task.difficulty.learnable_weight", d.learnable_weight,
+                       "a number > 0 where easy_weight and hard_weight are 0 (some pool must be drawn from)")

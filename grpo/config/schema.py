@@ -56,6 +56,7 @@ class Config:
         rules.trackers_installed(self.log, facts.installed)
         rules.tools_or_environment(r)
         rules.file_source_has_a_path(self.task)
+        rules.prompt_sampler_fits(self.task, self.rewards, r)
         self.task.num_eval = rules.held_out_for_evaluation(self.task, self.eval)  # none without evaluation
         rules.reference_sync_has_a_reference_to_change(ref, a, self.model)
         rules.kl_weighting_has_a_kl_term(a)

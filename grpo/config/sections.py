@@ -37,6 +37,7 @@ from grpo.config.values import (
     PARALLEL_MODES,
     POLICY_OBJECTIVE_NAMES,
     PRECISION_NAMES,
+    PROMPT_SAMPLER_NAMES,
     REWARD_AGGREGATION_NAMES,
     SAMPLER_CORRECTION_LEVELS,
     SAMPLER_CORRECTION_NAMES,
@@ -90,6 +91,49 @@ class ModelConfig:
 
 
 @dataclass
+class DifficultyConfig:
+    success_reward: str = doc(
+        "accuracy", "The entry of `rewards` whose score says a completion solved its prompt (>= success_threshold; a "
+        "failed call is a failure). A prompt's estimated pass rate counts those successes (grpo.tasks.difficulty). "
+        "task.sampler difficulty_pool and curriculum need it among `rewards`; under uniform, a run without it "
+        "keeps no estimates.")
+    success_threshold: float = doc(
+        0.5, "The success_reward score at or above which a completion counts as solved (0.5: a 0/1 accuracy "
+        "reward's right answers; the same cut iterative.label uses).")
+    prior: list[float] = doc(
+        [1.0, 1.0], "Beta(a, b) prior over a prompt's pass rate: an unseen prompt's estimate is a / (a + b) (1, 1: "
+        "0.5, learnable, so every prompt is tried before it is judged), and one group of G moves it most of the way "
+        "(G = 4, all solved: 5/6).",
+        check=expect(lambda v: len(v) == 2 and all(x > 0 for x in v), "two numbers > 0"))
+    decay: float = doc(
+        0.5, "At each new visit a prompt's earlier success and completion counts are multiplied by this before the new "
+        "ones are added: the policy changed since, so old groups say less (0: only the last visit, as prime-rl's "
+        "difficulty pool; 1: every visit alike).", check=within("[0, 1]"))
+    hard_below: float = doc(
+        0.2, "difficulty_pool: a prompt whose estimated pass rate is below this is hard (prime-rl's hard_border).",
+        check=within("[0, 1]"))
+    easy_above: float = doc(
+        0.8, "difficulty_pool: a prompt whose estimated pass rate is above this is easy (prime-rl's easy_border); "
+        "the rest is learnable. At least hard_below.", check=within("[0, 1]"))
+    easy_weight: float = doc(
+        0.1, "difficulty_pool: the share of each step's prompts drawn from the easy pool (prime-rl's easy_fraction); "
+        "the three weights are normalized over the pools that hold prompts.", check=at_least(0, NUMBER))
+    learnable_weight: float = doc(
+        0.8, "difficulty_pool: the share drawn from the learnable pool, whose groups have reward variance (GRPO's "
+        "signal) most often.", check=at_least(0, NUMBER))
+    hard_weight: float = doc(
+        0.1, "difficulty_pool: the share drawn from the hard pool (prime-rl's hard_fraction): kept above 0 so a "
+        "prompt the policy learns to solve can leave it.", check=at_least(0, NUMBER))
+    curriculum_threshold: float = doc(
+        0.7, "curriculum: move to the next level of the reasoning-gym curriculum once the last curriculum_window "
+        "steps solved at least this fraction of their completions (a level mostly solved gives GRPO few groups "
+        "with signal).", check=within("(0, 1]"))
+    curriculum_window: int = doc(
+        4, "curriculum: steps at the current level whose pass rate decides a level change (fewer would move on "
+        "one lucky step).", check=at_least(1))
+
+
+@dataclass
 class TaskConfig:
     source: Literal[TASK_SOURCES] = doc(
         "reasoning_gym", "Where examples come from: a procedural reasoning-gym task, local files, or a dataset "
@@ -140,6 +184,14 @@ class TaskConfig:
         "", "Text that starts the model's answer, e.g. '<think>' (chat) or ' <think>' (after 'Assistant:'): "
         "prompt tokens, never trained; rewards, evaluation and samples see prefix + completion.",
     )
+    sampler: Literal[PROMPT_SAMPLER_NAMES] = doc(
+        "uniform", "Which training prompts each step draws (grpo.tasks.sampling): uniform = a seeded permutation "
+        "per epoch; difficulty_pool = by estimated pass rate, easy / learnable / hard pools in the shares of "
+        "task.difficulty (prime-rl's difficulty pool: too easy and too hard prompts, whose groups have no reward "
+        "variance, come back less); curriculum = a reasoning-gym task's curriculum levels, one up as accuracy "
+        "rises (reasoning-gym's coaching curricula; held-out examples stay those of task.params).")
+    difficulty: DifficultyConfig = doc(
+        DifficultyConfig(), "Per-prompt pass-rate estimates and what difficulty_pool and curriculum do with them.")
 
 
 @dataclass

@@ -12,6 +12,8 @@ PRECISION_NAMES = ("auto", "float32", "bfloat16", "float16")
 
 # task.source: grpo.tasks.SOURCES
 TASK_SOURCES = ("reasoning_gym", "file", "hub")
+# task.sampler: grpo.tasks.sampling.SAMPLERS (which training prompts each step draws)
+PROMPT_SAMPLER_NAMES = ("uniform", "difficulty_pool", "curriculum")
 # task.template: chat, a preset of grpo.tasks.prompts.TEMPLATES, or a plain-text template
 CHAT = "chat"
 TEMPLATE_PRESETS = ("r1_zero",)

@@ -48,6 +48,10 @@ METRIC_PLOTS = (
     ("length", "Completion length (tokens)",
      ("completion_length/mean", "completion_length/min", "completion_length/max")),
     ("truncation", "Truncation rate (hit max_new_tokens)", ("truncation_rate",)),
+    ("pass_rate", "Pass rate of the step's prompts: estimated before, observed",
+     ("sampling/estimated_pass_rate", "sampling/observed_pass_rate")),
+    ("pools", "Training prompts by estimated pass rate", ("sampling/easy", "sampling/learnable", "sampling/hard")),
+    ("curriculum", "Curriculum level", ("curriculum/level",)),
 )
 # greedy (lenient, strict), sampled at T > 0 (lenient, strict), format; plus any pass@k in eval.jsonl
 EVAL_KEYS = ("accuracy", "strict_accuracy", "sampled_accuracy", "sampled_strict_accuracy", "format")

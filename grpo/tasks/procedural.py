@@ -179,3 +179,42 @@ def _registry() -> dict[str, tuple[type, type]]:
 
 def _accepted_params(config_cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(config_cls) if f.name not in ("seed", "size")]
+
+
+def curriculum_max_level(name: str) -> int:
+    """The last level of reasoning-gym's curriculum for `name` (its longest attribute's)."""
+    return max(len(a.levels) for a in _curriculum(name).attributes.values()) - 1
+
+
+def curriculum_examples(cfg: TaskConfig, task: Task, level: int) -> list[Example]:
+    """task.num_train training examples of `cfg.name` at curriculum `level` (task.sampler=curriculum).
+
+    Every attribute of reasoning-gym's curriculum is set to `level` (its own last level where
+    it has fewer: BaseCurriculum.set_global_level), its range fields override task.params, the
+    rest of task.params stays. No question of the task's held-out or worked examples is used
+    (those stay at task.params: evaluation measures the target difficulty), and the prompts
+    carry the same worked examples. Ids name the level: a prompt's estimate is its own."""
+    curriculum = _curriculum(cfg.name)
+    curriculum.set_global_level(level)
+    config = curriculum.generate_configuration(defaults=dict(cfg.params))
+    params = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in ("seed", "size")}
+    seen = {question_key(ex.question) for ex in task.eval + task.few_shot}
+    size = cfg.num_train + len(seen)
+    rows = (ex for ex in _stream(cfg.name, params, cfg.seed, size) if question_key(ex.question) not in seen)
+    train = [dataclasses.replace(ex, id=f"{cfg.name}:level{level}:{ex.id.split(':')[-1]}")
+             for ex in islice(rows, cfg.num_train)]
+    if not train:
+        raise ValueError(f"reasoning-gym dataset {cfg.name!r} at curriculum level {level} gave no question that is "
+                         "not held out; lower task.num_eval / task.few_shot")
+    think = calculator_think if cfg.few_shot_calculator else worked_think
+    attach_prompts(train, default_system_prompt(cfg), task.few_shot, think)  # the shots' own prompts come out as they were
+    return train
+
+
+def _curriculum(name: str) -> Any:
+    from reasoning_gym.factory import create_curriculum, has_curriculum
+
+    if not has_curriculum(name):
+        raise ValueError(f"config field `task.sampler` = 'curriculum' needs a reasoning-gym task with a curriculum; "
+                         f"{name!r} has none (chain_sum, basic_arithmetic, ... do): use task.sampler=difficulty_pool")
+    return create_curriculum(name)

@@ -17,7 +17,8 @@ Every rank takes every round's prompts from the stream (a full rank skips genera
 and the rounds end together (world.any), so ranks stay in step and a resumed run draws the
 same prompts. A rank that found no group with signal trains on its last round as it is
 (advantages 0: only the KL term). The data stream is an argument of each call rather than
-part of the object: it stays the trainer's, whose checkpoint records its position.
+part of the object: it stays the trainer's, whose checkpoint records its position; every scored
+group is shown to it (data.observe: its prompts' pass-rate estimates, grpo.tasks.sampling).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from grpo.episodes.turns import EpisodeSampler, SingleTurnSampler
 from grpo.rewards.harness import RewardScores, WeightedReward
 from grpo.rollout import RolloutEngine, SamplingParams
 from grpo.rollout.pipeline import RolloutPipeline, staleness
-from grpo.tasks.base import DataStream, Example
+from grpo.tasks.base import Example
+from grpo.tasks.sampling import PromptSampler
 from grpo.training.checkpoint import TrainerState
 from grpo.trajectory import Trajectory
 
@@ -86,7 +88,7 @@ class Rounds:
     def close(self) -> None:
         pass  # nothing in flight
 
-    def collect(self, data: DataStream, params: SamplingParams, state: TrainerState,
+    def collect(self, data: PromptSampler, params: SamplingParams, state: TrainerState,
                 lap: Callable[[str], None]) -> Collected:
         """This rank's examples, their trajectory and scores, and the dynamic/* metrics (none
         without dynamic sampling). lap(name) is called after generation and after scoring;
@@ -106,6 +108,7 @@ class Rounds:
                 lap("generation")
                 # 3. rewards, per completion
                 scores = self.score(examples, trajectory)
+                data.observe(examples, scores.per_function)  # every scored group, dropped ones too: its prompt's pass rate
                 lap("rewards")
                 if not self.dynamic_sampling:
                     return examples, trajectory, scores, {}
@@ -157,7 +160,7 @@ class Ahead:
         if self.pipeline is not None:
             self.pipeline.close()
 
-    def collect(self, data: DataStream, params: SamplingParams, state: TrainerState,
+    def collect(self, data: PromptSampler, params: SamplingParams, state: TrainerState,
                 lap: Callable[[str], None]) -> Collected:
         """This step's examples, trajectory and scores, with the staleness and async/* metrics."""
         r = self.rounds
@@ -170,6 +173,7 @@ class Ahead:
         trajectory, version = arrived.trajectory, state.num_updates
         ages = staleness(trajectory.policy_version, version, self.max_staleness)
         scores = r.score(arrived.examples, trajectory)
+        data.observe(arrived.examples, scores.per_function)
         lap("rewards")
         self.trained_order = {"trained_version": version, "example_ids": [ex.id for ex in arrived.examples],
                               "policy_versions": trajectory.policy_version.tolist()}

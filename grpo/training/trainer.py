@@ -61,7 +61,7 @@ from grpo.rewards.steps import place_steps
 from grpo.rollout import RolloutEngine, SamplingParams, build_engine, engine_name
 from grpo.serve.client import RemoteReference
 from grpo.tasks import Task, build_task
-from grpo.tasks.base import DataStream
+from grpo.tasks.sampling import PromptSampler, build_prompt_sampler
 from grpo.training.checkpoint import (
     REFERENCE_FILE,
     TrainerState,
@@ -140,7 +140,7 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
     state: TrainerState
-    data: DataStream
+    data: PromptSampler  # task.sampler: which prompts each step draws, with their pass-rate estimates
     world: World
     precision: Precision  # what forwards, backward and rollouts compute in (grpo.compute.precision)
     iterative: IterativeRL | None = None  # iterative RL: the reward model keeps learning
@@ -209,7 +209,7 @@ class Trainer:
                                    OffPolicyMask.from_config(cfg.algorithm, cfg.rollout)), correction=correction,
                    entropy=EntropyControl.from_config(cfg.algorithm),
                    optimizer=optimizer, scheduler=scheduler, device=device, state=state,
-                   data=DataStream(task.train, cfg.seed, state.examples_seen), world=world, precision=precision,
+                   data=build_prompt_sampler(cfg, task, state.examples_seen, ckpt), world=world, precision=precision,
                    iterative=iterative)
 
     # ----------------------------------------------------------------- one step
@@ -232,6 +232,7 @@ class Trainer:
         # max_staleness > 0 generated ahead): grpo.training.collect
         examples, trajectory, scores, collected = self.collector.collect(self.data, self.sampling_params(),
                                                                          self.state, lap)
+        collected |= self.data.settle(self.world)  # every rank's groups update the estimates (sampling/*)
         if self.iterative is not None:  # the reward model learns from these later (iterative RL)
             self.iterative.observe([ex for ex in examples for _ in range(G)], trajectory.completions,
                                    scores.per_function[cfg.iterative.label], self.world)
@@ -370,6 +371,7 @@ class Trainer:
             snapshot.reference = parameter_state(self.reference.model)
         if self.iterative is not None:
             snapshot.extra.append(self.iterative.save)
+        snapshot.extra.append(self.data.save)  # estimates and curriculum state (sampling.json)
         self.last_saved = self.state.step
         if not self.world.is_main:
             return None

@@ -130,12 +130,13 @@ def dispatch_tables():
     from grpo import algorithm, rollout, tasks
     from grpo.compute import distributed, dtypes
     from grpo.record import trackers
-    from grpo.tasks import prompts
+    from grpo.tasks import prompts, sampling
 
     return {
         "model.dtype": ("auto", *tuple(dtypes.DTYPES)),
         "model.precision": ("auto", *tuple(dtypes.DTYPES)),
         "task.source": tuple(tasks.SOURCES),
+        "task.sampler": tuple(sampling.SAMPLERS),
         "rollout.engine": ("auto", *tuple(rollout.ENGINES)),
         "rollout.vllm_lora_sync": tuple(rollout.LORA_SYNCS),
         "rollout.precision": ("auto", *tuple(dtypes.DTYPES)),
@@ -223,6 +224,18 @@ MODEL_FREE_RULES = {
                                                "divisible by the number of processes (2)"),
     "an importance-weighted KL without a KL term": (["algorithm.kl_importance_weighted=true"], 1,
                                                     "`algorithm.kl_importance_weighted` = true needs algorithm.beta > 0"),
+    "a difficulty sampler without its success reward": (
+        ["task.sampler=difficulty_pool", "rewards=[{name: format}]"], 1,
+        "`task.difficulty.success_reward` = 'accuracy' is invalid: expected an entry of `rewards` (one of format)"),
+    "a difficulty sampler with prompts requested ahead": (
+        ["task.sampler=difficulty_pool", "rollout.engine=server", "rollout.url=http://h:1", "rollout.max_staleness=1"],
+        1, "`task.sampler` = 'difficulty_pool' needs rollout.max_staleness = 0"),
+    "a curriculum of a data file": (["task.sampler=curriculum", "task.source=file", "task.path=x.jsonl"], 1,
+                                    "`task.sampler` = 'curriculum' needs task.source=reasoning_gym"),
+    "difficulty bands crossed": (["task.difficulty.hard_below=0.9"], 1,
+                                 "`task.difficulty.easy_above` = 0.8 is invalid: expected a number >= "
+                                 "task.difficulty.hard_below = 0.9"),
+    "a sampler name": (["task.sampler=hardest"], 1, "allowed: uniform, difficulty_pool, curriculum"),
 }
 
 

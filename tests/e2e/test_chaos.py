@@ -47,6 +47,14 @@ def test_kills_lose_nothing_with_dynamic_sampling(tmp_path):
     assert summary["kills"] == 2 and summary["all_resumed"] and not summary["final_problems"]
 
 
+def test_kills_lose_nothing_with_the_difficulty_pool(tmp_path):
+    # each step's prompts depend on the estimates the earlier steps left: they must resume exactly
+    summary = chaos(tmp_path, "--kills", "2", "--override", "task.sampler=difficulty_pool",
+                    "--override", f"task.difficulty.success_reward={REWARDS_FILE}:length_reward",
+                    "--override", "task.difficulty.success_threshold=1.0", timeout=240)
+    assert summary["kills"] == 2 and summary["all_resumed"] and not summary["final_problems"]
+
+
 def test_kills_lose_nothing_in_iterative_rl(tmp_path):
     # the reward model is retrained every 2 steps: its weights and samples must resume exactly
     length = REWARDS_FILE

@@ -29,7 +29,9 @@ def test_report_of_a_real_run_holds_its_data_and_pngs(tiny_run_dir):
     path = report.write_report(run)
     data = embedded(path.read_text(encoding="utf-8"))
     plots = plotted(data)
-    assert set(plots) == {"reward", "accuracy", "kl", "clip", "length", "truncation", "eval"}
+    # pass_rate and pools: the run's accuracy reward gives every prompt an estimate (grpo.tasks.sampling)
+    assert set(plots) == {"reward", "accuracy", "kl", "clip", "length", "truncation", "pass_rate", "pools", "eval"}
+    assert plots["pools"] == ["sampling/easy", "sampling/learnable", "sampling/hard"]
     reward_series = plots["reward"]
     assert reward_series[:3] == ["reward/mean", "reward/format/mean", "reward/accuracy/mean"]
     assert len(reward_series) == 4  # and the length reward, named by its file path

@@ -11,7 +11,8 @@ from grpo import algorithm
 from grpo.compute.distributed import World
 from grpo.rewards.harness import RewardScores, WeightedReward
 from grpo.rollout import SamplingParams
-from grpo.tasks.base import DataStream, Example
+from grpo.tasks.base import Example
+from grpo.tasks.sampling import UniformSampler
 from grpo.training.checkpoint import TrainerState
 from grpo.training.collect import Rounds
 from grpo.training.trainer import Trainer, train
@@ -67,7 +68,8 @@ def rounds(dynamic: bool, max_rounds: int = 8) -> Rounds:
 
 
 def stream(answers):
-    return DataStream([Example(str(i), [{"role": "user", "content": "?"}], a) for i, a in enumerate(answers)], 0)
+    examples = [Example(str(i), [{"role": "user", "content": "?"}], a) for i, a in enumerate(answers)]
+    return UniformSampler(examples, 0, 0, None, (0.2, 0.8))
 
 
 def test_rounds_keep_groups_with_signal_until_the_share_is_full():
