@@ -8,6 +8,7 @@ and returns tensors, so each is tested against hand-computed values. One submodu
   losses       ratio level, KL estimators, aggregations, policy_loss
   corrections  sampler importance weights (TIS/MIS), off-policy sequence masking
   entropy      the entropy bonus, its adaptive coefficient, high-entropy token selection
+  auxiliary    terms beside the policy loss (hybrid objectives): SFT on the best completion, in-group DPO
 The tables the code dispatches on (config fields list their keys as the allowed values) are
 named in capitals in each.
 
@@ -51,6 +52,20 @@ from grpo.algorithm.advantages import (  # noqa: F401
     summed_advantages,
     summed_signal,
     weighted_sum,
+)
+from grpo.algorithm.auxiliary import (  # noqa: F401
+    AUX_LOSSES,
+    AUX_SCHEDULES,
+    AuxiliaryLoss,
+    AuxOptions,
+    aux_weight,
+    best_completion_roles,
+    dpo_loss,
+    dpo_pair_losses,
+    group_extremes,
+    preference_pair_roles,
+    sequence_logprobs,
+    sft_loss,
 )
 from grpo.algorithm.corrections import (  # noqa: F401
     SAMPLER_CORRECTION_LEVELS,
