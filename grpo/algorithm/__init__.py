@@ -32,6 +32,8 @@ Where we depart from the papers:
 - DeepSeek-V3.2's unbiased KL weighs each token's estimate by the token ratio pi_theta / pi_old
   (the surrogate's pi_old), also at sequence level; its off-policy mask keeps a completion it
   cannot measure (no token with finite sampler and trainer log-probs).
+- The auxiliary terms (SFT on the best completion, in-group DPO) take their rows from the step's
+  own groups, not from a demonstration or preference data set (grpo.algorithm.auxiliary).
 - normalize_then_sum (GDPO) leaves out the batch mean GDPO and TRL subtract (zero by
   construction) and zeroes groups whose normalized rewards cancel (decoupled_advantages).
 """

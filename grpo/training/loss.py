@@ -20,6 +20,11 @@ log-probs of the same tokens into the importance weights that policy_loss multip
 surrogate by (algorithm.sampler_correction_weights). `OffPolicyMask` (DeepSeek-V3.2's
 off-policy sequence masking) takes the surrogate away from negative-advantage completions
 that the current policy has drifted too far from (algorithm.off_policy_sequence_mask).
+
+`AuxiliaryLosses`, also built once, holds the terms of algorithm.aux_losses (algorithm.AUX_LOSSES:
+SFT on each group's best completion, in-group DPO): once per step its `plan` picks each term's rows
+from the rewards and counts their normalizers over every rank; the plan adds each micro-batch's
+share of sum_k weight_k * term_k in the update.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
 
 `UpdateBatch` is what an update trains on: the trajectory, its advantages, the old and
 reference log-probs, the sampler correction's weights (`SamplerWeights`), the high-entropy
-tokens the surrogate is restricted to and the entropy bonus's coefficient. The updater's
+tokens the surrogate is restricted to, the entropy bonus's coefficient and the auxiliary terms'
+plan (grpo.training.loss.AuxPlan: with a DPO term each pair's rows share a micro-batch). The updater's
 `accumulate_gradients` owns the micro-batch loop: rows cut by completion length
 (`length_sorted_rows`), each distinct prompt run once per update with its share of the
 gradient pushed through in a second stage (`PromptCache.backward`), and the World's hooks
