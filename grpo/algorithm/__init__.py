@@ -8,6 +8,7 @@ and returns tensors, so each is tested against hand-computed values. One submodu
   losses       ratio level, KL estimators, aggregations, policy_loss
   corrections  sampler importance weights (TIS/MIS), off-policy sequence masking
   entropy      the entropy bonus, its adaptive coefficient, high-entropy token selection
+  auxiliary    terms beside the policy loss (hybrid objectives): SFT on the best completion, in-group DPO
 The tables the code dispatches on (config fields list their keys as the allowed values) are
 named in capitals in each.
 
@@ -31,6 +32,8 @@ Where we depart from the papers:
 - DeepSeek-V3.2's unbiased KL weighs each token's estimate by the token ratio pi_theta / pi_old
   (the surrogate's pi_old), also at sequence level; its off-policy mask keeps a completion it
   cannot measure (no token with finite sampler and trainer log-probs).
+- The auxiliary terms (SFT on the best completion, in-group DPO) take their rows from the step's
+  own groups, not from a demonstration or preference data set (grpo.algorithm.auxiliary).
 - normalize_then_sum (GDPO) leaves out the batch mean GDPO and TRL subtract (zero by
   construction) and zeroes groups whose normalized rewards cancel (decoupled_advantages).
 """
@@ -51,6 +54,20 @@ from grpo.algorithm.advantages import (  # noqa: F401
     summed_advantages,
     summed_signal,
     weighted_sum,
+)
+from grpo.algorithm.auxiliary import (  # noqa: F401
+    AUX_LOSSES,
+    AUX_SCHEDULES,
+    AuxiliaryLoss,
+    AuxOptions,
+    aux_weight,
+    best_completion_roles,
+    dpo_loss,
+    dpo_pair_losses,
+    group_extremes,
+    preference_pair_roles,
+    sequence_logprobs,
+    sft_loss,
 )
 from grpo.algorithm.corrections import (  # noqa: F401
     SAMPLER_CORRECTION_LEVELS,

@@ -25,6 +25,7 @@ from grpo.config.rules import Facts
 from grpo.config.schema import Config
 from grpo.config.sections import (
     AlgorithmConfig,
+    AuxLossSpec,
     CheckpointConfig,
     EvalConfig,
     IterativeConfig,
@@ -37,6 +38,6 @@ from grpo.config.sections import (
     TrainConfig,
 )
 
-__all__ = ["AlgorithmConfig", "CheckpointConfig", "Config", "EvalConfig", "Facts", "IterativeConfig", "LogConfig",
+__all__ = ["AlgorithmConfig", "AuxLossSpec", "CheckpointConfig", "Config", "EvalConfig", "Facts", "IterativeConfig", "LogConfig",
            "LoraConfig", "ModelConfig", "ReferenceConfig", "RewardSpec", "RolloutConfig", "TaskConfig", "TrainConfig",
            "apply_overrides", "describe", "doc", "from_dict", "load_config", "read_yaml", "save_config", "to_dict"]

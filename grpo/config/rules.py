@@ -115,6 +115,18 @@ def kl_weighting_has_a_kl_term(algorithm: AlgorithmConfig) -> None:
                          "kl_importance_weighted to false")
 
 
+def aux_losses_fit(algorithm: AlgorithmConfig, train: TrainConfig) -> None:
+    """A dpo pair trains in one micro-batch (its two rows' margin), and min_reward filters sft's rows only."""
+    for i, spec in enumerate(algorithm.aux_losses):
+        if spec.name == "dpo" and train.micro_batch_size < 2:
+            raise ValueError(f"config field `train.micro_batch_size` = {train.micro_batch_size} is invalid with "
+                             f"algorithm.aux_losses[{i}].name = 'dpo': each pair's two completions share a "
+                             "micro-batch; expected an integer >= 2")
+        if spec.min_reward is not None and spec.name != "sft":
+            raise ValueError(f"config field `algorithm.aux_losses[{i}].min_reward` = {spec.min_reward} applies to "
+                             f"name = sft only (it is {spec.name!r}); set it to null")
+
+
 def iterative_rewards_are_listed(it: IterativeConfig, rewards: list[RewardSpec]) -> None:
     if not it.retrain_every:
         return

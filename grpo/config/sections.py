@@ -29,6 +29,8 @@ from grpo.config.checks import (
 from grpo.config.values import (
     ADVANTAGE_SCALE_NAMES,
     ADVANTAGE_SOURCE_NAMES,
+    AUX_LOSS_NAMES,
+    AUX_SCHEDULE_NAMES,
     DTYPE_NAMES,
     IMPORTANCE_SAMPLING_LEVEL_NAMES,
     KL_ESTIMATOR_NAMES,
@@ -207,6 +209,32 @@ class RewardSpec:
 
 
 @dataclass
+class AuxLossSpec:
+    name: Literal[AUX_LOSS_NAMES] = doc(
+        "sft", "The term (grpo.algorithm.AUX_LOSSES), computed on the step's own samples: sft = the negative "
+        "log-likelihood of each group's best completion (highest total reward, where it beats another one of its "
+        "group; RAFT, Dong et al. 2023), aggregated as loss_type aggregates the policy loss; dpo = DPO (Rafailov et "
+        "al. 2023) on each group's (highest, lowest total reward) pair, -log sigmoid(dpo_beta * ((logp_w - ref_w) - "
+        "(logp_l - ref_l))) with sequence log-probs, averaged over the pairs; its reference is the KL reference "
+        "when algorithm.beta > 0, else the policy that sampled the step (docs/algorithm.md).")
+    weight: float = doc(0.1, "Its weight: loss += weight * term (CHORD's mu, which also scales the policy loss "
+                             "by 1 - mu: scale the learning rate for that).", check=at_least(0, NUMBER))
+    schedule: Literal[AUX_SCHEDULE_NAMES] = doc(
+        "constant", "How the weight moves with the step s (steps done before this one): constant; linear_decay "
+        "= weight * (1 - min(1, s / until_step)) (CHORD-mu's decay: imitation first, then RL alone); "
+        "linear_warmup = weight * min(1, s / until_step). Follows the step, so a resumed run continues it.")
+    until_step: int | None = doc(
+        None, "The step where linear_decay reaches 0 and linear_warmup the full weight; null = train.num_steps.",
+        check=optional(at_least(1)))
+    min_reward: float | None = doc(
+        None, "sft: train on a group's best completion only when its total reward is at least this (RAFT's "
+        "filter; e.g. 1 for a correct answer with the accuracy reward); null = any best that beats another "
+        "completion of its group.")
+    dpo_beta: float = doc(
+        0.1, "dpo: the inverse temperature of the preference margin (TRL's DPOConfig.beta, 0.1).", check=above(0))
+
+
+@dataclass
 class AlgorithmConfig:
     beta: float = doc(0.0, "KL penalty coefficient; 0 = no reference model is loaded.", check=at_least(0, NUMBER))
     kl_estimator: Literal[KL_ESTIMATOR_NAMES] = doc("k3", "Per-token KL estimator.")
@@ -315,6 +343,11 @@ class AlgorithmConfig:
         "takes it per micro-batch), so micro_batch_size and the number of processes never change which tokens "
         "train; it costs one no-grad forward of the batch (shared with the old log-probs' when num_iterations > "
         "1). 1 = every token.", check=within("(0, 1]"))
+    aux_losses: list[AuxLossSpec] = doc(
+        [], "Auxiliary terms added to the policy loss, each weighted, from the same samples (hybrid objectives: "
+        "SFT on the best completions as in RAFT / CHORD, in-group DPO); each logged as aux/<name> and its weight in "
+        "effect as aux/<name>/weight. [] = GRPO alone.",
+        check=expect(lambda v: len({s.name for s in v}) == len(v), "each name at most once"))
 
 
 @dataclass

@@ -50,6 +50,11 @@ SAMPLER_CORRECTION_NAMES = ("auto", "none", "truncate", "mask")
 # algorithm.sampler_correction_level: grpo.algorithm.SAMPLER_CORRECTION_LEVELS
 SAMPLER_CORRECTION_LEVELS = ("token", "sequence")
 
+# algorithm.aux_losses[].name: grpo.algorithm.AUX_LOSSES
+AUX_LOSS_NAMES = ("sft", "dpo")
+# algorithm.aux_losses[].schedule: grpo.algorithm.AUX_SCHEDULES
+AUX_SCHEDULE_NAMES = ("constant", "linear_decay", "linear_warmup")
+
 # train.lr_schedule: the schedules of grpo.training.trainer.make_scheduler
 LR_SCHEDULES = ("constant", "cosine")
 # train.parallel: grpo.compute.distributed.PARALLEL_MODES (how World.prepare spreads the model)

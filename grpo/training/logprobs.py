@@ -77,6 +77,27 @@ def length_sorted_rows(batch: TokenSequences, size: int) -> list[torch.Tensor]:
     return [order[i:j] for i, j in reversed(bounds)]
 
 
+def pairs_together_rows(batch: TokenSequences, size: int, partner: torch.Tensor) -> list[torch.Tensor]:
+    """Row indices in micro-batches of at most `size` (>= 2) rows where a row and its partner
+    (partner [N]: the other row of its pair, -1 for none) always share one: a loss on the pair
+    (in-group DPO) needs both sequences' log-probs in one forward. Units (a pair, or one row)
+    go longest first and fill micro-batches in that order, so rows of similar length still
+    share one; the loss uses global normalizers, so any cut gives the same gradient.
+    # lengths [5, 1, 4, 2], partner [-1, 2, 1, -1], size 2 -> units [0] (5), [1, 2] (4), [3] (2) -> [0] [1, 2] [3]
+    """
+    assert size >= 2, "a pair needs micro-batches of two rows at least"
+    lengths = batch.completion_mask.sum(1).cpu().tolist()
+    partner = partner.tolist()
+    units = [[i] if j < 0 else [i, j] for i, j in enumerate(partner) if j < 0 or i < j]
+    units.sort(key=lambda unit: -max(lengths[i] for i in unit))  # stable: ties keep row order
+    chunks: list[list[int]] = [[]]
+    for unit in units:
+        if len(chunks[-1]) + len(unit) > size:
+            chunks.append([])
+        chunks[-1] += unit
+    return [torch.tensor(chunk) for chunk in chunks if chunk]
+
+
 def make_micro_batch(batch: TokenSequences, rows: torch.Tensor, device: torch.device) -> MicroBatch:
     completion_mask = batch.completion_mask[rows].cpu()  # [b, C]
     last = max(int(completion_mask.sum(1).max()), 1)  # at least one column keeps shapes valid

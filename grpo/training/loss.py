@@ -20,6 +20,11 @@ log-probs of the same tokens into the importance weights that policy_loss multip
 surrogate by (algorithm.sampler_correction_weights). `OffPolicyMask` (DeepSeek-V3.2's
 off-policy sequence masking) takes the surrogate away from negative-advantage completions
 that the current policy has drifted too far from (algorithm.off_policy_sequence_mask).
+
+`AuxiliaryLosses`, also built once, holds the terms of algorithm.aux_losses (algorithm.AUX_LOSSES:
+SFT on each group's best completion, in-group DPO): once per step its `plan` picks each term's rows
+from the rewards and counts their normalizers over every rank; the plan adds each micro-batch's
+share of sum_k weight_k * term_k in the update.
 """
 
 from __future__ import annotations
@@ -245,3 +250,92 @@ class OffPolicyMask:
             "off_policy/kl": total["kl_sum"] / max(total["num_measured"], 1.0),
             "off_policy/unmeasured": int(total["num_unmeasured"]),
         }
+
+
+@dataclass(frozen=True)
+class AuxTerm:
+    """One entry of algorithm.aux_losses, resolved: its term in algorithm.AUX_LOSSES and its weight's schedule."""
+
+    name: str
+    weight: float
+    schedule: str
+    until_step: int
+    min_reward: float | None
+    options: algorithm.AuxOptions
+
+    @property
+    def term(self) -> algorithm.AuxiliaryLoss:
+        return algorithm.AUX_LOSSES[self.name]
+
+
+@dataclass(frozen=True)
+class AuxiliaryLosses:
+    """The terms added to the policy loss (hybrid objectives), built once: `plan` picks each term's rows
+    for a step (from the rewards, before the micro-batch loop), `AuxPlan.__call__` adds the terms of
+    one micro-batch."""
+
+    terms: tuple[AuxTerm, ...] = ()
+
+    @classmethod
+    def from_config(cls, a: AlgorithmConfig, num_steps: int, max_completion_length: int) -> AuxiliaryLosses:
+        options = {s.name: algorithm.AuxOptions(a.loss_type, max_completion_length, s.dpo_beta) for s in a.aux_losses}
+        for s in a.aux_losses:  # names and schedules fail here, not mid-step
+            if s.name not in algorithm.AUX_LOSSES:
+                raise ValueError(f"config field `algorithm.aux_losses[].name` = {s.name!r} is invalid; allowed: "
+                                 f"{', '.join(algorithm.AUX_LOSSES)}")
+            algorithm.aux_weight(s.weight, s.schedule, 0, 1)
+        return cls(tuple(AuxTerm(s.name, s.weight, s.schedule, s.until_step or num_steps, s.min_reward,
+                                 options[s.name]) for s in a.aux_losses))
+
+    def plan(self, rewards: torch.Tensor, loss_mask: torch.Tensor, G: int, step: int, world: Any) -> AuxPlan | None:
+        """The step's rows, normalizers (every rank's) and weights; None without terms. rewards [N]
+        (total), loss_mask [N, C]: a row with nothing to train is never chosen. step: steps done before."""
+        if not self.terms:
+            return None
+        eligible = loss_mask.bool().any(1).cpu()
+        rewards, loss_mask = rewards.cpu(), loss_mask.cpu()
+        roles, counts, metrics = {}, {}, {}
+        for t in self.terms:
+            roles[t.name] = t.term.roles(rewards, G, eligible, t.min_reward)  # [N]
+            counts[t.name] = world.sum(t.term.count(roles[t.name], loss_mask, t.options.loss_type))
+            chosen = world.sum(float((roles[t.name] == 1).sum()))
+            metrics[f"aux/{t.name}/weight"] = algorithm.aux_weight(t.weight, t.schedule, step, t.until_step)
+            metrics[f"aux/{t.name}/groups"] = chosen / max(world.sum(len(rewards) / G), 1.0)
+        return AuxPlan(self.terms, roles, counts, metrics, torch.arange(len(rewards)) // G)
+
+
+@dataclass(frozen=True)
+class AuxPlan:
+    """One step's auxiliary terms: each term's roles [N] (algorithm.AUX_LOSSES), its normalizer over the whole
+    batch of every rank, the weights in effect (in `metrics`) and each row's group [N]."""
+
+    terms: tuple[AuxTerm, ...]
+    roles: dict[str, torch.Tensor]
+    counts: dict[str, float]
+    metrics: dict[str, float]
+    groups: torch.Tensor
+
+    def partners(self) -> torch.Tensor | None:
+        """[N] long: the other row of a row's pair (a term with `pairs`: they share a micro-batch), else -1."""
+        paired = [self.roles[t.name] for t in self.terms if t.term.pairs]
+        if not paired:
+            return None
+        partner = torch.full_like(self.groups, -1)
+        for roles in paired:
+            chosen, rejected = (roles == 1).nonzero().squeeze(1), (roles == -1).nonzero().squeeze(1)
+            partner[chosen], partner[rejected] = rejected, chosen  # one of each per paired group, in group order
+        return partner
+
+    def __call__(self, logprobs: torch.Tensor, reference: torch.Tensor, loss_mask: torch.Tensor,
+                 rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """One micro-batch's share of sum_k weight_k * term_k (with grad) and each term's share (unweighted)
+        for aux/<name>. logprobs, reference (the DPO reference: ref_logprobs, else pi_old), loss_mask: [b, C']."""
+        total, parts = logprobs.new_zeros(()), {}
+        groups = self.groups[rows].to(logprobs.device)
+        for t in self.terms:
+            roles = self.roles[t.name][rows].to(logprobs.device)
+            value = t.term.loss(logprobs, reference, loss_mask, roles, groups, max(self.counts[t.name], 1.0),
+                                t.options)
+            total = total + self.metrics[f"aux/{t.name}/weight"] * value
+            parts[f"aux/{t.name}"] = value.item()
+        return total, parts

@@ -11,7 +11,8 @@ One step, as numbered in `train_step` below:
      truncated completions leave the loss mask when algorithm.mask_truncated_completions
   5. old log-probs (only when num_iterations > 1) and reference log-probs (only when beta > 0); with
      algorithm.top_entropy_quantile < 1 the same no-grad forward gives the entropies that pick the
-     tokens the surrogate trains on (grpo.training.loss.EntropyControl)
+     tokens the surrogate trains on (grpo.training.loss.EntropyControl); the rows the auxiliary terms
+     (algorithm.aux_losses: SFT on the best completions, in-group DPO) train, from the rewards
   6. num_iterations updates: gradients over micro-batches of the loss built once from the
      config (grpo.training.update.Updater, grpo.training.loss; the first update also weighs the
      sampler's tokens by pi_old / q when the correction is on; with algorithm.off_policy_mask_threshold
@@ -78,7 +79,14 @@ from grpo.training.checkpoint import (
 from grpo.training.collect import Ahead, Rounds, build_collector
 from grpo.training.interrupt import Interrupted, StopSignals
 from grpo.training.logprobs import LocalReference, ReferenceModel, batch_logprobs_and_entropy
-from grpo.training.loss import EntropyControl, OffPolicyMask, PolicyLoss, SamplerCorrection
+from grpo.training.loss import (
+    AuxiliaryLosses,
+    AuxPlan,
+    EntropyControl,
+    OffPolicyMask,
+    PolicyLoss,
+    SamplerCorrection,
+)
 from grpo.training.step_metrics import rollout_metrics, sample_records
 from grpo.training.update import (
     SamplerWeights,
@@ -144,6 +152,7 @@ class Trainer:
     world: World
     precision: Precision  # what forwards, backward and rollouts compute in (grpo.compute.precision)
     iterative: IterativeRL | None = None  # iterative RL: the reward model keeps learning
+    aux: AuxiliaryLosses = AuxiliaryLosses()  # terms beside the policy loss (algorithm.aux_losses)
     last_saved: int | None = field(default=None, init=False)  # the step of the newest checkpoint
 
     @classmethod
@@ -210,7 +219,8 @@ class Trainer:
                    entropy=EntropyControl.from_config(cfg.algorithm),
                    optimizer=optimizer, scheduler=scheduler, device=device, state=state,
                    data=build_prompt_sampler(cfg, task, state.examples_seen, ckpt), world=world, precision=precision,
-                   iterative=iterative)
+                   iterative=iterative,
+                   aux=AuxiliaryLosses.from_config(cfg.algorithm, cfg.train.num_steps, cfg.rollout.episode_tokens))
 
     # ----------------------------------------------------------------- one step
 
@@ -267,10 +277,11 @@ class Trainer:
                 selected, fraction = self.entropy.selection(entropies, trained.loss_mask, self.world)
                 selection = {"entropy/selected": fraction}
         ref_logprobs = self.reference.logprobs(trained) if self.reference is not None else None
+        aux = self.aux.plan(scores.total, trained.loss_mask, G, self.state.step, self.world)  # rows of aux_losses
         lap("logprobs")
         # 6. policy updates (the first one also weighs the sampler's tokens when the correction is on)
         updates_before = self.state.num_updates
-        update_metrics = {**self.update(trained, advantages, old_logprobs, ref_logprobs, selected), **selection}
+        update_metrics = {**self.update(trained, advantages, old_logprobs, ref_logprobs, selected, aux), **selection}
         # 7. the next rollout samples from the new weights; every reference.sync_every steps the
         # reference moves to them too; iterative RL retrains the reward model and resets the reference
         if self.state.num_updates != updates_before:
@@ -304,7 +315,8 @@ class Trainer:
         return SamplingParams.from_config(self.cfg.rollout)
 
     def update(self, trajectory: Trajectory, advantages: torch.Tensor, old_logprobs: torch.Tensor | None,
-               ref_logprobs: torch.Tensor | None, selected: torch.Tensor | None = None) -> dict[str, float]:
+               ref_logprobs: torch.Tensor | None, selected: torch.Tensor | None = None,
+               aux: AuxPlan | None = None) -> dict[str, float]:
         """num_iterations optimizer updates on one trajectory. Every metric (loss, grad_norm, clip
         fractions, ratio, KL) is the plain mean over the iterations; entropy is the first
         iteration's, the policy that sampled, and moves an adaptive entropy coefficient."""
@@ -312,7 +324,7 @@ class Trainer:
         # pi_old for the correction is the policy of the first update, under the sampler's distribution
         sampler = SamplerWeights(self.correction, r.top_k, r.top_p) if self.correction.active else None
         coef = self.entropy.current(self.state.entropy_coef)
-        batch = UpdateBatch(trajectory, advantages, old_logprobs, ref_logprobs, sampler, selected, coef)
+        batch = UpdateBatch(trajectory, advantages, old_logprobs, ref_logprobs, sampler, selected, coef, aux)
         per_iteration = []
         self.model.train()
         scaler = self.updater.scaler

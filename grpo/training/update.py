@@ -6,7 +6,8 @@
 
 `UpdateBatch` is what an update trains on: the trajectory, its advantages, the old and
 reference log-probs, the sampler correction's weights (`SamplerWeights`), the high-entropy
-tokens the surrogate is restricted to and the entropy bonus's coefficient. The updater's
+tokens the surrogate is restricted to, the entropy bonus's coefficient and the auxiliary terms'
+plan (grpo.training.loss.AuxPlan: with a DPO term each pair's rows share a micro-batch). The updater's
 `accumulate_gradients` owns the micro-batch loop: rows cut by completion length
 (`length_sorted_rows`), each distinct prompt run once per update with its share of the
 gradient pushed through in a second stage (`PromptCache.backward`), and the World's hooks
@@ -36,9 +37,10 @@ from grpo.training.logprobs import (
     completion_logits,
     length_sorted_rows,
     make_micro_batch,
+    pairs_together_rows,
     prompt_cache,
 )
-from grpo.training.loss import OffPolicyMask, PolicyLoss, SamplerCorrection
+from grpo.training.loss import AuxPlan, OffPolicyMask, PolicyLoss, SamplerCorrection
 from grpo.trajectory import Trajectory
 
 
@@ -94,6 +96,7 @@ class UpdateBatch:
     sampler: SamplerWeights | None = None  # the sampler correction's weights (filled on the first update)
     selected: torch.Tensor | None = None  # [N, C] 1 on the high-entropy tokens the surrogate trains on; None: all
     entropy_coef: float = 0.0  # the entropy bonus's coefficient this step (0: no bonus, no entropy gradient)
+    aux: AuxPlan | None = None  # the step's auxiliary terms (grpo.training.loss.AuxiliaryLosses.plan); None: none
 
 
 @dataclass(frozen=True)
@@ -115,10 +118,10 @@ class Updater:
     def accumulate_gradients(self, batch: UpdateBatch, with_entropy: bool = False) -> dict[str, float]:
         """Backward of the whole batch's loss into the .grad of `params`.
 
-        Returns, over all ranks: `loss` (the batch loss, entropy bonus included) and the loss metrics as means over
-        loss-masked tokens (each micro-batch weighted by its share of them), plus `entropy`
-        when asked, the correction's metrics on the update that filled its weights and the
-        off-policy mask's (off_policy/*) when it is on.
+        Returns, over all ranks: `loss` (the batch loss, entropy bonus and auxiliary terms included) and the
+        loss metrics as means over loss-masked tokens (each micro-batch weighted by its share of them), plus
+        `entropy` when asked, the correction's metrics on the update that filled its weights, the
+        off-policy mask's (off_policy/*) when it is on and the auxiliary terms' (aux/*) when there are any.
         """
         trajectory, world, model, sampler = batch.trajectory, self.world, self.model, batch.sampler
         # One autocast region over every micro-batch: its cache keeps each weight's bf16 cast for the
@@ -129,14 +132,17 @@ class Updater:
             num_tokens = max(world.sum(float(trajectory.loss_mask.sum().item())), 1.0)
             sums: dict[str, float] = {}
             masked_parts: list[dict[str, torch.Tensor]] = []  # the off-policy mask's sums per micro-batch
+            aux_totals: dict[str, float] = {}  # each auxiliary term's micro-batch shares, summed
             total_loss = 0.0
             world.gather_weights(model)
             prompts = prompt_cache(model, trajectory, self.settings.device)  # each distinct prompt once per update
-            chunks = length_sorted_rows(trajectory, self.settings.micro_batch_size)
+            partners = batch.aux.partners() if batch.aux is not None else None
+            chunks = (length_sorted_rows(trajectory, self.settings.micro_batch_size) if partners is None else
+                      pairs_together_rows(trajectory, self.settings.micro_batch_size, partners))  # a pair's rows together
             for i, rows in enumerate(chunks):
                 world.gradient_sync(model, prompts is None and i == len(chunks) - 1)  # the last backward
                 value, metrics, num_masked = self._micro_batch(batch, rows, prompts, num_items, with_entropy,
-                                                               masked_parts)
+                                                               masked_parts, aux_totals)
                 total_loss += value
                 share = num_masked / num_tokens  # token-weighted means of the micro-batch metrics
                 for key, v in metrics.items():
@@ -152,11 +158,13 @@ class Updater:
             out.update(sampler.correction.metrics(sampler.sums, world))
         if self.off_policy.active:
             out.update(self.off_policy.metrics(masked_parts, world))
+        if batch.aux is not None:
+            out.update({**batch.aux.metrics, **{k: world.sum(v) for k, v in aux_totals.items()}})
         return out
 
     def _micro_batch(self, batch: UpdateBatch, rows: torch.Tensor, prompts: PromptCache | None, num_items: float,
                      with_entropy: bool, masked_parts: list[dict[str, torch.Tensor]],
-                     ) -> tuple[float, dict[str, torch.Tensor], float]:
+                     aux_totals: dict[str, float]) -> tuple[float, dict[str, torch.Tensor], float]:
         """Forward and backward of one micro-batch: (its loss, its metrics, its loss-masked tokens)."""
         trajectory, device, temperature = batch.trajectory, self.settings.device, self.settings.temperature
         mb = make_micro_batch(trajectory, rows, device)
@@ -185,6 +193,11 @@ class Updater:
         value, metrics = self.loss(logprobs, old, adv.to(device), mb.loss_mask, ref, num_items, weights)
         if bonus:
             value = value + self.loss.entropy_term(entropy, mb.loss_mask, num_items, batch.entropy_coef)
+        if batch.aux is not None:  # DPO's reference: the KL reference where one is loaded, else pi_old
+            aux, parts = batch.aux(logprobs, old if ref is None else ref, mb.loss_mask, mb.rows)
+            value = value + aux
+            for key, v in parts.items():
+                aux_totals[key] = aux_totals.get(key, 0.0) + v
         # scaled: the prompt cache's leaves accumulate scaled gradients, so its backward is scaled too
         (value if self.scaler is None else self.scaler.scale(value)).backward()
         if with_entropy:

@@ -150,6 +150,8 @@ def dispatch_tables():
         "algorithm.policy_objective": tuple(algorithm.POLICY_OBJECTIVES),
         "algorithm.sampler_correction": ("auto", *tuple(algorithm.SAMPLER_CORRECTIONS)),
         "algorithm.sampler_correction_level": tuple(algorithm.SAMPLER_CORRECTION_LEVELS),
+        "algorithm.aux_losses[].name": tuple(algorithm.AUX_LOSSES),
+        "algorithm.aux_losses[].schedule": tuple(algorithm.AUX_SCHEDULES),
         "train.lr_schedule": tuple(LR_SCHEDULE_AT_END),  # make_scheduler branches: see the test below
         "train.parallel": tuple(distributed.PARALLEL_MODES),
         "log.report_to": tuple(trackers.TRACKERS),
@@ -236,6 +238,14 @@ MODEL_FREE_RULES = {
                                  "`task.difficulty.easy_above` = 0.8 is invalid: expected a number >= "
                                  "task.difficulty.hard_below = 0.9"),
     "a sampler name": (["task.sampler=hardest"], 1, "allowed: uniform, difficulty_pool, curriculum"),
+    "dpo with one completion per micro-batch": (["algorithm.aux_losses=[{name: dpo}]", "train.micro_batch_size=1"], 1,
+                                                "`train.micro_batch_size` = 1 is invalid with algorithm.aux_losses[0]"),
+    "min_reward on a dpo term": (["algorithm.aux_losses=[{name: dpo, min_reward: 1}]"], 1,
+                                 "`algorithm.aux_losses[0].min_reward` = 1.0 applies to name = sft only"),
+    "a term listed twice": (["algorithm.aux_losses=[{name: sft}, {name: sft, weight: 0.5}]"], 1,
+                            "each name at most once"),
+    "an unknown term": (["algorithm.aux_losses=[{name: kto}]"], 1,
+                        "`algorithm.aux_losses[0].name` = 'kto' is invalid; allowed: sft, dpo"),
 }
 
 

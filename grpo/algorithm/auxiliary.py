@@ -1,0 +1,187 @@
+"""Auxiliary losses beside the policy loss (hybrid objectives), from the step's own samples.
+
+Each term in AUX_LOSSES has the same three parts:
+  roles(rewards [N], G, eligible [N], min_reward) -> [N] long   which rows it trains, once per step:
+      1 = pulled up (SFT's target, DPO's chosen), -1 = pushed down (DPO's rejected), 0 = untouched
+  count(roles [N], loss_mask [N, T], loss_type) -> float          its normalizer's share of these rows
+  loss(logprobs, ref_logprobs, loss_mask [b, T], roles, groups [b], num_items, options) -> 0-d
+      one micro-batch's share, num_items the count summed over every micro-batch and rank
+and AUX_SCHEDULES turn a term's weight and the step into the weight in effect.
+
+Pure tensor functions (see grpo.algorithm for the shapes' names). Where we depart from the papers:
+- RAFT (Dong et al. 2023) fine-tunes on the best of k samples; here the best completion of each
+  group is trained only where it beats some other completion of its group (an all-equal group
+  has no best) and, with min_reward, reaches that reward.
+- DPO (Rafailov et al. 2023) takes its pairs from a preference data set; here each group gives
+  one pair, its highest against its lowest total reward, sampled by the policy itself (online).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from grpo.algorithm.losses import AGGREGATIONS, LOSS_TYPES
+
+
+@dataclass(frozen=True)
+class AuxOptions:
+    """What a term reads besides its tensors: the policy loss's aggregation and DPO's beta."""
+
+    loss_type: str = "grpo"
+    max_completion_length: int | None = None
+    dpo_beta: float = 0.1
+
+
+def group_extremes(rewards: torch.Tensor, G: int, eligible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                   torch.Tensor]:
+    """Per group of G rows (rewards, eligible: [N], N = groups x G): the row index of its highest
+    and of its lowest reward among the eligible rows (ties: the first), and whether they differ
+    in reward (False for a group whose eligible rewards are all equal, or with < 2 eligible).
+    Returns (best [N/G] long, worst [N/G] long, distinct [N/G] bool).
+    # rewards [1, 3, 3, 0 | 2, 2, 2, 2], eligible all: best [1, 4], worst [3, 4], distinct [True, False]
+    """
+    r = rewards.float().view(-1, G)  # [n, G]
+    ok = eligible.bool().view(-1, G)
+    high = torch.where(ok, r, float("-inf"))
+    low = torch.where(ok, r, float("inf"))
+    offsets = torch.arange(0, r.numel(), G, device=r.device)  # [n]
+    best = high.argmax(1)  # argmax / argmin return the first of equal values
+    worst = low.argmin(1)
+    distinct = (ok.sum(1) >= 2) & (high.max(1).values > low.min(1).values)
+    return best + offsets, worst + offsets, distinct
+
+
+def best_completion_roles(rewards: torch.Tensor, G: int, eligible: torch.Tensor,
+                          min_reward: float | None = None) -> torch.Tensor:
+    """SFT's rows (RAFT): role 1 on each group's best completion where it beats another one of its
+    group and (min_reward set) has a reward >= min_reward; 0 elsewhere. [N] -> [N] long.
+    # rewards [1, 3, 3, 0 | 2, 2, 2, 2] -> [0, 1, 0, 0 | 0, 0, 0, 0]; min_reward 4 -> all 0
+    """
+    best, _, distinct = group_extremes(rewards, G, eligible)
+    if min_reward is not None:
+        distinct = distinct & (rewards.float()[best] >= min_reward)
+    roles = torch.zeros(rewards.shape[0], dtype=torch.long, device=rewards.device)
+    roles[best[distinct]] = 1
+    return roles
+
+
+def preference_pair_roles(rewards: torch.Tensor, G: int, eligible: torch.Tensor,
+                          min_reward: float | None = None) -> torch.Tensor:
+    """DPO's rows: in each group whose rewards differ, role 1 on its best completion and -1 on its
+    worst (ties: the first); a group of equal rewards gives no pair. min_reward: unused. [N] -> [N] long.
+    # rewards [1, 3, 3, 0 | 2, 2, 2, 2] -> [0, 1, 0, -1 | 0, 0, 0, 0]
+    """
+    best, worst, distinct = group_extremes(rewards, G, eligible)
+    roles = torch.zeros(rewards.shape[0], dtype=torch.long, device=rewards.device)
+    roles[best[distinct]] = 1
+    roles[worst[distinct]] = -1
+    return roles
+
+
+def _aggregation(loss_type: str):
+    if loss_type not in AGGREGATIONS:
+        raise ValueError(f"loss_type={loss_type!r} is invalid; allowed: {', '.join(LOSS_TYPES)}")
+    return AGGREGATIONS[loss_type]
+
+
+def sft_count(roles: torch.Tensor, loss_mask: torch.Tensor, loss_type: str) -> float:
+    """The SFT normalizer's share of these rows: what loss_type's aggregation counts (sequences or
+    loss-masked tokens), over the rows of role 1 only. roles [N], loss_mask [N, T]."""
+    mask = loss_mask.float() * (roles == 1).float().unsqueeze(1)
+    return float(_aggregation(loss_type).count(mask))
+
+
+def pair_count(roles: torch.Tensor, loss_mask: torch.Tensor, loss_type: str) -> float:
+    """The DPO normalizer's share of these rows: the number of pairs (rows of role 1)."""
+    return float((roles == 1).sum())
+
+
+def sft_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, loss_mask: torch.Tensor, roles: torch.Tensor,
+             groups: torch.Tensor, num_items: float | torch.Tensor, options: AuxOptions) -> torch.Tensor:
+    """Negative log-likelihood of the rows of role 1, aggregated as the policy loss aggregates
+    (AGGREGATIONS[options.loss_type]) with num_items = sft_count over the whole batch:
+      grpo: sum_i (sum_t -m logp / |o_i|) / num_items      bnpo, dapo: sum_it -m logp / num_items
+      dr_grpo: sum_it -m logp / (num_items * max_completion_length)
+    m = loss_mask on rows of role 1, 0 elsewhere. logprobs, loss_mask: [b, T]; roles: [b].
+    ref_logprobs and groups unused. Masked positions get exactly zero gradient. Returns 0-d.
+    # logp [[ln 0.5, ln 0.25], [ln 0.5, pad]], mask [[1, 1], [1, 0]], roles [1, 0]
+    # grpo (num_items 1): (ln 2 + ln 4) / 2 = 1.0397; d/dlogp [[-1/2, -1/2], [0, 0]]
+    # dapo (num_items 2 tokens): (ln 2 + ln 4) / 2 = 1.0397; dr_grpo (1 sequence, length 4): 2.0794 / 4 = 0.5199
+    """
+    aggregation = _aggregation(options.loss_type)
+    trained = loss_mask.bool() & (roles == 1).unsqueeze(1)  # [b, T]
+    nll = torch.where(trained, -logprobs, torch.zeros_like(logprobs))  # a NaN at a masked position never enters
+    return aggregation.reduce(nll, trained.to(logprobs.dtype), num_items, options.max_completion_length)
+
+
+def sequence_logprobs(logprobs: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """log pi(o_i | q) over the tokens the policy sampled: sum_t m_it logp_it. [b, T] -> [b].
+    # logp [[-1, -2], [-0.5, nan]], mask [[1, 1], [1, 0]] -> [-3, -0.5]
+    """
+    return torch.where(loss_mask.bool(), logprobs, torch.zeros_like(logprobs)).sum(1)
+
+
+def dpo_pair_losses(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO's loss of each pair: -log sigmoid(beta * (h_w - h_l)), h = log pi(o) - log pi_ref(o)
+    of the chosen (w) and rejected (l) completions (TRL's `sigmoid` loss). [P], [P] -> [P].
+    d/dh_w = -beta * sigmoid(-beta (h_w - h_l)) = -d/dh_l.
+    # beta 0.5, h_w 1, h_l -1: -log sigmoid(1) = 0.31326; d/dh_w = -0.5 * sigmoid(-1) = -0.13447
+    """
+    return -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
+
+
+def dpo_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, loss_mask: torch.Tensor, roles: torch.Tensor,
+             groups: torch.Tensor, num_items: float | torch.Tensor, options: AuxOptions) -> torch.Tensor:
+    """In-group DPO: sum over the pairs of this micro-batch of dpo_pair_losses / num_items, num_items
+    the number of pairs in the whole batch (pair_count). A pair is the row of role 1 and the row of
+    role -1 of one group (groups [b]: each row's group); both must be in the micro-batch. The
+    sequence log-probs are sums over the loss-masked tokens (sequence_logprobs) of logprobs (with
+    grad) and ref_logprobs. logprobs, ref_logprobs, loss_mask: [b, T]. Returns 0-d.
+    # one pair, beta 0.5: policy [w -1, l -3], reference [w -2, l -2] -> h_w 1, h_l -1 -> 0.31326
+    """
+    chosen, rejected = (roles == 1).nonzero().squeeze(1), (roles == -1).nonzero().squeeze(1)
+    chosen, rejected = chosen[groups[chosen].argsort()], rejected[groups[rejected].argsort()]
+    if not torch.equal(groups[chosen], groups[rejected]):
+        raise ValueError("dpo_loss: each pair's two rows must be in the same micro-batch")
+    h = sequence_logprobs(logprobs, loss_mask) - sequence_logprobs(ref_logprobs, loss_mask).detach()  # [b]
+    return dpo_pair_losses(h[chosen], h[rejected], options.dpo_beta).sum() / num_items
+
+
+@dataclass(frozen=True)
+class AuxiliaryLoss:
+    """One term of AUX_LOSSES: its rows (once per step), its normalizer and its loss; `pairs`: the rows
+    of roles 1 and -1 of one group must share a micro-batch; `reference`: it reads ref_logprobs."""
+
+    roles: Callable[..., torch.Tensor]
+    count: Callable[..., float]
+    loss: Callable[..., torch.Tensor]
+    pairs: bool = False
+    reference: bool = False
+
+
+# algorithm.aux_losses[].name -> its term: the table the config's names list.
+AUX_LOSSES = {
+    "sft": AuxiliaryLoss(best_completion_roles, sft_count, sft_loss),
+    "dpo": AuxiliaryLoss(preference_pair_roles, pair_count, dpo_loss, pairs=True, reference=True),
+}
+
+# algorithm.aux_losses[].schedule -> the weight's factor from progress p = min(1, step / until_step).
+AUX_SCHEDULES = {
+    "constant": lambda progress: 1.0,
+    "linear_decay": lambda progress: 1.0 - progress,  # CHORD's mu: imitation first, then RL alone
+    "linear_warmup": lambda progress: progress,
+}
+
+
+def aux_weight(weight: float, schedule: str, step: int, until_step: int) -> float:
+    """The weight in effect at `step` (the steps completed before this one, 0 on the first):
+    weight * AUX_SCHEDULES[schedule](min(1, step / until_step)).
+    # weight 0.5, until_step 4: linear_decay at steps 0, 2, 4, 9 -> 0.5, 0.25, 0, 0; linear_warmup -> 0, 0.25, 0.5, 0.5
+    """
+    if schedule not in AUX_SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is invalid; allowed: {', '.join(AUX_SCHEDULES)}")
+    return weight * AUX_SCHEDULES[schedule](min(1.0, step / max(until_step, 1)))
