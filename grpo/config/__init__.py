@@ -5,7 +5,7 @@
 A leaf: it imports only the standard library and yaml, never the code it configures (nor
 torch). values.py spells the allowed values (a test holds them equal to the code's dispatch
 tables), checks.py the per-field checks written beside each field in sections.py (and
-generation.py: the rollout section), rules.py
+generation.py: the rollout section; objective.py: the algorithm section), rules.py
 the rules across fields with the runtime facts passed in, schema.py the root `Config`, io.py
 YAML and dotted overrides in and the resolved copy out, docs.py docs/configuration.md.
 """
@@ -21,11 +21,10 @@ from grpo.config.io import (
     save_config,
     to_dict,
 )
+from grpo.config.objective import AlgorithmConfig, AuxLossSpec
 from grpo.config.rules import Facts
 from grpo.config.schema import Config
 from grpo.config.sections import (
-    AlgorithmConfig,
-    AuxLossSpec,
     CheckpointConfig,
     EvalConfig,
     IterativeConfig,

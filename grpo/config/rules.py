@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 
 from grpo.config.generation import RolloutConfig
+from grpo.config.objective import AlgorithmConfig
 from grpo.config.sections import (
-    AlgorithmConfig,
     EvalConfig,
     IterativeConfig,
     LogConfig,

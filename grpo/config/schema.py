@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grpo.config import rules, sections
+from grpo.config import objective, rules, sections
 from grpo.config.checks import SECONDS, above, check_fields, doc, expect
 from grpo.config.generation import RolloutConfig
 from grpo.config.rules import Facts
@@ -37,7 +37,7 @@ class Config:
         check=above(0, SECONDS),
     )
     rollout: RolloutConfig = doc(RolloutConfig(), "Sampling.")
-    algorithm: sections.AlgorithmConfig = doc(sections.AlgorithmConfig(), "GRPO loss.")
+    algorithm: objective.AlgorithmConfig = doc(objective.AlgorithmConfig(), "GRPO loss.")
     reference: sections.ReferenceConfig = doc(sections.ReferenceConfig(), "Where reference log-probs come from (beta > 0).")
     iterative: sections.IterativeConfig = doc(sections.IterativeConfig(), "Iterative RL: the reward model keeps learning.")
     train: sections.TrainConfig = doc(sections.TrainConfig(), "Optimization.")
