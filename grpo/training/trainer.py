@@ -1,13 +1,13 @@
 """The GRPO training loop.
 
 One step, as numbered in `train_step` below:
-  1. take the next prompts from the data stream (resumable by position)
+  1. take the next prompts from the prompt sampler (grpo.tasks.sampling: uniform, by difficulty, a
+     curriculum; resumable from the checkpoint)
   2. generate G completions per prompt: a Trajectory (rollout engine)
   3. score them with the reward functions (contained: a failing function never ends the run);
      steps 1-3 live in grpo.training.collect, in rounds under algorithm.dynamic_sampling
-  4. group-relative advantages of the outcome rewards (algorithm.REWARD_AGGREGATIONS: their weighted
-     total normalized in its group, or each normalized on its own, then summed); with step rewards also
-     per-token process advantages (algorithm.process_advantages, combined by algorithm.advantages);
+  4. group-relative advantages of the outcome rewards, per-token process advantages with step
+     rewards (grpo.training.advantages: the aggregations of grpo.algorithm);
      truncated completions leave the loss mask when algorithm.mask_truncated_completions
   5. old log-probs (only when num_iterations > 1) and reference log-probs (only when beta > 0); with
      algorithm.top_entropy_quantile < 1 the same no-grad forward gives the entropies that pick the
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from grpo import algorithm, rewards
+from grpo import rewards
 from grpo.compute import models
 from grpo.compute.allocator import keep_freed_memory
 from grpo.compute.distributed import World
@@ -58,11 +58,11 @@ from grpo.guards.health import StepWatch
 from grpo.record.logging import NullLogger, RunLogger
 from grpo.reward_model.iterative import IterativeRL
 from grpo.rewards.harness import WeightedReward
-from grpo.rewards.steps import place_steps
 from grpo.rollout import RolloutEngine, SamplingParams, build_engine, engine_name
 from grpo.serve.client import RemoteReference
 from grpo.tasks import Task, build_task
 from grpo.tasks.sampling import PromptSampler, build_prompt_sampler
+from grpo.training.advantages import step_advantages
 from grpo.training.checkpoint import (
     REFERENCE_FILE,
     TrainerState,
@@ -247,20 +247,8 @@ class Trainer:
             self.iterative.observe([ex for ex in examples for _ in range(G)], trajectory.completions,
                                    scores.per_function[cfg.iterative.label], self.world)
         # 4. advantages (over whole groups, truncated completions included); step rewards: per token
+        advantages, process = step_advantages(cfg, trajectory, scores, self.reward_fns, self.tokenizer, self.world)
         a = cfg.algorithm
-        aggregation = algorithm.REWARD_AGGREGATIONS[a.reward_aggregation]
-        advantages = aggregation.advantages(*scores.outcome(self.reward_fns), G, a.scale_rewards,
-                                            a.advantage_eps)  # [N]
-        process: dict[str, float] = {}
-        if scores.steps is not None:
-            placed = place_steps(self.tokenizer, trajectory.completion_ids, trajectory.completion_mask,
-                                 trajectory.completions, scores.steps, cfg.task.assistant_prefix)
-            per_token = algorithm.process_advantages(placed.rewards, placed.rows, placed.tokens, len(trajectory),
-                                                     trajectory.completion_ids.shape[1], G, a.scale_rewards,
-                                                     a.advantage_eps)  # [N, C]
-            advantages = algorithm.ADVANTAGE_SOURCES[a.advantages](advantages, per_token)  # [N] or [N, C]
-            process = {"process/steps": self.world.sum(len(placed.rows)) / self.world.sum(len(trajectory)),
-                       "process/unplaced": int(self.world.sum(placed.unplaced))}
         trained, masked = trajectory, {}
         if a.mask_truncated_completions:
             trained = trajectory.without_truncated()
