@@ -58,19 +58,21 @@ def cmd_train(args: list[str]) -> int:
     path, overrides = split_args(args)
     cfg = load_config(path or str(find_demo_config()), overrides)  # no file: the demo recipe
     results = train(cfg)
-    print_before_after(results)
+    print_before_after(results, cfg.eval.temperature)
     return 0
 
 
-def print_before_after(results: dict) -> None:
-    """One line per metric: `held-out accuracy (greedy): 18.0% -> 31.0%`."""
+def print_before_after(results: dict, temperature: float = 1.0) -> None:
+    """One line per metric, strict accuracy first (the answer in its tags and the whole layout:
+    what the task asks for), lenient after it: `held-out accuracy (greedy, strict ...): 18.0% -> 31.0%`."""
     before, after = results.get("before") or {}, results.get("after")
     if after is None:
         return
-    labels = {"accuracy": "held-out accuracy (greedy, lenient)",
-              "strict_accuracy": "held-out accuracy (greedy, strict: tagged answer, whole layout)",
-              "sampled_accuracy": "held-out accuracy (sampled, T=1, lenient)",
-              "sampled_strict_accuracy": "held-out accuracy (sampled, T=1, strict)", "format": "format rate (greedy)"}
+    labels = {"strict_accuracy": "held-out accuracy (greedy, strict: tagged answer, whole layout)",
+              "accuracy": "held-out accuracy (greedy, lenient)",
+              "sampled_strict_accuracy": f"held-out accuracy (sampled, T={temperature:g}, strict)",
+              "sampled_accuracy": f"held-out accuracy (sampled, T={temperature:g}, lenient)",
+              "format": "format rate (greedy)"}
     for key, label in labels.items():
         if key in after:
             start = f"{before[key]:.1%} -> " if key in before else ""

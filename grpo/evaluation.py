@@ -118,8 +118,8 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config,
     n, g = len(examples), torch.cat(greedy_grades).double()
     results: dict[str, Any] = {
         "num_examples": n,
+        "strict_accuracy": g[:, 2].mean().item(),  # the headline (first in every summary), lenient beside it
         "accuracy": g[:, 0].mean().item(),
-        "strict_accuracy": g[:, 2].mean().item(),
         "format": g[:, 1].mean().item(),
         "mean_length": sum(lengths) / n,
         "truncation_rate": truncated / n,
@@ -128,8 +128,8 @@ def evaluate(engine: Any, tokenizer: Any, examples: list[Example], cfg: Config,
         s = torch.cat(sampled_grades).double()  # [n, k, 3]
         results[f"pass@{e.pass_k}"] = s[:, :, 0].amax(dim=1).mean().item()
         # the mean over the k samples: accuracy of the sampling policy that training optimizes
-        results["sampled_accuracy"] = s[:, :, 0].mean().item()
         results["sampled_strict_accuracy"] = s[:, :, 2].mean().item()
+        results["sampled_accuracy"] = s[:, :, 0].mean().item()
     if steps:
         results.update(greedy_steps.results("", n))
         if e.pass_k > 1:

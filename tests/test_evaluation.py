@@ -63,3 +63,18 @@ def test_strict_accuracy_needs_the_tags_and_the_layout():
     assert fn("the answer is 1", EXAMPLES[0]) == 0.0 and fn("<answer> 1 </answer>", EXAMPLES[0]) == 1.0
     with pytest.raises(ValueError, match="fallback"):
         rewards.get("accuracy", fallback="yes")
+
+
+def test_strict_accuracy_is_the_headline_and_lenient_stands_beside_it(capsys):
+    from grpo.cli import print_before_after
+
+    greedy = ["<think> 0 + 1 = 1 </think> <answer> 1 </answer>", "2", "7"]
+    cfg = load_config(None, ["eval.pass_k=2", "eval.batch_size=3", "eval.temperature=0.7"])
+    results = evaluate(CannedEngine(greedy, [["9", "9"]] * 3), Tok(), EXAMPLES, cfg)
+    keys = [k for k in results if k.endswith("accuracy")]
+    assert keys == ["strict_accuracy", "accuracy", "sampled_strict_accuracy", "sampled_accuracy"]
+    print_before_after({"before": results, "after": results}, cfg.eval.temperature)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("held-out accuracy (greedy, strict") and lines[1].startswith(
+        "held-out accuracy (greedy, lenient)")
+    assert lines[2] == "held-out accuracy (sampled, T=0.7, strict): 0.0% -> 0.0%"  # the temperature evaluated at

@@ -54,7 +54,7 @@ METRIC_PLOTS = (
     ("curriculum", "Curriculum level", ("curriculum/level",)),
 )
 # greedy (lenient, strict), sampled at T > 0 (lenient, strict), format; plus any pass@k in eval.jsonl
-EVAL_KEYS = ("accuracy", "strict_accuracy", "sampled_accuracy", "sampled_strict_accuracy", "format")
+EVAL_KEYS = ("strict_accuracy", "accuracy", "sampled_strict_accuracy", "sampled_accuracy", "format")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -185,10 +185,13 @@ def summary(metrics: list[dict[str, Any]], evals: list[dict[str, Any]]) -> list[
         for key in ("reward/mean", "accuracy", "format"):
             if _number(last.get(key)) is not None:
                 out.append([f"{key} at last step", f"{last[key]:.3g}"])
-    accs = [r["accuracy"] for r in evals if _number(r.get("accuracy")) is not None]
-    if accs:
-        ends = accs if len(accs) == 1 else [accs[0], accs[-1]]
-        out.append(["held-out accuracy", " -> ".join(f"{a:.1%}" for a in ends)])
+    for key, label in (("strict_accuracy", "held-out accuracy (strict)"), ("accuracy", "held-out accuracy (lenient)"),
+                       ("sampled_strict_accuracy", "sampled accuracy (strict)"),
+                       ("sampled_accuracy", "sampled accuracy (lenient)")):  # strict first: the headline
+        accs = [r[key] for r in evals if _number(r.get(key)) is not None]
+        if accs:
+            ends = accs if len(accs) == 1 else [accs[0], accs[-1]]
+            out.append([label, " -> ".join(f"{a:.1%}" for a in ends)])
     return out
 
 

@@ -36,7 +36,7 @@ def test_report_of_a_real_run_holds_its_data_and_pngs(tiny_run_dir):
     assert reward_series[:3] == ["reward/mean", "reward/format/mean", "reward/accuracy/mean"]
     assert len(reward_series) == 4  # and the length reward, named by its file path
     assert plots["length"] == ["completion_length/mean", "completion_length/min", "completion_length/max"]
-    assert plots["eval"] == ["eval accuracy", "eval strict_accuracy", "eval format"]  # pass_k 1: no sampled
+    assert plots["eval"] == ["eval strict_accuracy", "eval accuracy", "eval format"]  # pass_k 1: no sampled
     assert [p["series"][0]["x"] for p in data["plots"] if p["id"] == "reward"] == [[1, 2, 3]]
     logged = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert len(data["samples"]) == len(logged) == 3 * 8
