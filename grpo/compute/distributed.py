@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -76,6 +77,14 @@ class World:
 
     def close(self) -> None:
         if self.size > 1 and dist.is_initialized():
+            if dist.get_backend() == "gloo":
+                # every rank reaches the end before any tears its pairs down: a rank destroying the
+                # group while its peer still sends aborted the peer ("terminate called without an
+                # active exception"); monitored, so a rank that died does not hang the others here
+                try:
+                    dist.monitored_barrier(timeout=timedelta(seconds=60))
+                except RuntimeError:
+                    pass
             dist.destroy_process_group()
 
     # ------------------------------------------------------------- data and numbers
