@@ -22,8 +22,10 @@ cache's conversions are (gguf_cache.cached_conversion).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from grpo.compute.attention import attention_for
+from grpo.compute.chunked_head import ModelParts, split_model
 from grpo.compute.dtypes import resolve_dtype, weight_dtype
 from grpo.compute.gguf_cache import bundled_model_dir, cached_conversion, gguf_model_dir
 from grpo.compute.lm_head import keep_head_float32
@@ -225,13 +228,32 @@ class AdapterDisabledReference:
         return self.forward(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with self._base():
+            return self.policy(*args, **kwargs)
+
+    @contextmanager
+    def _base(self):
         was_training = self.policy.training
         self.policy.eval()
         try:
             with torch.no_grad(), self.policy.disable_adapter():
-                return self.policy(*args, **kwargs)
+                yield
         finally:
             self.policy.train(was_training)
+
+    def model_parts(self) -> ModelParts:
+        """The policy's body/head split (grpo.compute.chunked_head), each part run with the adapters off."""
+        policy = split_model(self.policy, self.policy.get_decoder(), self.policy.get_output_embeddings())
+
+        def body(*args: Any, **kwargs: Any) -> Any:
+            with self._base():
+                return policy.body(*args, **kwargs)
+
+        def head(hidden: torch.Tensor) -> torch.Tensor:
+            with self._base():
+                return policy.head(hidden)
+
+        return dataclasses.replace(policy, body=body, head=head, head_params=())
 
 
 def load_reference(cfg: ModelConfig, policy: nn.Module, dtype: torch.dtype | None = None) -> Any:

@@ -15,6 +15,10 @@ Two things make this cheap (on the demo task the prompt is ~85% of the tokens):
     than another forward (`length_sorted_rows`), so little padding is computed.
 Models with gradient checkpointing keep no cache in training; they take the plain path
 (prompt + completion of every row in one forward).
+
+No [rows, positions, vocabulary] logits tensor is built: the model body gives hidden states and
+grpo.compute.chunked_head applies the LM head a chunk of positions at a time, in the forward and
+again in the backward, so peak memory holds one chunk of logits whatever the vocabulary.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any, Protocol
 import torch
 from transformers import DynamicCache
 
-from grpo.algorithm import token_entropy, token_logprobs
+from grpo.compute.chunked_head import ModelParts, StatsSpec, parts_of, token_stats
 from grpo.trajectory import TokenSequences, Trajectory
 
 
@@ -107,7 +111,7 @@ def make_micro_batch(batch: TokenSequences, rows: torch.Tensor, device: torch.de
 
 
 class PromptCache:
-    """Every distinct prompt of a rollout batch, run once: its KV cache and last-position logits.
+    """Every distinct prompt of a rollout batch, run once: its KV cache and last-position hidden state.
 
     prompt_ids/prompt_mask: [u, P'] (all-padding leading columns trimmed); row_prompt: [N]
     maps each batch row to its prompt. keys/values: per layer [u, heads, P', d].
@@ -121,9 +125,10 @@ class PromptCache:
         self.prompt_ids, self.prompt_mask = unique.to(device), mask[owner, first:].to(device)
         self.positions = (self.prompt_mask.cumsum(1) - 1).clamp(min=0)  # [u, P']
         self.config = getattr(model, "config", None)
-        out = model(input_ids=self.prompt_ids, attention_mask=self.prompt_mask, position_ids=self.positions,
-                    past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
-        self._graph = [out.logits[:, -1]] + [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        hidden, cache = parts_of(model).body(1, input_ids=self.prompt_ids, attention_mask=self.prompt_mask,
+                                             position_ids=self.positions, past_key_values=DynamicCache(),
+                                             use_cache=True)
+        self._graph = [hidden[:, -1]] + [t for layer in cache.layers for t in (layer.keys, layer.values)]
         # Leaves: micro-batch backwards stop here and accumulate; backward() finishes the job.
         self._leaves = [t.detach().requires_grad_(t.requires_grad) for t in self._graph]
 
@@ -135,9 +140,10 @@ class PromptCache:
         self._graph = self._leaves = []
 
     def for_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, DynamicCache]:
-        """(first logits [b, 1, V], prompt mask [b, P'], last prompt position [b, 1], cache of b rows)."""
+        """(hidden state of the last prompt position [b, 1, H], prompt mask [b, P'], last prompt position [b, 1],
+        cache of b rows)."""
         index = self.row_prompt[rows].to(self.prompt_ids.device)  # [b]
-        first_logits, kv = self._leaves[0], self._leaves[1:]
+        first_hidden, kv = self._leaves[0], self._leaves[1:]
         # index_select, not kv[index]: the backward of advanced indexing (index_put_ with
         # accumulate) adds the rows of a shared prompt in a thread-dependent order on CPU, so two
         # identical runs differed in the last bits of the prompt's gradient (and exact resume
@@ -145,30 +151,40 @@ class PromptCache:
         layers = [(kv[2 * i].index_select(0, index), kv[2 * i + 1].index_select(0, index))
                   for i in range(len(kv) // 2)]
         cache = DynamicCache(ddp_cache_data=layers, config=self.config)
-        return (first_logits.index_select(0, index)[:, None], self.prompt_mask[index], self.positions[index, -1:],
+        return (first_hidden.index_select(0, index)[:, None], self.prompt_mask[index], self.positions[index, -1:],
                 cache)
 
 
-def completion_logits(model: torch.nn.Module, batch: TokenSequences, mb: MicroBatch,
+def completion_hidden(model: torch.nn.Module, batch: TokenSequences, mb: MicroBatch,
                       prompts: PromptCache | None) -> torch.Tensor:
-    """Logits predicting each completion token: [b, C', V], position t predicts token t."""
-    C = mb.completion_ids.shape[1]
+    """The hidden states that predict each completion token: [b, C', H], position t predicts token t
+    (the logits [b, C', V] themselves where the model's split is not exact: grpo.compute.chunked_head)."""
+    C, body = mb.completion_ids.shape[1], parts_of(model).body
     if prompts is None:  # plain path: every row's prompt + completion in one forward
         ids = torch.cat([batch.prompt_ids[mb.rows].to(mb.completion_ids.device), mb.completion_ids], dim=1)
         mask = torch.cat([batch.prompt_mask[mb.rows].to(mb.completion_ids.device),
                           torch.ones_like(mb.completion_mask)], dim=1)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-                    use_cache=False, logits_to_keep=C + 1)
-        return out.logits[:, :-1]
+        hidden, _ = body(C + 1, input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                         use_cache=False)
+        return hidden[:, :-1]
     first, prompt_mask, last_position, cache = prompts.for_rows(mb.rows)
     if C == 1:
         return first
     b = mb.completion_ids.shape[0]
     mask = torch.cat([prompt_mask, prompt_mask.new_ones(b, C - 1)], dim=1)
     positions = last_position + 1 + torch.arange(C - 1, device=last_position.device)  # [b, C'-1]
-    out = model(input_ids=mb.completion_ids[:, :-1], attention_mask=mask, position_ids=positions,
-                past_key_values=cache, use_cache=True)
-    return torch.cat([first, out.logits], dim=1)
+    hidden, _ = body(0, input_ids=mb.completion_ids[:, :-1], attention_mask=mask, position_ids=positions,
+                     past_key_values=cache, use_cache=True)
+    return torch.cat([first, hidden], dim=1)
+
+
+def completion_stats(
+    model: torch.nn.Module, batch: TokenSequences, mb: MicroBatch, prompts: PromptCache | None, spec: StatsSpec,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(log-probs [b, C'] float32, entropy [b, C'] or None, truncated log-probs [b, C'] or None) of a
+    micro-batch's completion tokens: grpo.compute.chunked_head.token_stats of its hidden states."""
+    parts: ModelParts = parts_of(model)
+    return token_stats(parts, completion_hidden(model, batch, mb, prompts), mb.completion_ids, spec)
 
 
 def prompt_cache(model: torch.nn.Module, batch: TokenSequences, device: torch.device) -> PromptCache | None:
@@ -186,13 +202,13 @@ def completion_logprobs(
 
     pi is the model's distribution at `temperature`, truncated to top_k / top_p and
     renormalized when those are set (algorithm.sampling_logits: what a sampler drew from).
-    Gradients flow when called outside no_grad (the policy update); the reference and
-    old-policy passes run under torch.no_grad() (batch_logprobs).
+    Gradients flow when called outside no_grad; the reference and old-policy passes run under
+    torch.no_grad() (batch_logprobs). The entropy (of the untruncated distribution) is detached.
     """
-    logits = completion_logits(model, batch, mb, prompts)  # [b, C', V]
-    logprobs = token_logprobs(logits, mb.completion_ids, temperature, top_k, top_p)
-    entropy = token_entropy(logits.detach(), temperature) if with_entropy else None
-    return logprobs, entropy
+    truncated = top_k > 0 or top_p < 1
+    lp, entropy, trunc = completion_stats(model, batch, mb, prompts, StatsSpec(
+        temperature, "metric" if with_entropy else None, (top_k, top_p) if truncated else None))
+    return (trunc if truncated else lp), entropy
 
 
 @torch.no_grad()

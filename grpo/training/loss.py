@@ -229,13 +229,16 @@ class OffPolicyMask:
     def active(self) -> bool:
         return self.threshold is not None
 
-    def keep(self, logits: torch.Tensor, completion_ids: torch.Tensor, logprobs: torch.Tensor,
-             sampler_logprobs: torch.Tensor, advantages: torch.Tensor, loss_mask: torch.Tensor,
-             temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    @property
+    def truncation(self) -> tuple[int, float] | None:
+        """(top_k, top_p) when on under a truncating sampler: the log-probs `keep` needs are under it."""
+        return (self.top_k, self.top_p) if self.active and (self.top_k > 0 or self.top_p < 1) else None
+
+    def keep(self, logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, advantages: torch.Tensor,
+             loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The keep mask [b, 1] (or [b, C] with per-token advantages) of one micro-batch and its sums.
-        logits [b, C, V], logprobs [b, C] (temperature only), the rest [b, C] (advantages [b])."""
-        if self.top_k > 0 or self.top_p < 1:  # the sampler drew from the truncated distribution
-            logprobs = algorithm.token_logprobs(logits.detach(), completion_ids, temperature, self.top_k, self.top_p)
+        logprobs [b, C]: pi_theta's under the sampler's distribution (temperature, and `truncation`
+        when set; detached), the rest [b, C] (advantages [b])."""
         return algorithm.off_policy_sequence_mask(logprobs, sampler_logprobs, advantages,
                                                   loss_mask.to(logprobs.device), self.threshold)
 

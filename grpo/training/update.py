@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 import torch
 
 from grpo import algorithm
+from grpo.compute.chunked_head import StatsSpec
 from grpo.compute.distributed import World
 from grpo.config import Config
 from grpo.training.logprobs import (
     MicroBatch,
     PromptCache,
-    completion_logits,
+    completion_stats,
     length_sorted_rows,
     make_micro_batch,
     pairs_together_rows,
@@ -69,14 +70,16 @@ class SamplerWeights:
     sums: list[dict[str, torch.Tensor]] = field(default_factory=list)
     complete: bool = False
 
-    def for_micro_batch(self, trajectory: Trajectory, mb: MicroBatch, logits: torch.Tensor,
-                        logprobs: torch.Tensor, temperature: float) -> torch.Tensor:
-        C = logprobs.shape[1]
+    @property
+    def truncation(self) -> tuple[int, float] | None:
+        """(top_k, top_p) while the weights are still to be filled under a truncating sampler, else None."""
+        return (self.top_k, self.top_p) if not self.complete and (self.top_k > 0 or self.top_p < 1) else None
+
+    def for_micro_batch(self, trajectory: Trajectory, mb: MicroBatch, behaviour: torch.Tensor) -> torch.Tensor:
+        """behaviour [b, C]: pi_old's log-probs of the tokens under the sampler's distribution (detached)."""
+        C = behaviour.shape[1]
         if self.complete:
-            return self.values[mb.rows, :C].to(logprobs.device)
-        truncated = self.top_k > 0 or self.top_p < 1
-        behaviour = (algorithm.token_logprobs(logits.detach(), mb.completion_ids, temperature, self.top_k, self.top_p)
-                     if truncated else logprobs.detach())  # [b, C]
+            return self.values[mb.rows, :C].to(behaviour.device)
         weights, sums = self.correction.weights(behaviour, trajectory.sampler_logprobs[mb.rows, :C], mb.loss_mask)
         if self.values is None:
             self.values = torch.zeros(trajectory.completion_ids.shape)
@@ -168,16 +171,17 @@ class Updater:
         """Forward and backward of one micro-batch: (its loss, its metrics, its loss-masked tokens)."""
         trajectory, device, temperature = batch.trajectory, self.settings.device, self.settings.temperature
         mb = make_micro_batch(trajectory, rows, device)
-        logits = completion_logits(self.model, trajectory, mb, prompts)  # [b, C', V]
-        logprobs = algorithm.token_logprobs(logits, mb.completion_ids, temperature)  # float32
         bonus = batch.entropy_coef > 0  # the bonus needs the entropy's gradient; the metric does not
-        entropy = (algorithm.token_entropy(logits if bonus else logits.detach(), temperature)
-                   if with_entropy or bonus else None)  # [b, C']
+        # Under a truncating sampler the correction (on its first update) and the off-policy mask
+        # compare with pi under the sampler's distribution: computed from the same chunks of logits.
+        truncation = (batch.sampler.truncation if batch.sampler is not None else None) or self.off_policy.truncation
+        spec = StatsSpec(temperature, "grad" if bonus else "metric" if with_entropy else None, truncation)
+        logprobs, entropy, truncated = completion_stats(self.model, trajectory, mb, prompts, spec)  # [b, C'] each
+        behaviour = logprobs.detach() if truncated is None else truncated  # log-probs under the sampler's distribution
         C = logprobs.shape[1]
         old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[mb.rows, :C].to(device)
         ref = None if batch.ref_logprobs is None else batch.ref_logprobs[mb.rows, :C].to(device)
-        weights = (None if batch.sampler is None else
-                   batch.sampler.for_micro_batch(trajectory, mb, logits, logprobs, temperature))
+        weights = None if batch.sampler is None else batch.sampler.for_micro_batch(trajectory, mb, behaviour)
         if batch.selected is not None:  # the surrogate of the other tokens weighs 0
             chosen = batch.selected[mb.rows, :C].to(device)
             weights = chosen if weights is None else weights * chosen
@@ -185,11 +189,9 @@ class Updater:
         adv = advantages[mb.rows] if advantages.dim() == 1 else advantages[mb.rows, :C]  # [b] or [b, C']
         if self.off_policy.active:  # negative completions the policy drifted from leave the surrogate
             sampler_logprobs = trajectory.sampler_logprobs[mb.rows, :C]
-            keep, masked = self.off_policy.keep(logits, mb.completion_ids, logprobs, sampler_logprobs, adv,
-                                                mb.loss_mask, temperature)  # [b, 1] or [b, C']
+            keep, masked = self.off_policy.keep(behaviour, sampler_logprobs, adv, mb.loss_mask)  # [b, 1] or [b, C']
             weights = keep.expand_as(logprobs) if weights is None else weights * keep
             masked_parts.append(masked)
-        del logits
         value, metrics = self.loss(logprobs, old, adv.to(device), mb.loss_mask, ref, num_items, weights)
         if bonus:
             value = value + self.loss.entropy_term(entropy, mb.loss_mask, num_items, batch.entropy_coef)

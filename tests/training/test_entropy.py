@@ -70,5 +70,8 @@ def test_micro_batching_changes_neither_the_selection_nor_the_update(tmp_path, t
         results.append((metrics, [p.detach().clone() for p in trainer.model.parameters()]))
     (m8, p8), (m2, p2) = results
     assert m8["entropy/selected"] == m2["entropy/selected"] < 1
+    # Adam divides each gradient by its own running size, so a weight whose gradient is ~0 moves by
+    # rounding noise times the learning rate (1e-3): the summation order of 8 rows vs 4 x 2 showed
+    # as 1.4e-5 on one weight of 8192 on one host; a tenth of the learning rate bounds such noise.
     for a, b in zip(p8, p2, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
