@@ -101,16 +101,20 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-class InOrder:
-    """The prompt file in order, like TRL with shuffle_dataset=False."""
+def in_order(examples):
+    """The prompt file in order, like TRL with shuffle_dataset=False: the trainer's data stream
+    (grpo.tasks.sampling.PromptSampler, no difficulty estimates) drawing rows in file order."""
+    from grpo.tasks.sampling import PromptSampler
 
-    def __init__(self, examples):
-        self.examples, self.position = examples, 0
+    class InOrder(PromptSampler):
+        name = "in_order"
 
-    def take(self, n):
-        out = [self.examples[(self.position + i) % len(self.examples)] for i in range(n)]
-        self.position += n
-        return out
+        def take(self, n):
+            out = [self.examples[(self.position + i) % len(self.examples)] for i in range(n)]
+            self.position += n
+            return out
+
+    return InOrder(examples, 0, 0, None, (0.0, 1.0))
 
 
 def run_grpo(steps: int) -> dict:
@@ -134,7 +138,7 @@ def run_grpo(steps: int) -> dict:
     trainer = Trainer.build(cfg)
     examples = load_prompts()
     counts = prompt_token_counts(trainer.tokenizer, examples)
-    trainer.data = InOrder(examples)
+    trainer.data = in_order(examples)
     startup = time.time() - t0
     records = []
     for i in range(steps + 1):
