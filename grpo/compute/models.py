@@ -115,6 +115,23 @@ def _model_from(path: Path, dtype: torch.dtype, device: torch.device) -> PreTrai
     return model.to(device)
 
 
+@torch.no_grad()
+def _own_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """The policy's CPU weights copied into the process's own memory, once, in place.
+
+    transformers maps a safetensors file into memory and its tensors stay backed by the file
+    until written: the first write of each 4 KiB page (dithering the master weights, or the
+    first optimizer step) then takes a read fault and a copy-on-write fault. One sequential
+    copy per tensor costs a fraction of that (bench/RESULTS.md, "Start-up"). While it runs the
+    mapped pages and the copies are both resident (twice the weights, once at start-up: below
+    the training peak, which holds weights, gradients and two AdamW moments). A frozen
+    reference is never written, so it keeps the mapping (load_frozen)."""
+    for param in model.parameters():  # a tied weight is one Parameter: copied once
+        if param.device.type == "cpu":
+            param.data = param.data.clone()
+    return model
+
+
 @dataclass
 class LoadedModel:
     """A transformers model and its tokenizer handed over as objects (grpo.train / grpo.evaluate)."""
@@ -179,7 +196,7 @@ def load_policy(cfg: ModelConfig, loaded: LoadedModel | None = None) -> tuple[nn
         device = resolve_device(cfg.device)
         path = resolve_model_dir(cfg.path)
         tokenizer = load_tokenizer(path)
-        model = _model_from(path, weight_dtype(cfg.dtype), device)
+        model = _own_copy(_model_from(path, weight_dtype(cfg.dtype), device))
     if cfg.lm_head_fp32:  # before LoRA: the head's class switch, not a wrapper (grpo.compute.lm_head)
         keep_head_float32(model)
     if cfg.gradient_checkpointing:

@@ -153,19 +153,32 @@ def dither_master_weights(model: torch.nn.Module, precision: Precision) -> int:
 DITHER_CHUNK = 1 << 18  # elements of a piece: 1 MiB of float32
 
 
+# Offsets of the dithered float32 bit pattern from its bf16 value's: strictly inside the half
+# step (0x8000 patterns) each way, so every dithered weight rounds back to its bf16 value.
+DITHER_HALF_WIDTH = 0x7F00
+_SIGN = -(2**31)  # the float32 sign bit as an int32
+
+
 def _dither(w: torch.Tensor, compute: torch.dtype) -> int:
-    """dither_master_weights on a flat float32 piece, in place; the number of elements moved off the grid."""
-    low = w.to(compute)
-    bits = low.view(torch.int16)  # sign-magnitude: +-1 is the next value away from / towards 0
-    grid = low.float()
-    # the rounding interval reaches halfway to each neighbour (the gaps differ at powers of 2)
-    away = ((bits + 1).view(compute).float() - grid).abs()  # to the larger-magnitude neighbour
-    toward = (grid - (bits - 1).view(compute).float()).abs()  # to the smaller one (none at 0)
-    toward = torch.where(toward.isfinite(), toward, away)
-    up, down = torch.where(grid >= 0, away, toward), torch.where(grid >= 0, toward, away)
-    changed = int((grid != w).sum())
-    u = torch.rand_like(grid)
-    w.copy_(grid + 0.49 * (u * up - (1 - u) * down))  # strictly inside: rounds back to grid
+    """dither_master_weights on a flat float32 piece, in place; the number of elements moved off the grid.
+
+    In bit patterns: a bf16 value's pattern is the top 16 bits of a float32 one, and within a
+    sign the float32 patterns are ordered like the values, so the float32 numbers that round to
+    the bf16 value g are the patterns within 0x8000 of g's (ties aside). The new pattern is g's
+    magnitude plus a uniform offset in [-DITHER_HALF_WIDTH, DITHER_HALF_WIDTH] (reflected at
+    zero), with w's sign. Uniform in patterns is uniform in value on each side of g; where g is a
+    power of two the step below is half the one above, and equal mass on each side makes the
+    expected bf16 move of a small update equal to the update in both directions. Integer passes
+    only, and 15 random bits per weight (half an int32 draw): the random draw is the costly part."""
+    bits = w.view(torch.int32)
+    grid = w.to(compute).view(torch.int16).to(torch.int32).bitwise_left_shift_(16)  # g's float32 pattern
+    changed = int(torch.count_nonzero(grid != bits))
+    # random_() fills an int32 with 31 random bits (never the sign): 15 of them for each of its two halves
+    draws = torch.empty((bits.numel() + 1) // 2, dtype=torch.int32, device=w.device).random_()
+    r = draws.view(torch.int16)[: bits.numel()].to(torch.int32).bitwise_and_(0x7FFF)  # uniform in [0, 2^15)
+    offset = r.mul_(2 * DITHER_HALF_WIDTH + 1).bitwise_right_shift_(15).sub_(DITHER_HALF_WIDTH)  # in [-W, W]
+    magnitude = grid.bitwise_and(~_SIGN).add_(offset).abs_()  # the smallest non-zero bf16 pattern (0x10000) stays positive
+    bits.copy_(magnitude.bitwise_or_(grid.bitwise_and_(_SIGN)))
     return changed
 
 

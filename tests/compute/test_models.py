@@ -74,6 +74,17 @@ def test_load_policy_from_a_local_dir(tiny_model_dir):
     assert model.model.embed_tokens.weight.grad is not None
 
 
+def test_the_policy_owns_its_weights_and_stays_tied(tiny_model_dir):
+    """_own_copy: the weights are the process's own memory (not the safetensors file's mapping), the
+    same values as a plain load, and a tied head is still the embedding's one Parameter."""
+    model, _ = models.load_policy(ModelConfig(path=str(tiny_model_dir)))
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for (name, p), (_, q) in zip(model.named_parameters(), plain.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
+        assert p.untyped_storage().data_ptr() != q.untyped_storage().data_ptr()
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
 def test_tokenizer_without_pad_gets_eos(tmp_path, tiny_model_dir):
     d = shutil.copytree(tiny_model_dir, tmp_path / "nopad")
     cfg = json.loads((d / "tokenizer_config.json").read_text())

@@ -130,6 +130,23 @@ def test_master_weights_are_dithered_inside_their_bf16_rounding_interval():
     assert precision.dither_master_weights(layer, precision.Precision()) == 0  # float32: untouched
 
 
+def test_dithering_at_a_power_of_two_moves_the_bf16_view_by_the_update_both_ways():
+    # at 1.0 the bf16 step above is 2**-7 and below 2**-8: with equal mass on each side (uniform in
+    # bit patterns) a small update moves the bf16 view by itself in expectation, up and down; a
+    # dither uniform in value over the whole interval puts 2/3 above and gives 4/3 and 2/3 of it
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(1, 200_000, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    precision.dither_master_weights(layer, precision.Precision(torch.bfloat16, torch.bfloat16))
+    w = layer.weight.detach()[:, 0]
+    assert torch.equal(w.bfloat16().float(), torch.ones_like(w))
+    step = 2**-12
+    for sign in (1, -1):
+        moved = ((w + sign * step).bfloat16().float() - 1.0).mean() * sign
+        assert 0.85 * step < moved < 1.15 * step, (sign, moved / step)
+
+
 def test_a_bf16_run_trains_float32_master_weights_and_corrects_its_sampler(tmp_path, tiny_model_dir, data_file):
     cfg = tiny_config(tmp_path, tiny_model_dir, data_file, "model.precision=bfloat16", "algorithm.beta=0.04",
                       "train.num_steps=1")
