@@ -133,7 +133,8 @@ def dither_master_weights(model: torch.nn.Module, precision: Precision) -> int:
     see no update until a weight has moved half a bf16 step (~0.2% of it: ~12 coherent
     updates at lr 5e-6 for a weight of 0.03): measured, 5 bench steps of bf16 training kept
     the reward flat (0.19-0.44) where float32 rose to 1.12. Dithered uniformly inside the
-    rounding interval, a weight crosses a boundary with probability |moved| / (bf16 step),
+    rounding interval (each half of it with equal mass: _dither), a weight crosses a boundary
+    with probability |moved| / (the bf16 step on that side),
     so the bf16 view of the weights moves like the float32 weights in expectation from the
     first update on (stochastic rounding, paid once), and at the start it is round(w), the
     model the frozen bf16 reference holds."""
