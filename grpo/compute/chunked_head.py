@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 
 # Positions per chunk. The head's matmul of a chunk [n, H] x [H, V] loses speed on CPU when n is
 # small (fewer rows than its blocking wants), and the chunk's float32 temporaries grow with n x V:
-# 256 is where the time stopped falling and memory had not yet grown much, at both the bundled
-# model's vocabulary and Qwen2.5's (bench/chunked_head.py; bench/RESULTS.md, "Log-probs without
-# full logits").
+# 256 is where the time stopped falling at Qwen2.5's vocabulary (at the bundled model's, the times
+# of every size were within the host's noise) and memory had not yet grown much
+# (bench/chunked_head.py; bench/RESULTS.md, "Log-probs without full logits").
 CHUNK_POSITIONS = 256
 
 ENTROPY_MODES = (None, "metric", "grad")  # token_stats: no entropy, a detached one, one with gradient
