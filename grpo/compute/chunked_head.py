@@ -6,7 +6,8 @@ once the vocabulary is large (151,936 at the Qwen2.5 shapes: 0.6 GB per 1,000 po
 float32, before the softmax's own temporaries). Here the model is split once (`ModelParts`):
 its body gives hidden states [.., H], and `token_stats` runs the head, the sampler's processing
 (temperature, top-k, top-p), the log-softmax, the picked token's log-prob and the entropy on
-`CHUNK_POSITIONS` positions at a time, so at most one chunk's logits exist. With gradients,
+`CHUNK_POSITIONS` positions at a time, so at most one chunk's logits exist (or, with gradients,
+at most KEEP_LOGITS_ELEMENTS of them, kept unchunked where they are that small). With gradients,
 `_ChunkedHead` saves only the hidden states; its backward recomputes each chunk's logits, takes
 that chunk's gradient, and frees it. The head module itself is called (a Float32Head, a LoRA
 layer on the head, a bias, autocast all behave as in the model's forward), and its parameters
@@ -39,6 +40,13 @@ log = logging.getLogger(__name__)
 # of every size were within the host's noise) and memory had not yet grown much
 # (bench/chunked_head.py; bench/RESULTS.md, "Log-probs without full logits").
 CHUNK_POSITIONS = 256
+# Logits of at most this many elements (rows x positions x V) are kept for the backward as autograd
+# would keep them, without chunks: there the recompute (a second head product and log-softmax)
+# cost more time than the memory it saves is worth. On the demo recipe (16 completions of ~26
+# tokens, V 49,152: 20 M elements) the recompute made the update a quarter slower; 2^25 elements
+# is 128 MiB of float32 logits, small beside the weights and moments of any model with such a
+# vocabulary (bench/RESULTS.md, "Log-probs without full logits").
+KEEP_LOGITS_ELEMENTS = 2**25
 
 ENTROPY_MODES = (None, "metric", "grad")  # token_stats: no entropy, a detached one, one with gradient
 
@@ -56,6 +64,7 @@ class ModelParts:
     head_params: tuple[torch.nn.Parameter, ...]  # the head's parameters (inputs of the chunked autograd node)
     device: torch.device | None = None  # where the head's weight lives (the probe's input goes there)
     exact: bool = True
+    vocabulary: int = 0  # the head's output size (0: the identity head: its input's last dimension)
 
 
 def split_model(model: Any, decoder: Any, head: Any) -> ModelParts:
@@ -65,7 +74,8 @@ def split_model(model: Any, decoder: Any, head: Any) -> ModelParts:
         out = decoder(**kwargs)
         return out.last_hidden_state[:, -keep:], getattr(out, "past_key_values", None)  # -0: every position
 
-    return ModelParts(body, head, tuple(head.parameters()), head.weight.device)
+    return ModelParts(body, head, tuple(head.parameters()), head.weight.device,
+                      vocabulary=int(getattr(head, "out_features", 0)))
 
 
 def full_logits_parts(model: Any) -> ModelParts:
@@ -220,8 +230,14 @@ def token_stats(parts: ModelParts, hidden: torch.Tensor, ids: torch.Tensor, spec
     spec = replace(spec, chunk_positions=spec.chunk_positions or CHUNK_POSITIONS)
     flat_h, flat_ids = hidden.reshape(b * T, hidden.shape[-1]), ids.reshape(b * T)
     params = [p for p in parts.head_params if p.requires_grad]
+    vocabulary = parts.vocabulary or hidden.shape[-1]
     if torch.is_grad_enabled() and (hidden.requires_grad or params) and b * T > 0:
-        lp, ent, trunc = _ChunkedHead.apply(parts.head, spec, flat_h, flat_ids, *params)
+        if b * T * vocabulary <= KEEP_LOGITS_ELEMENTS:  # small: autograd keeps these logits, no recompute
+            lp, ent, trunc = _stats_of(parts.head(flat_h), flat_ids, spec)
+            ent = ent if ent is not None else flat_h.new_zeros(0)
+            trunc = trunc if trunc is not None else flat_h.new_zeros(0)
+        else:
+            lp, ent, trunc = _ChunkedHead.apply(parts.head, spec, flat_h, flat_ids, *params)
     else:
         lp, ent, trunc = _forward_chunks(parts.head, flat_h, flat_ids, spec)
     return (lp.view(b, T), ent.view(b, T) if spec.entropy else None,

@@ -62,9 +62,11 @@ def grads_of(model, loss) -> dict[str, torch.Tensor]:
     return {n: g for n, g in zip(params, got, strict=True) if g is not None}
 
 
-def compare(model, monkeypatch, shared: bool, autocast=None, atol=1e-5):
-    """Chunked (3 positions a chunk) against full logits: values and every parameter's gradient."""
+def compare(model, monkeypatch, shared: bool, autocast=None, atol=1e-5, kept: bool = False):
+    """Chunked (3 positions a chunk; kept: logits under the budget, no chunks) against full logits:
+    values and every parameter's gradient."""
     monkeypatch.setattr(chunked_head, "CHUNK_POSITIONS", 3)
+    monkeypatch.setattr(chunked_head, "KEEP_LOGITS_ELEMENTS", 2**30 if kept else 0)
     batch = batch_of(model.config.vocab_size)
     region = autocast or torch.autocast("cpu", enabled=False)
     spec = StatsSpec(TEMPERATURE, "grad", (5, 0.9))
@@ -90,13 +92,14 @@ def compare(model, monkeypatch, shared: bool, autocast=None, atol=1e-5):
     return want_grads
 
 
+@pytest.mark.parametrize("kept", [False, True], ids=["chunked", "kept-under-budget"])
 @pytest.mark.parametrize("shared", [False, True], ids=["plain", "shared-prompt"])
-def test_values_and_gradients_equal_the_full_logits_path(monkeypatch, shared):
+def test_values_and_gradients_equal_the_full_logits_path(monkeypatch, shared, kept):
     torch.manual_seed(0)
     model, _ = make_tiny_model()
     head = model.get_output_embeddings()
     assert head.weight is model.get_input_embeddings().weight  # tied: both uses reach one gradient
-    grads = compare(model, monkeypatch, shared)
+    grads = compare(model, monkeypatch, shared, kept=kept)
     assert grads["model.embed_tokens.weight"].abs().sum() > 0 and len(grads) == len(list(model.parameters()))
 
 
@@ -170,6 +173,7 @@ def test_autograd_keeps_no_logits(monkeypatch):
     model, _ = make_tiny_model()
     V = model.config.vocab_size
     monkeypatch.setattr(chunked_head, "CHUNK_POSITIONS", 4)
+    monkeypatch.setattr(chunked_head, "KEEP_LOGITS_ELEMENTS", 2 * 9 * V - 1)  # just under these logits
     hidden = torch.randn(2, 9, model.config.hidden_size, requires_grad=True)
     ids = torch.randint(0, V, (2, 9))
     parts = parts_of(model)
@@ -188,6 +192,11 @@ def test_autograd_keeps_no_logits(monkeypatch):
         logits = parts.head(hidden)
         algorithm.token_logprobs(logits, ids, TEMPERATURE) + algorithm.token_entropy(logits, TEMPERATURE)
     assert any(V in s for s in shapes)  # what the test is for: the full path keeps them
+    shapes.clear()
+    monkeypatch.setattr(chunked_head, "KEEP_LOGITS_ELEMENTS", 2 * 9 * V)  # now within the budget: kept
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        token_stats(parts, hidden, ids, StatsSpec(TEMPERATURE, "grad"))
+    assert any(V in s for s in shapes)
 
 
 def test_empty_and_no_grad_inputs():
