@@ -80,9 +80,10 @@ def split_model(model: Any, decoder: Any, head: Any) -> ModelParts:
 
 def full_logits_parts(model: Any) -> ModelParts:
     """The model's own forward as the body (its logits as 'hidden states'), the identity as the head."""
+    owner = weakref.ref(model)  # parts_of's cache must not keep the model alive
 
     def body(keep: int = 0, **kwargs: Any) -> tuple[torch.Tensor, Any]:
-        out = model(logits_to_keep=keep, **kwargs)  # 0: every position
+        out = owner()(logits_to_keep=keep, **kwargs)  # 0: every position
         return out.logits, getattr(out, "past_key_values", None)
 
     return ModelParts(body, lambda x: x, (), exact=False)
@@ -111,6 +112,8 @@ def _probe(model: Any, parts: ModelParts) -> bool:
     return want.shape == got.shape and torch.allclose(want, got, rtol=1e-3, atol=1e-3)
 
 
+# model -> its ModelParts. Weak keys, and no part refers to its model strongly (the decoder and
+# the head are submodules, which do not point back), so a model is freed when its user drops it.
 _PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

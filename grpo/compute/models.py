@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import json
 import shutil
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,13 +262,14 @@ class AdapterDisabledReference:
     def model_parts(self) -> ModelParts:
         """The policy's body/head split (grpo.compute.chunked_head), each part run with the adapters off."""
         policy = split_model(self.policy, self.policy.get_decoder(), self.policy.get_output_embeddings())
+        me = weakref.ref(self)  # the parts are cached per reference object: they must not keep it alive
 
         def body(*args: Any, **kwargs: Any) -> Any:
-            with self._base():
+            with me()._base():
                 return policy.body(*args, **kwargs)
 
         def head(hidden: torch.Tensor) -> torch.Tensor:
-            with self._base():
+            with me()._base():
                 return policy.head(hidden)
 
         return dataclasses.replace(policy, body=body, head=head, head_params=())

@@ -209,3 +209,35 @@ def test_empty_and_no_grad_inputs():
         lp, _, _ = token_stats(parts, torch.randn(1, 3, model.config.hidden_size), torch.tensor([[1, 2, 3]]),
                                StatsSpec())
     assert lp.shape == (1, 3) and not lp.requires_grad and (lp < 0).all()
+
+
+def test_the_split_cache_keeps_no_model_alive(caplog):
+    """parts_of caches a split per model object; dropping the model frees it (a notebook that trains
+    several models in turn would otherwise keep every one): a plain model, a full-logits one and
+    a LoRA policy's reference."""
+    import gc
+    import weakref
+
+    def capped():
+        model, _ = make_tiny_model()
+        forward = model.forward
+
+        def soft(*args, **kwargs):
+            out = forward(*args, **kwargs)
+            out.logits = torch.tanh(out.logits)
+            return out
+
+        model.forward = soft
+        return model
+
+    def lora_reference():
+        model = get_peft_model(make_tiny_model()[0], LoraConfig(r=2, target_modules=["q_proj"]))
+        return AdapterDisabledReference(model)
+
+    for build in (lambda: make_tiny_model()[0], capped, lora_reference):
+        model = build()
+        parts_of(model)
+        gone = weakref.ref(model)
+        del model
+        gc.collect()
+        assert gone() is None
