@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -68,21 +67,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="qwen2.5-0.5b", help="bundled or a shape of bench/systems.py SHAPES")
     args = parser.parse_args()
-    from grpo.config import load_config
     from grpo.training.trainer import Trainer
 
     w = {**systems.WORK, "precision": "auto", "micro_batch_size": 16, "model": args.model}
-    path = systems.model_dir(args.model)
-    cfg = load_config(None, [
-        f"model.path={path}", f"output_dir={tempfile.mkdtemp()}", f"seed={w['seed']}",
-        f"rollout.group_size={w['group_size']}", f"rollout.max_new_tokens={w['max_new_tokens']}",
-        f"rollout.temperature={w['temperature']}", f"train.prompts_per_step={w['prompts_per_step']}",
-        f"algorithm.beta={w['beta']}", f"algorithm.epsilon={w['epsilon']}", "algorithm.loss_type=grpo",
-        f"train.learning_rate={w['learning_rate']}", f"train.micro_batch_size={w['micro_batch_size']}",
-        "task.num_train=10", "task.num_eval=1", "model.precision=auto", "log.progress=false",
-        "log.tensorboard=false", "eval.num_examples=0",
-    ])
-    trainer = Trainer.build(cfg)
+    trainer = Trainer.build(systems.grpo_config(w, "eval.num_examples=0"))
     trainer.data = systems.in_order(systems.load_prompts())
     phases = Phases()
     for owner, method, name in ((trainer.collector, "collect", "generation + rewards"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +31,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="qwen2.5-0.5b", help="bundled or a shape of bench/systems.py SHAPES")
     args = parser.parse_args()
-    from grpo.config import load_config
     from grpo.training import trainer
 
     timings: dict[str, float] = {}
@@ -49,13 +47,7 @@ def main() -> None:
     for name, label in PHASES.items():
         setattr(trainer, name, timed(label, getattr(trainer, name)))
     trainer.models.load_policy = timed("load the policy", trainer.models.load_policy)
-    w = systems.WORK
-    cfg = load_config(None, [
-        f"model.path={systems.model_dir(args.model)}", f"output_dir={tempfile.mkdtemp()}", f"algorithm.beta={w['beta']}",
-        f"train.prompts_per_step={w['prompts_per_step']}", f"rollout.group_size={w['group_size']}",
-        "task.num_train=10", "task.num_eval=1", "model.precision=auto", "log.progress=false",
-        "log.tensorboard=false", "train.micro_batch_size=16",
-    ])
+    cfg = systems.grpo_config({**systems.WORK, "precision": "auto", "micro_batch_size": 16, "model": args.model})
     start = time.perf_counter()
     trainer.Trainer.build(cfg)
     total = time.perf_counter() - start

@@ -117,14 +117,12 @@ def in_order(examples):
     return InOrder(examples, 0, 0, None, (0.0, 1.0))
 
 
-def run_grpo(steps: int) -> dict:
+def grpo_config(w: dict, *overrides: str):
+    """grpo's Config for the work `w` (WORK or a variant of it), plus dotted overrides."""
     from grpo.config import load_config
-    from grpo.training.trainer import Trainer
 
-    t0 = time.time()
-    w = WORK
     path = model_dir(w.get("model", "bundled"))
-    cfg = load_config(None, [
+    return load_config(None, [
         f"model.path={path}", f"output_dir={tempfile.mkdtemp()}", f"seed={w['seed']}", f"rollout.engine={w.get('engine', 'shared_prefix')}",
         *([f"rollout.vllm={json.dumps(w['vllm'])}"] if "vllm" in w else []),
         f"rollout.group_size={w['group_size']}", f"rollout.max_new_tokens={w['max_new_tokens']}",
@@ -133,9 +131,16 @@ def run_grpo(steps: int) -> dict:
         f"train.learning_rate={w['learning_rate']}", "train.adam_betas=[0.9, 0.999]",
         f"train.micro_batch_size={w['micro_batch_size']}", "task.num_train=10", "task.num_eval=1",
         f"model.precision={w.get('precision', 'float32')}",
-        "log.progress=false", "log.tensorboard=false",
+        "log.progress=false", "log.tensorboard=false", *overrides,
     ])
-    trainer = Trainer.build(cfg)
+
+
+def run_grpo(steps: int) -> dict:
+    from grpo.training.trainer import Trainer
+
+    t0 = time.time()
+    w = WORK
+    trainer = Trainer.build(grpo_config(w))
     examples = load_prompts()
     counts = prompt_token_counts(trainer.tokenizer, examples)
     trainer.data = in_order(examples)
@@ -153,7 +158,7 @@ def run_grpo(steps: int) -> dict:
             "completion_tokens": m["tokens_generated"], "max_completion": m["completion_length/max"],
         })
         print(f"grpo step {i}: {m['time/step']:.1f} s, reward {m['reward/mean']:.2f}", flush=True)
-    return {"steps": records, "peak_rss_gib": peak_rss_gib(), "startup_s": startup, "num_params": num_params(path),
+    return {"steps": records, "peak_rss_gib": peak_rss_gib(), "startup_s": startup, "num_params": num_params(model_dir(w.get("model", "bundled"))),
             "precision": trainer.precision.record()}
 
 
@@ -244,7 +249,7 @@ def run_trl(steps: int) -> dict:
                           reward_funcs=[reward_func("format"), reward_func("accuracy")], callbacks=[clock])
     startup = time.time() - t0
     trainer.train()
-    return {"steps": records, "peak_rss_gib": peak_rss_gib(), "startup_s": startup, "num_params": num_params(path),
+    return {"steps": records, "peak_rss_gib": peak_rss_gib(), "startup_s": startup, "num_params": num_params(model_dir(w.get("model", "bundled"))),
             "precision": {"compute": "bfloat16" if w.get("trl_bf16") else "float32"}}
 
 

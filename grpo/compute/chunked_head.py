@@ -48,7 +48,10 @@ CHUNK_POSITIONS = 256
 # vocabulary (bench/RESULTS.md, "Log-probs without full logits").
 KEEP_LOGITS_ELEMENTS = 2**25
 
-ENTROPY_MODES = (None, "metric", "grad")  # token_stats: no entropy, a detached one, one with gradient
+
+def keeps_logits(positions: int, vocabulary: int) -> bool:
+    """Whether an update keeps these logits whole for its backward (else one chunk at a time)."""
+    return positions * vocabulary <= KEEP_LOGITS_ELEMENTS
 
 
 @dataclass(frozen=True)
@@ -138,9 +141,14 @@ class StatsSpec:
     """What token_stats computes besides the log-probs at `temperature`, and in chunks of how many positions."""
 
     temperature: float = 1.0
-    entropy: str | None = None  # ENTROPY_MODES
+    entropy: str | None = None  # None: none; "metric": detached; "grad": with its gradient (the bonus)
     truncation: tuple[int, float] | None = None  # (top_k, top_p): log-probs under the truncated distribution, detached
     chunk_positions: int = 0  # 0: CHUNK_POSITIONS
+
+
+def truncation(top_k: int, top_p: float) -> tuple[int, float] | None:
+    """StatsSpec.truncation for a sampler's top_k / top_p: None where they truncate nothing."""
+    return (top_k, top_p) if top_k > 0 or top_p < 1 else None
 
 
 def _chunks(n: int, size: int):
@@ -235,10 +243,8 @@ def token_stats(parts: ModelParts, hidden: torch.Tensor, ids: torch.Tensor, spec
     params = [p for p in parts.head_params if p.requires_grad]
     vocabulary = parts.vocabulary or hidden.shape[-1]
     if torch.is_grad_enabled() and (hidden.requires_grad or params) and b * T > 0:
-        if b * T * vocabulary <= KEEP_LOGITS_ELEMENTS:  # small: autograd keeps these logits, no recompute
+        if keeps_logits(b * T, vocabulary):  # small: autograd keeps these logits, no recompute
             lp, ent, trunc = _stats_of(parts.head(flat_h), flat_ids, spec)
-            ent = ent if ent is not None else flat_h.new_zeros(0)
-            trunc = trunc if trunc is not None else flat_h.new_zeros(0)
         else:
             lp, ent, trunc = _ChunkedHead.apply(parts.head, spec, flat_h, flat_ids, *params)
     else:

@@ -16,8 +16,9 @@ The memory estimate (bytes beyond the already-loaded weights, b = bytes per para
     generation                KV cache: N * (P + C) * layers * 2 * kv_heads * head_dim * b
     one micro-batch update    activations: m * (P + C) * layers * (6 h + 4 i) * b
                               (gradient checkpointing: m * (P + C) * (layers * h + 6 h + 4 i) * b)
-                              logits: 3 * min(m * C, K) * vocab * 4 (one chunk of K positions of
-                              fp32 logits, its log-softmax and grad: grpo.compute.chunked_head)
+                              logits: 3 * n * vocab * 4 (fp32 logits, log-softmax, grad), n = m * C
+                              where the update keeps them whole, else one chunk of at most K
+                              positions (grpo.compute.chunked_head.keeps_logits)
 with N = prompts_per_step * G, m = micro_batch_size, P the longest prompt in tokens, C =
 max_new_tokens, h hidden size, i MLP intermediate size. Activations per token and layer
 (6 h + 4 i values) count the inputs that attention and a gated MLP keep for backward;
@@ -41,7 +42,7 @@ from typing import Any
 
 import torch
 
-from grpo.compute.chunked_head import CHUNK_POSITIONS
+from grpo.compute.chunked_head import CHUNK_POSITIONS, keeps_logits
 from grpo.config import Config
 from grpo.tasks.base import Example
 from grpo.tasks.prompts import PromptFormat
@@ -168,7 +169,9 @@ def estimate_memory(model: torch.nn.Module, cfg: Config, max_prompt: int) -> dic
         activations = m * seq * (layers * hidden + per_layer) * b
     else:
         activations = m * seq * layers * per_layer * b
-    update = activations + 3 * min(m * r.episode_tokens, CHUNK_POSITIONS) * vocab * 4
+    positions = m * r.episode_tokens  # the logits of one micro-batch: kept whole, or one chunk at a time
+    held = positions if keeps_logits(positions, vocab) else min(positions, CHUNK_POSITIONS)
+    update = activations + 3 * held * vocab * 4
     generation = n_gen * seq * layers * 2 * kv_heads * head_dim * b
     if update >= generation:
         out[f"one micro-batch update ({m} completions of up to {seq} tokens)"] = update

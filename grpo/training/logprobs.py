@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import torch
 from transformers import DynamicCache
 
-from grpo.compute.chunked_head import ModelParts, StatsSpec, parts_of, token_stats
+from grpo.compute.chunked_head import ModelParts, StatsSpec, parts_of, token_stats, truncation
 from grpo.trajectory import TokenSequences, Trajectory
 
 
@@ -205,10 +205,10 @@ def completion_logprobs(
     Gradients flow when called outside no_grad; the reference and old-policy passes run under
     torch.no_grad() (batch_logprobs). The entropy (of the untruncated distribution) is detached.
     """
-    truncated = top_k > 0 or top_p < 1
-    lp, entropy, trunc = completion_stats(model, batch, mb, prompts, StatsSpec(
-        temperature, "metric" if with_entropy else None, (top_k, top_p) if truncated else None))
-    return (trunc if truncated else lp), entropy
+    cut = truncation(top_k, top_p)
+    lp, entropy, trunc = completion_stats(model, batch, mb, prompts,
+                                          StatsSpec(temperature, "metric" if with_entropy else None, cut))
+    return (lp if cut is None else trunc), entropy
 
 
 @torch.no_grad()

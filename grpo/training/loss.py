@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from grpo import algorithm
+from grpo.compute.chunked_head import truncation
 from grpo.rollout import ENGINES
 
 if TYPE_CHECKING:
@@ -232,7 +233,7 @@ class OffPolicyMask:
     @property
     def truncation(self) -> tuple[int, float] | None:
         """(top_k, top_p) when on under a truncating sampler: the log-probs `keep` needs are under it."""
-        return (self.top_k, self.top_p) if self.active and (self.top_k > 0 or self.top_p < 1) else None
+        return truncation(self.top_k, self.top_p) if self.active else None
 
     def keep(self, logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, advantages: torch.Tensor,
              loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

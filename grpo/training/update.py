@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from grpo import algorithm
-from grpo.compute.chunked_head import StatsSpec
+from grpo.compute.chunked_head import StatsSpec, truncation
 from grpo.compute.distributed import World
 from grpo.config import Config
 from grpo.training.logprobs import (
@@ -73,7 +73,7 @@ class SamplerWeights:
     @property
     def truncation(self) -> tuple[int, float] | None:
         """(top_k, top_p) while the weights are still to be filled under a truncating sampler, else None."""
-        return (self.top_k, self.top_p) if not self.complete and (self.top_k > 0 or self.top_p < 1) else None
+        return None if self.complete else truncation(self.top_k, self.top_p)
 
     def for_micro_batch(self, trajectory: Trajectory, mb: MicroBatch, behaviour: torch.Tensor) -> torch.Tensor:
         """behaviour [b, C]: pi_old's log-probs of the tokens under the sampler's distribution (detached)."""
