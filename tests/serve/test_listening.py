@@ -4,12 +4,10 @@ loopback and nothing else (no rendezvous store, no gloo pair sockets)."""
 
 import http.client
 import ipaddress
-import json
 import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.support import free_port
-from tests.support.servers import TOKEN, client
+from tests.support.servers import TOKEN, client, health_at
+from tests.support.servers import health as server_health
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
 
@@ -45,7 +44,7 @@ def listening(pid: int) -> list[tuple[str, int]]:
 
 
 def health(port):
-    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read())
+    return server_health(f"http://127.0.0.1:{port}")
 
 
 def test_default_server_listens_only_on_its_loopback_http_port(tiny_model_dir):
@@ -66,7 +65,7 @@ def test_default_server_listens_only_on_its_loopback_http_port(tiny_model_dir):
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         engine = client(f"http://127.0.0.1:{port}", model, AutoTokenizer.from_pretrained(tiny_model_dir))
         engine.sync_weights(model, 1)  # a whole push
-        assert health(port)["version"] == 1
+        assert health_at(f"http://127.0.0.1:{port}", 1)["version"] == 1
         assert listening(server.pid) == [("127.0.0.1", port)]
         # a push without the token changes nothing
         with torch.no_grad():

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ from grpo.training.trainer import Trainer, train
 from tests.support import free_port
 from tests.support.episodes import EXAMPLES, echo, sampler
 from tests.support.runs import read_metrics, tiny_config
-from tests.support.servers import GREEDY, TOKEN, ServerThread, client, render
+from tests.support.servers import GREEDY, TOKEN, ServerThread, client, health_at, render
 
 LIMITS = Limits(max_body_bytes=16 * 1024, max_rows=64, max_tokens=8192)
 @pytest.fixture(scope="module")
@@ -233,7 +232,7 @@ def test_a_server_killed_and_restarted_mid_run_is_recovered(tmp_path, tiny_model
         assert len(servers) == 2 and first.returncode == -9
         assert trainer.state.step == 5 and [r["step"] for r in rollouts(cfg.output_dir)] == [1, 2, 3, 4, 5]
         # the second server holds the final weights: the trainer pushed them to it after the restart
-        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read())
+        health = health_at(f"http://127.0.0.1:{port}", 5)
         assert health["version"] == trainer.state.num_updates == 5 and health["instance"] == trainer.engine.instance
         assert servers[1].poll() is None
         ages = [r["trained_version"] - v for r in rollouts(cfg.output_dir) for v in r["policy_versions"]]

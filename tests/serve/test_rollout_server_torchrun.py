@@ -6,7 +6,6 @@ One server serves the runs one after another, as a long-lived server serves a us
 a run must never be answered with the weights an earlier run left on it.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from grpo.rollout import SharedPrefixEngine
 from grpo.serve.rollout_protocol import GENERATE_PATH, decode_reply, encode_generate
 from tests.compute.test_distributed import metrics, ranks_after_run
 from tests.support import free_port
-from tests.support.servers import GREEDY, TOKEN, render
+from tests.support.servers import GREEDY, TOKEN, health_at, render
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,10 +44,6 @@ def served(tiny_model_dir):
     yield url
     proc.kill()
     proc.wait()
-
-
-def health(url: str) -> dict:
-    return json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())
 
 
 def server_greedy(url: str, tokenizer) -> list[list[int]]:
@@ -87,7 +82,7 @@ def test_two_ranks_through_one_server_train_alike_and_the_server_follows(tmp_pat
     ranks = ranks_after_run(tmp_path, tiny_model_dir, 2, *SERVER, f"rollout.url={served}", "train.learning_rate=5e-2",
                             "train.parallel=ddp")
     assert_ranks_equal(ranks)
-    assert health(served)["version"] == 3 == ranks[0]["version"]
+    assert health_at(served, 3)["version"] == 3 == ranks[0]["version"]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     trained = server_greedy(served, tokenizer)
     assert trained == local_greedy(tiny_model_dir, ranks[0]["after"], tokenizer)

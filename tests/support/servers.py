@@ -1,7 +1,9 @@
 """Servers on loopback for tests: an ASGI app in a thread of the test process."""
 
+import json
 import threading
 import time
+import urllib.request
 
 import uvicorn
 
@@ -33,6 +35,23 @@ class ServerThread:
 TOKEN = "rollout-test-token-0123456789"
 GREEDY = SamplingParams(1, 0.0, 1.0, 0, 12)
 QUESTIONS = ["What is 3 + 4?", "What is 12 + 30 + 7? Think.", "1 + 1", "What is 5 + 5?"]
+
+
+def health(url: str) -> dict:
+    """The rollout server's /health reply."""
+    return json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())
+
+
+def health_at(url: str, version: int, timeout: float = 60) -> dict:
+    """/health once the server reports `version` (or the last reply after `timeout` s): a push is
+    answered once its weights are staged, and the server swaps them in on its weight thread a
+    moment later (its generations wait for that), so on a busy host the first reply can be older."""
+    deadline = time.monotonic() + timeout
+    reply = health(url)
+    while reply["version"] != version and time.monotonic() < deadline:
+        time.sleep(0.1)
+        reply = health(url)
+    return reply
 
 
 def client(url, model, tokenizer, **kw):
