@@ -8,7 +8,8 @@ and returns tensors, so each is tested against hand-computed values. One submodu
   losses       ratio level, KL estimators, aggregations, policy_loss
   corrections  sampler importance weights (TIS/MIS), off-policy sequence masking
   entropy      the entropy bonus, its adaptive coefficient, high-entropy token selection
-  auxiliary    terms beside the policy loss (hybrid objectives): SFT on the best completion, in-group DPO
+  auxiliary    terms beside the policy loss (hybrid objectives): SFT on the best completion, in-group DPO,
+               on-policy distillation and self-distillation (per-token reverse KL)
 The tables the code dispatches on (config fields list their keys as the allowed values) are
 named in capitals in each.
 
@@ -62,10 +63,14 @@ from grpo.algorithm.auxiliary import (  # noqa: F401
     AuxOptions,
     aux_weight,
     best_completion_roles,
+    demonstrated_roles,
+    demonstrations,
     dpo_loss,
     dpo_pair_losses,
+    every_row_roles,
     group_extremes,
     preference_pair_roles,
+    reverse_kl_loss,
     sequence_logprobs,
     sft_loss,
 )

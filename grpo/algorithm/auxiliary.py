@@ -14,6 +14,13 @@ Pure tensor functions (see grpo.algorithm for the shapes' names). Where we depar
   has no best) and, with min_reward, reaches that reward.
 - DPO (Rafailov et al. 2023) takes its pairs from a preference data set; here each group gives
   one pair, its highest against its lowest total reward, sampled by the policy itself (online).
+- On-policy distillation (Agarwal et al. 2024, GKD; Thinking Machines 2025) and self-distillation
+  (SDPO, Huebotter et al. 2026) use one estimator here, reverse_kl_loss: the sampled token's
+  log-ratio as a per-token negative advantage (Thinking Machines' form, discount 0), not GKD's
+  full-vocabulary divergence and not SDPO's top-K logit distillation: only the sampled token's
+  teacher log-prob is needed, so the teacher runs through the same chunked log-prob path as the
+  reference (no [B, T, V] logits) and a `grpo serve-ref` server can serve it. The self-distillation
+  teacher is the policy of the step (no EMA teacher, no feedback text).
 """
 
 from __future__ import annotations
@@ -151,22 +158,82 @@ def dpo_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, loss_mask: torc
     return dpo_pair_losses(h[chosen], h[rejected], options.dpo_beta).sum() / num_items
 
 
+def every_row_roles(rewards: torch.Tensor, G: int, eligible: torch.Tensor,
+                    min_reward: float | None = None) -> torch.Tensor:
+    """Distillation's rows: role 1 on every row with a token to train on; rewards and min_reward unused.
+    # eligible [T, F, T, T] -> [1, 0, 1, 1]
+    """
+    return eligible.long()
+
+
+def demonstrations(rewards: torch.Tensor, G: int, eligible: torch.Tensor,
+                   min_reward: float | None = None) -> torch.Tensor:
+    """Each row's demonstration for self-distillation: the row index of its group's successful completion,
+    -1 where the group has none. The successful completion is SFT's row (best_completion_roles): the group's
+    best where it beats another of its group and (min_reward set) reaches min_reward. [N] -> [N] long.
+    # rewards [1, 3, 3, 0 | 2, 2, 2, 2] -> [1, 1, 1, 1 | -1, -1, -1, -1]; min_reward 4 -> all -1
+    """
+    best = best_completion_roles(rewards, G, eligible, min_reward).view(-1, G)  # [n, G], one 1 or none per group
+    index = torch.where(best.any(1), best.argmax(1) + torch.arange(0, rewards.shape[0], G), -1)  # [n]
+    return index.repeat_interleave(G)
+
+
+def demonstrated_roles(rewards: torch.Tensor, G: int, eligible: torch.Tensor,
+                       min_reward: float | None = None) -> torch.Tensor:
+    """Self-distillation's rows: role 1 on the eligible rows of a group with a demonstration
+    (`demonstrations`), the demonstration itself left out (its teacher has read it verbatim). [N] -> [N] long.
+    # rewards [1, 3, 3, 0 | 2, 2, 2, 2] -> [1, 0, 1, 1 | 0, 0, 0, 0]
+    """
+    demo = demonstrations(rewards, G, eligible, min_reward)
+    own = demo == torch.arange(rewards.shape[0])
+    return ((demo >= 0) & ~own & eligible.bool()).long()
+
+
+def reverse_kl_loss(logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, loss_mask: torch.Tensor,
+                    roles: torch.Tensor, groups: torch.Tensor, num_items: float | torch.Tensor,
+                    options: AuxOptions) -> torch.Tensor:
+    """Per-token reverse KL(pi_theta || pi_teacher) on the policy's own samples, rows of role 1:
+      k_t = logp_t - teacher_t                      (k1: an unbiased estimate of the token's reverse KL,
+                                                     the token o_t sampled from pi_theta)
+      l_t = sg(k_t) + sg(k_t) * (logp_t - sg(logp_t))  value k_t, gradient d l_t = sg(k_t) * d logp_t
+    aggregated as the policy loss aggregates (AGGREGATIONS[options.loss_type], num_items = sft_count of the
+    same rows over the whole batch; see sft_loss). The gradient is Thinking Machines' on-policy distillation:
+    REINFORCE with the per-token advantage -k_t (discount 0), the score-function gradient of the reverse KL
+    (E_pi[sg(k) d logp] = d KL(pi || teacher)). Not k1 with gradient (E_pi[d logp] = 0: no signal) nor TRL's
+    k3 with gradient (E_pi[(1 - teacher / pi) d logp] is the gradient of the forward KL(teacher || pi)).
+    No gradient reaches the teacher. logprobs, teacher_logprobs, loss_mask: [b, T]; roles [b]; groups unused.
+    # logp [[ln 0.5, ln 0.25]], teacher [[ln 0.25, ln 0.25]], mask [[1, 1]], roles [1], grpo, num_items 1:
+    # k [ln 2, 0] -> (ln 2 + 0) / 2 = 0.34657; d/dlogp [[ln 2 / 2, 0]] = [[0.34657, 0]]
+    """
+    aggregation = _aggregation(options.loss_type)
+    trained = loss_mask.bool() & (roles == 1).unsqueeze(1)  # [b, T]
+    # zero where untrained first: a NaN there would otherwise reach the gradient through k's product
+    k = torch.where(trained, logprobs - teacher_logprobs, torch.zeros_like(logprobs)).detach()  # [b, T]
+    token = torch.where(trained, k + k * (logprobs - logprobs.detach()), torch.zeros_like(k))
+    return aggregation.reduce(token, trained.to(logprobs.dtype), num_items, options.max_completion_length)
+
+
 @dataclass(frozen=True)
 class AuxiliaryLoss:
     """One term of AUX_LOSSES: its rows (once per step), its normalizer and its loss; `pairs`: the rows
-    of roles 1 and -1 of one group must share a micro-batch; `reference`: it reads ref_logprobs."""
+    of roles 1 and -1 of one group must share a micro-batch; `reference`: it reads ref_logprobs;
+    `teacher`: its loss reads a teacher's log-probs in their place, "model" (a teacher model's) or
+    "self" (the policy's, given its group's demonstration)."""
 
     roles: Callable[..., torch.Tensor]
     count: Callable[..., float]
     loss: Callable[..., torch.Tensor]
     pairs: bool = False
     reference: bool = False
+    teacher: str | None = None
 
 
 # algorithm.aux_losses[].name -> its term: the table the config's names list.
 AUX_LOSSES = {
     "sft": AuxiliaryLoss(best_completion_roles, sft_count, sft_loss),
     "dpo": AuxiliaryLoss(preference_pair_roles, pair_count, dpo_loss, pairs=True, reference=True),
+    "distill": AuxiliaryLoss(every_row_roles, sft_count, reverse_kl_loss, teacher="model"),
+    "self_distill": AuxiliaryLoss(demonstrated_roles, sft_count, reverse_kl_loss, teacher="self"),
 }
 
 # algorithm.aux_losses[].schedule -> the weight's factor from progress p = min(1, step / until_step).

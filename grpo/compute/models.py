@@ -66,12 +66,12 @@ def resolve_device(name: str) -> torch.device:
 # --------------------------------------------------------------------------- loading
 
 
-def resolve_model_dir(path: str | None) -> Path:
-    """model.path -> a local HF directory (converting the bundled model / a .gguf file)."""
+def resolve_model_dir(path: str | None, name: str = "model.path") -> Path:
+    """model.path (or the config field `name`) -> a local HF directory (converting the bundled model / a .gguf file)."""
     if path is None:
         return bundled_model_dir()
     p = Path(path).expanduser()
-    field = f"config field `model.path` = {path!r}"
+    field = f"config field `{name}` = {path!r}"
     if not p.exists():
         raise ValueError(f"{field} is invalid: no such file or directory")
     if p.is_file():
@@ -287,9 +287,16 @@ def load_reference(cfg: ModelConfig, policy: nn.Module, dtype: torch.dtype | Non
     """
     if hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
         return AdapterDisabledReference(policy)
+    return load_frozen_beside(cfg, policy, dtype)
+
+
+def load_frozen_beside(cfg: ModelConfig, policy: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """cfg.path frozen (load_frozen) on the policy's device, in `dtype` (None = the policy's), its LM head in
+    float32 where the policy's is (model.lm_head_fp32): the reference, or a distillation teacher (cfg.path
+    its directory), whose log-probs are compared with the policy's."""
     weight = next(policy.parameters())
-    reference = load_frozen(cfg, dtype or weight.dtype, weight.device)
-    return keep_head_float32(reference) if cfg.lm_head_fp32 else reference  # log-probs as the policy's
+    frozen = load_frozen(cfg, dtype or weight.dtype, weight.device)
+    return keep_head_float32(frozen) if cfg.lm_head_fp32 else frozen  # log-probs as the policy's
 
 
 def load_frozen(cfg: ModelConfig, dtype: torch.dtype | None = None, device: torch.device | None = None) -> nn.Module:

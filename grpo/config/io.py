@@ -166,7 +166,8 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 
 def describe(cls: type | None = None, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted name, default, help) for every field of `cls` (default: Config), for `--help-config`."""
+    """(dotted name, default, help) for every field of `cls` (default: Config), for `--help-config`; the
+    fields of a list's entries as `name[].field` (rewards[].weight, algorithm.aux_losses[].teacher_path)."""
     cls = cls or Config
     rows = []
     for f in dataclasses.fields(cls):
@@ -179,4 +180,7 @@ def describe(cls: type | None = None, prefix: str = "") -> list[tuple[str, str, 
             if isinstance(shown, list) and shown and dataclasses.is_dataclass(shown[0]):
                 shown = [to_dict(x) for x in shown]
             rows.append((prefix + f.name, repr(shown), f.metadata.get("help", "")))
+            item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+            if item is not None and dataclasses.is_dataclass(item):  # a list of entries: each entry's fields too
+                rows += describe(item, prefix + f.name + "[].")
     return rows

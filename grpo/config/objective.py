@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from grpo.config.checks import (
+    ENV_NAME,
+    HTTP_URL,
     NUMBER,
     above,
     at_least,
@@ -41,7 +43,14 @@ class AuxLossSpec:
         "group; RAFT, Dong et al. 2023), aggregated as loss_type aggregates the policy loss; dpo = DPO (Rafailov et "
         "al. 2023) on each group's (highest, lowest total reward) pair, -log sigmoid(dpo_beta * ((logp_w - ref_w) - "
         "(logp_l - ref_l))) with sequence log-probs, averaged over the pairs; its reference is the KL reference "
-        "when algorithm.beta > 0, else the policy that sampled the step (docs/algorithm.md).")
+        "when algorithm.beta > 0, else the policy that sampled the step; distill = on-policy distillation from a "
+        "teacher model (teacher_path or teacher_url): per completion token, the reverse KL(pi_theta || teacher) "
+        "estimated on the sampled token, logp - logp_teacher, its gradient (logp - logp_teacher) * d logp "
+        "(Thinking Machines' per-token negative advantage), aggregated as loss_type aggregates; with the rewards' "
+        "weights 0 every advantage is 0 and distillation is the run's only signal; self_distill = the same term "
+        "with the policy itself as teacher (no grad), given its group's successful completion (min_reward) as a "
+        "worked example in the prompt (SDPO-like; single-turn only); a group without one adds nothing "
+        "(docs/algorithm.md).")
     weight: float = doc(0.1, "Its weight: loss += weight * term (CHORD's mu, which also scales the policy loss "
                              "by 1 - mu: scale the learning rate for that).", check=at_least(0, NUMBER))
     schedule: Literal[AUX_SCHEDULE_NAMES] = doc(
@@ -53,10 +62,21 @@ class AuxLossSpec:
         check=optional(at_least(1)))
     min_reward: float | None = doc(
         None, "sft: train on a group's best completion only when its total reward is at least this (RAFT's "
-        "filter; e.g. 1 for a correct answer with the accuracy reward); null = any best that beats another "
-        "completion of its group.")
+        "filter; e.g. 1 for a correct answer with the accuracy reward); self_distill: the group's best counts as "
+        "its successful completion only then; null = any best that beats another completion of its group.")
     dpo_beta: float = doc(
         0.1, "dpo: the inverse temperature of the preference margin (TRL's DPOConfig.beta, 0.1).", check=above(0))
+    teacher_path: str | None = doc(
+        None, "distill: the teacher, a model directory (or a .gguf file, as model.path) loaded in this process frozen "
+        "and without gradients, in the compute dtype on the policy's device like the reference; its tokenizer must "
+        "equal the policy's. One of teacher_path and teacher_url.")
+    teacher_url: str | None = doc(
+        None, "distill: the base URL of a `grpo serve-ref --model TEACHER` server computing the teacher's "
+        "log-probs (reference.timeout, max_retries and backoff apply); its vocabulary size must equal the "
+        "policy's (the server holds no tokenizer to compare).", check=HTTP_URL)
+    teacher_token_env: str = doc(
+        "GRPO_TEACHER_TOKEN", "distill with teacher_url: the environment variable holding that server's bearer "
+        "token.", check=ENV_NAME)
 
 
 @dataclass

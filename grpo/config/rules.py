@@ -115,16 +115,31 @@ def kl_weighting_has_a_kl_term(algorithm: AlgorithmConfig) -> None:
                          "kl_importance_weighted to false")
 
 
-def aux_losses_fit(algorithm: AlgorithmConfig, train: TrainConfig) -> None:
-    """A dpo pair trains in one micro-batch (its two rows' margin), and min_reward filters sft's rows only."""
+def aux_losses_fit(algorithm: AlgorithmConfig, train: TrainConfig, rollout: RolloutConfig) -> None:
+    """A dpo pair trains in one micro-batch (its two rows' margin), min_reward filters sft's and self_distill's
+    rows only, a distill term has one teacher (and only it has one), and self_distill's worked example goes into
+    a single-turn prompt."""
     for i, spec in enumerate(algorithm.aux_losses):
+        field = f"algorithm.aux_losses[{i}]"
         if spec.name == "dpo" and train.micro_batch_size < 2:
             raise ValueError(f"config field `train.micro_batch_size` = {train.micro_batch_size} is invalid with "
-                             f"algorithm.aux_losses[{i}].name = 'dpo': each pair's two completions share a "
+                             f"{field}.name = 'dpo': each pair's two completions share a "
                              "micro-batch; expected an integer >= 2")
-        if spec.min_reward is not None and spec.name != "sft":
-            raise ValueError(f"config field `algorithm.aux_losses[{i}].min_reward` = {spec.min_reward} applies to "
-                             f"name = sft only (it is {spec.name!r}); set it to null")
+        if spec.min_reward is not None and spec.name not in ("sft", "self_distill"):
+            raise ValueError(f"config field `{field}.min_reward` = {spec.min_reward} applies to "
+                             f"name = sft or self_distill only (it is {spec.name!r}); set it to null")
+        teachers = [f"{field}.{k}" for k in ("teacher_path", "teacher_url") if getattr(spec, k) is not None]
+        if spec.name == "distill" and len(teachers) != 1:
+            raise ValueError(f"config field `{field}.teacher_path` = {spec.teacher_path!r} and `teacher_url` = "
+                             f"{spec.teacher_url!r}: name = 'distill' needs exactly one of them (a model "
+                             "directory, or a `grpo serve-ref` server's URL)")
+        if spec.name != "distill" and teachers:
+            raise ValueError(f"config field `{teachers[0]}` applies to name = distill only (it is "
+                             f"{spec.name!r}); set it to null")
+        if spec.name == "self_distill" and (rollout.tools or rollout.environment):
+            raise ValueError(f"config field `{field}.name` = 'self_distill' needs single-turn rollouts (the "
+                             "worked example goes into the prompt's messages): set rollout.tools to [] and "
+                             "rollout.environment to null, or use another term")
 
 
 def iterative_rewards_are_listed(it: IterativeConfig, rewards: list[RewardSpec]) -> None:

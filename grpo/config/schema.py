@@ -60,7 +60,7 @@ class Config:
         self.task.num_eval = rules.held_out_for_evaluation(self.task, self.eval)  # none without evaluation
         rules.reference_sync_has_a_reference_to_change(ref, a, self.model)
         rules.kl_weighting_has_a_kl_term(a)
-        rules.aux_losses_fit(a, t)
+        rules.aux_losses_fit(a, t, r)
         rules.iterative_rewards_are_listed(it, self.rewards)
         rules.reset_reference_has_a_reference_to_reset(it, a, ref, self.model)
         rules.prompts_divide_among_processes(t, facts.world_size)

@@ -10,6 +10,7 @@ server's limits) are not, since asking again cannot help.
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import os
 import time
@@ -21,7 +22,7 @@ import torch
 
 from grpo.config import ReferenceConfig
 from grpo.serve.common import error_text
-from grpo.serve.protocol import LOGPROBS_PATH, decode_response, encode_request
+from grpo.serve.protocol import HEALTH_PATH, LOGPROBS_PATH, decode_response, encode_request
 
 log = logging.getLogger("grpo.serve")
 RETRIED_STATUS = (408, 429)  # besides every 5xx
@@ -59,12 +60,22 @@ class RemoteReference:
         except ValueError as e:
             raise ReferenceServerError(f"reference server {self.url}: {e}") from None
 
-    def _post(self, body: bytes) -> bytes:
-        endpoint = self.url.rstrip("/") + LOGPROBS_PATH
+    def vocab_size(self) -> int:
+        """The served model's vocabulary size (its input embeddings), from GET /health: a distillation teacher
+        must score the policy's token ids."""
+        try:
+            return int(json.loads(self._post(None, HEALTH_PATH))["vocab_size"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ReferenceServerError(f"reference server {self.url}: /health gave no vocab_size ({e})") from None
+
+    def _post(self, body: bytes | None, path: str = LOGPROBS_PATH) -> bytes:
+        """POST `body` to `path` (None: GET), retried as the module docstring says."""
+        endpoint = self.url.rstrip("/") + path
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/octet-stream"}
         start, last = time.monotonic(), ""
         for attempt in range(self.max_retries + 1):
-            request = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")
+            request = urllib.request.Request(endpoint, data=body, headers=headers,
+                                             method="GET" if body is None else "POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as reply:
                     return reply.read()

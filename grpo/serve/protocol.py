@@ -9,7 +9,7 @@
         temperature     [1]    float64  the sampling temperature (logits are divided by it)
       200: safetensors {logprobs: [N, C] float32, zeros on padding}
       4xx / 5xx: JSON {"error": "..."}; 4xx are the client's fault and are not retried
-    GET /health -> 200 JSON {"status": "ok", "limits": {...}} (no token needed)
+    GET /health -> 200 JSON {"status": "ok", "limits": {...}, "vocab_size": V} (no token needed)
 
 safetensors rather than pickle because unpickling runs arbitrary code: a reference server
 reachable by anyone who can open a socket must only ever parse plain tensors.

@@ -86,7 +86,7 @@ def make_app(model: torch.nn.Module, token: str, limits: Limits = DEFAULT_LIMITS
         return Response(encode_response(result), media_type="application/octet-stream")
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "limits": limits.as_dict()})
+        return JSONResponse({"status": "ok", "limits": limits.as_dict(), "vocab_size": vocab_size})
 
     return Starlette(routes=[Route(LOGPROBS_PATH, logprobs, methods=["POST"]),
                              Route(HEALTH_PATH, health, methods=["GET"])])

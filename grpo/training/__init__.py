@@ -1,1 +1,1 @@
-"""The training step: the loop, collecting its batch, the update, the loss object, log-probs, checkpoints, signals."""
+"""The training step: the loop, collecting its batch, the update, the loss object, log-probs, teachers, checkpoints, signals."""

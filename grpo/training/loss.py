@@ -22,14 +22,15 @@ off-policy sequence masking) takes the surrogate away from negative-advantage co
 that the current policy has drifted too far from (algorithm.off_policy_sequence_mask).
 
 `AuxiliaryLosses`, also built once, holds the terms of algorithm.aux_losses (algorithm.AUX_LOSSES:
-SFT on each group's best completion, in-group DPO): once per step its `plan` picks each term's rows
-from the rewards and counts their normalizers over every rank; the plan adds each micro-batch's
-share of sum_k weight_k * term_k in the update.
+SFT on each group's best completion, in-group DPO, distillation): once per step its `plan` picks each
+term's rows from the rewards and counts their normalizers over every rank, and carries the distillation
+terms' teacher log-probs (grpo.training.teachers); the plan adds each micro-batch's share of
+sum_k weight_k * term_k in the update.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -291,9 +292,11 @@ class AuxiliaryLosses:
         return cls(tuple(AuxTerm(s.name, s.weight, s.schedule, s.until_step or num_steps, s.min_reward,
                                  options[s.name]) for s in a.aux_losses))
 
-    def plan(self, rewards: torch.Tensor, loss_mask: torch.Tensor, G: int, step: int, world: Any) -> AuxPlan | None:
+    def plan(self, rewards: torch.Tensor, loss_mask: torch.Tensor, G: int, step: int, world: Any,
+             teachers: dict[str, torch.Tensor] | None = None) -> AuxPlan | None:
         """The step's rows, normalizers (every rank's) and weights; None without terms. rewards [N]
-        (total), loss_mask [N, C]: a row with nothing to train is never chosen. step: steps done before."""
+        (total), loss_mask [N, C]: a row with nothing to train is never chosen. step: steps done before.
+        teachers: each distillation term's teacher log-probs [N, C] (grpo.training.teachers)."""
         if not self.terms:
             return None
         eligible = loss_mask.bool().any(1).cpu()
@@ -302,22 +305,24 @@ class AuxiliaryLosses:
         for t in self.terms:
             roles[t.name] = t.term.roles(rewards, G, eligible, t.min_reward)  # [N]
             counts[t.name] = world.sum(t.term.count(roles[t.name], loss_mask, t.options.loss_type))
-            chosen = world.sum(float((roles[t.name] == 1).sum()))
+            chosen = world.sum(float((roles[t.name] == 1).view(-1, G).any(1).sum()))  # groups with a trained row
             metrics[f"aux/{t.name}/weight"] = algorithm.aux_weight(t.weight, t.schedule, step, t.until_step)
             metrics[f"aux/{t.name}/groups"] = chosen / max(world.sum(len(rewards) / G), 1.0)
-        return AuxPlan(self.terms, roles, counts, metrics, torch.arange(len(rewards)) // G)
+        return AuxPlan(self.terms, roles, counts, metrics, torch.arange(len(rewards)) // G, teachers or {})
 
 
 @dataclass(frozen=True)
 class AuxPlan:
     """One step's auxiliary terms: each term's roles [N] (algorithm.AUX_LOSSES), its normalizer over the whole
-    batch of every rank, the weights in effect (in `metrics`) and each row's group [N]."""
+    batch of every rank, the weights in effect (in `metrics`), each row's group [N] and the distillation
+    terms' teacher log-probs [N, C] (by name)."""
 
     terms: tuple[AuxTerm, ...]
     roles: dict[str, torch.Tensor]
     counts: dict[str, float]
     metrics: dict[str, float]
     groups: torch.Tensor
+    teachers: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def partners(self) -> torch.Tensor | None:
         """[N] long: the other row of a row's pair (a term with `pairs`: they share a micro-batch), else -1."""
@@ -338,8 +343,10 @@ class AuxPlan:
         groups = self.groups[rows].to(logprobs.device)
         for t in self.terms:
             roles = self.roles[t.name][rows].to(logprobs.device)
-            value = t.term.loss(logprobs, reference, loss_mask, roles, groups, max(self.counts[t.name], 1.0),
-                                t.options)
+            other = reference  # a distillation term compares with its teacher instead
+            if t.term.teacher is not None:
+                other = self.teachers[t.name][rows, : logprobs.shape[1]].to(logprobs.device)
+            value = t.term.loss(logprobs, other, loss_mask, roles, groups, max(self.counts[t.name], 1.0), t.options)
             total = total + self.metrics[f"aux/{t.name}/weight"] * value
             parts[f"aux/{t.name}"] = value.item()
         return total, parts

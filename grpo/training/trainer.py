@@ -12,7 +12,8 @@ One step, as numbered in `train_step` below:
   5. old log-probs (only when num_iterations > 1) and reference log-probs (only when beta > 0); with
      algorithm.top_entropy_quantile < 1 the same no-grad forward gives the entropies that pick the
      tokens the surrogate trains on (grpo.training.loss.EntropyControl); the rows the auxiliary terms
-     (algorithm.aux_losses: SFT on the best completions, in-group DPO) train, from the rewards
+     (algorithm.aux_losses: SFT on the best completions, in-group DPO, distillation) train, from the rewards,
+     and the distillation teachers' log-probs (grpo.training.teachers)
   6. num_iterations updates: gradients over micro-batches of the loss built once from the
      config (grpo.training.update.Updater, grpo.training.loss; the first update also weighs the
      sampler's tokens by pi_old / q when the correction is on; with algorithm.off_policy_mask_threshold
@@ -88,6 +89,7 @@ from grpo.training.loss import (
     SamplerCorrection,
 )
 from grpo.training.step_metrics import rollout_metrics, sample_records
+from grpo.training.teachers import Teachers
 from grpo.training.update import (
     SamplerWeights,
     UpdateBatch,
@@ -153,6 +155,7 @@ class Trainer:
     precision: Precision  # what forwards, backward and rollouts compute in (grpo.compute.precision)
     iterative: IterativeRL | None = None  # iterative RL: the reward model keeps learning
     aux: AuxiliaryLosses = AuxiliaryLosses()  # terms beside the policy loss (algorithm.aux_losses)
+    teachers: Teachers = field(default_factory=Teachers)  # the distillation terms' (grpo.training.teachers)
     last_saved: int | None = field(default=None, init=False)  # the step of the newest checkpoint
 
     @classmethod
@@ -220,7 +223,8 @@ class Trainer:
                    optimizer=optimizer, scheduler=scheduler, device=device, state=state,
                    data=build_prompt_sampler(cfg, task, state.examples_seen, ckpt), world=world, precision=precision,
                    iterative=iterative,
-                   aux=AuxiliaryLosses.from_config(cfg.algorithm, cfg.train.num_steps, cfg.rollout.episode_tokens))
+                   aux=AuxiliaryLosses.from_config(cfg.algorithm, cfg.train.num_steps, cfg.rollout.episode_tokens),
+                   teachers=Teachers.build(cfg, model, tokenizer, sampler, device, precision))
 
     # ----------------------------------------------------------------- one step
 
@@ -265,7 +269,8 @@ class Trainer:
                 selected, fraction = self.entropy.selection(entropies, trained.loss_mask, self.world)
                 selection = {"entropy/selected": fraction}
         ref_logprobs = self.reference.logprobs(trained) if self.reference is not None else None
-        aux = self.aux.plan(scores.total, trained.loss_mask, G, self.state.step, self.world)  # rows of aux_losses
+        teachers = self.teachers.logprobs(trained, examples, scores.total, G)  # distillation terms' teachers
+        aux = self.aux.plan(scores.total, trained.loss_mask, G, self.state.step, self.world, teachers)
         lap("logprobs")
         # 6. policy updates (the first one also weighs the sampler's tokens when the correction is on)
         updates_before = self.state.num_updates

@@ -128,6 +128,62 @@ def test_dpo_pairs_rows_by_group_whatever_their_order():
         algorithm.dpo_loss(logprobs[:3], ref[:3], mask[:3], roles[:3], groups[:3], 2.0, AuxOptions())
 
 
+# --------------------------------------------------------------------------- distillation
+
+
+def test_distillation_rows_by_hand():
+    # distill: every row with a token to train on
+    eligible = torch.tensor([True, False, True, True])
+    assert algorithm.every_row_roles(torch.zeros(4), 2, eligible).tolist() == [1, 0, 1, 1]
+    # self_distill: group 0 [1, 3, 3, 0] has its best at row 1 (SFT's row): rows 0, 2, 3 learn from it;
+    # group 1 [2, 2, 2, 2] has no best: no demonstration, nothing trained
+    rewards = torch.tensor([1.0, 3.0, 3.0, 0.0, 2.0, 2.0, 2.0, 2.0])
+    assert algorithm.demonstrations(rewards, 4, ALL).tolist() == [1, 1, 1, 1, -1, -1, -1, -1]
+    assert algorithm.demonstrated_roles(rewards, 4, ALL).tolist() == [1, 0, 1, 1, 0, 0, 0, 0]
+    # min_reward 4: 3 is no success, no group has a demonstration
+    assert algorithm.demonstrations(rewards, 4, ALL, 4.0).tolist() == [-1] * 8
+    assert algorithm.demonstrated_roles(rewards, 4, ALL, 4.0).sum() == 0
+    # a row with nothing to train is no demonstration and learns nothing: row 1 out, row 2 is the best
+    eligible = torch.tensor([True, False, True, False, True, True, True, True])
+    assert algorithm.demonstrations(rewards, 4, eligible).tolist() == [2, 2, 2, 2, -1, -1, -1, -1]
+    assert algorithm.demonstrated_roles(rewards, 4, eligible).tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("loss_type", algorithm.LOSS_TYPES)
+def test_reverse_kl_loss_value_and_gradient_by_hand(loss_type):
+    # logp [[ln 0.5, ln 0.25], [ln 0.5, nan]], teacher [[ln 0.25, ln 0.25], [0, 0]], roles [1, 0]:
+    # k = logp - teacher = [ln 2, 0] on row 0; value: k aggregated as SFT's NLL is; gradient sg(k) / items
+    num_items = SFT_CASES[loss_type][0]
+    per_item = {"grpo": 2, "bnpo": num_items, "dapo": num_items, "dr_grpo": 4}[loss_type]  # what divides the sum
+    logprobs = torch.tensor(LOGP, requires_grad=True)
+    teacher = torch.tensor([[math.log(0.25), math.log(0.25)], [0.0, 0.0]])
+    loss = algorithm.reverse_kl_loss(logprobs, teacher, MASK, torch.tensor([1, 0]), torch.tensor([0, 1]), num_items,
+                                     AuxOptions(loss_type, 4))
+    assert loss.item() == pytest.approx(LN2 / per_item, abs=1e-6)  # grpo: (ln 2 + 0) / 2 = 0.34657
+    loss.backward()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[LN2 / per_item, 0.0], [0.0, 0.0]]))
+
+
+def test_reverse_kl_gradient_is_the_reverse_kl_gradient_in_expectation():
+    # one position, vocabulary of 3: the sum over every token o of pi(o) * d l(o) equals d KL(pi || q)
+    # (the score-function gradient), with each token's loss computed as if it were the one sampled
+    theta = torch.tensor([0.3, -0.2, 0.5], requires_grad=True)
+    q = torch.log_softmax(torch.tensor([0.1, 0.4, -0.3]), 0)
+    logp = torch.log_softmax(theta, 0)
+    one = torch.ones(3, 1)
+    losses = algorithm.reverse_kl_loss(logp[:, None], q[:, None].expand(3, 1), one, torch.ones(3), torch.zeros(3),
+                                       1.0, AuxOptions("bnpo"))  # bnpo, num_items 1: the sum of the three
+    weights = logp.exp().detach()  # pi(o): the expectation over the sampled token
+    expected = sum(w * algorithm.reverse_kl_loss(logp[o:o + 1, None], q[o:o + 1, None], one[:1], torch.ones(1),
+                                                 torch.zeros(1), 1.0, AuxOptions("bnpo"))
+                   for o, w in enumerate(weights))
+    (grad,) = torch.autograd.grad(expected, theta, retain_graph=True)
+    kl = (logp.exp() * (logp - q)).sum()
+    (want,) = torch.autograd.grad(kl, theta)
+    torch.testing.assert_close(grad, want)
+    assert losses.item() == pytest.approx((logp - q).sum().item(), rel=1e-6)  # the value is the sum of the k1s
+
+
 # --------------------------------------------------------------------------- schedules
 
 

@@ -24,6 +24,7 @@ def test_defaults_are_valid_and_documented():
     assert all(help_text for _, _, help_text in rows), [n for n, _, h in rows if not h]
     names = [n for n, _, _ in rows]
     assert "algorithm.beta" in names and "model.lora.r" in names
+    assert "algorithm.aux_losses[].teacher_path" in names and "rewards[].weight" in names  # entries' fields too
 
 
 def test_yaml_plus_dotted_overrides(tmp_path):
@@ -241,11 +242,20 @@ MODEL_FREE_RULES = {
     "dpo with one completion per micro-batch": (["algorithm.aux_losses=[{name: dpo}]", "train.micro_batch_size=1"], 1,
                                                 "`train.micro_batch_size` = 1 is invalid with algorithm.aux_losses[0]"),
     "min_reward on a dpo term": (["algorithm.aux_losses=[{name: dpo, min_reward: 1}]"], 1,
-                                 "`algorithm.aux_losses[0].min_reward` = 1.0 applies to name = sft only"),
+                                 "`algorithm.aux_losses[0].min_reward` = 1.0 applies to name = sft or self_distill only"),
+    "a distill term without a teacher": (["algorithm.aux_losses=[{name: distill}]"], 1,
+                                         "`algorithm.aux_losses[0].teacher_path` = None and `teacher_url` = None: "
+                                         "name = 'distill' needs exactly one of them"),
+    "a distill term with two teachers": (["algorithm.aux_losses=[{name: distill, teacher_path: t, "
+                                          "teacher_url: 'http://h:1'}]"], 1, "needs exactly one of them"),
+    "a teacher on another term": (["algorithm.aux_losses=[{name: sft, teacher_path: t}]"], 1,
+                                  "`algorithm.aux_losses[0].teacher_path` applies to name = distill only"),
+    "self_distill with tools": (["algorithm.aux_losses=[{name: self_distill}]", "rollout.tools=[calculator]"], 1,
+                                "'self_distill' needs single-turn rollouts"),
     "a term listed twice": (["algorithm.aux_losses=[{name: sft}, {name: sft, weight: 0.5}]"], 1,
                             "each name at most once"),
     "an unknown term": (["algorithm.aux_losses=[{name: kto}]"], 1,
-                        "`algorithm.aux_losses[0].name` = 'kto' is invalid; allowed: sft, dpo"),
+                        "`algorithm.aux_losses[0].name` = 'kto' is invalid; allowed: sft, dpo, distill, self_distill"),
 }
 
 

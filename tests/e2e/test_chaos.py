@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import REWARDS_FILE
-from tests.support.tiny import make_tiny_reward_model_dir
+from tests.support.tiny import make_tiny_model_dir, make_tiny_reward_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,6 +63,15 @@ def test_kills_lose_nothing_in_iterative_rl(tmp_path):
                     f"{{name: reward_model, options: {{path: '{rm}'}}}}]", "--override", "iterative.retrain_every=2",
                     "--override", f"iterative.label={length}:length_reward", "--override", "algorithm.beta=0.1",
                     timeout=300)
+    assert summary["kills"] == 2 and summary["all_resumed"] and not summary["final_problems"]
+
+
+def test_kills_lose_nothing_with_distillation_terms(tmp_path):
+    # a frozen teacher's and the policy-as-teacher's log-probs enter every step: recomputed after a resume
+    teacher = make_tiny_model_dir(tmp_path / "teacher", hidden_size=32, num_layers=1)  # the policy's tokenizer
+    terms = (f"algorithm.aux_losses=[{{name: distill, weight: 0.5, teacher_path: '{teacher}'}}, "
+             "{name: self_distill, weight: 0.5}]")
+    summary = chaos(tmp_path, "--kills", "2", "--override", terms, timeout=240)
     assert summary["kills"] == 2 and summary["all_resumed"] and not summary["final_problems"]
 
 

@@ -102,12 +102,14 @@ def test_eight_concurrent_clients_get_their_own_results(server, ref_model):
         torch.testing.assert_close(result, local_logprobs(ref_model, batch), rtol=0, atol=1e-5)
 
 
-def test_health_needs_no_token(server):
+def test_health_needs_no_token(server, ref_model):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.request("GET", "/health")
     reply = conn.getresponse()
     assert reply.status == 200
-    assert json.loads(reply.read()) == {"status": "ok", "limits": LIMITS.as_dict()}
+    vocab_size = ref_model.get_input_embeddings().num_embeddings  # a distillation teacher's check reads it
+    assert json.loads(reply.read()) == {"status": "ok", "limits": LIMITS.as_dict(), "vocab_size": vocab_size}
+    assert client(server.url).vocab_size() == vocab_size
 
 
 # --------------------------------------------------------------------------- refusals
