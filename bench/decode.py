@@ -28,6 +28,22 @@ HERE = Path(__file__).resolve().parent
 VARIANTS = ["generate", "shared", "+gqa", "+prealloc", "+packed"]
 
 
+class ConcatenatedLayer:
+    """transformers' own cache layer (each step concatenates the whole cache), with the engine's
+    move_rows done its way: every kept row indexed into a new tensor."""
+
+    def __new__(cls, layer, extra):
+        def move_rows(holes, sources, rows):
+            import torch
+
+            order = torch.arange(rows)
+            order[holes] = sources
+            layer.batch_select_indices(order)
+
+        layer.move_rows = move_rows
+        return layer
+
+
 def measure(variant: str) -> dict:
     import torch
 
@@ -41,7 +57,7 @@ def measure(variant: str) -> dict:
 
     later = VARIANTS[VARIANTS.index(variant) + 1 :]
     if "+prealloc" in later:  # the decode cache grows by concatenation, as transformers' DynamicCache
-        shared_prefix.PreallocatedLayer = lambda layer, extra: layer
+        shared_prefix.PreallocatedLayer = ConcatenatedLayer
     if "+packed" in later:  # linear layers on the plain weights
         hf.packed_linears = lambda model: contextlib.nullcontext()
     engine_name = "transformers" if variant == "generate" else "shared_prefix"

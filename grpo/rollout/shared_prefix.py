@@ -5,8 +5,9 @@ already stopped (as padding) until the longest row ends. On the bundled model th
 most of the tokens, so here:
   1. each distinct prompt is prefilled once ([B, P]), its KV cache then repeated G times;
   2. each decode step runs only the rows still generating; a row that emits EOS (or
-     completes a stop string) leaves the batch (its cache rows are dropped), so padding is
-     never decoded;
+     completes a stop string) leaves the batch, so padding is never decoded: a row from the
+     end of the batch takes its place in the cache (`compaction`), so only the rows that move
+     are copied, where indexing the kept rows copied the whole cache at every drop;
   3. the decode cache has room for every new token from the start (`PreallocatedLayer`):
      a step writes its keys/values in place instead of concatenating the whole cache
      (the concatenation was a sizeable share of a decode step on the bundled model:
@@ -28,18 +29,23 @@ from grpo.rollout.stops import StopStrings
 from grpo.rollout.transformers_engine import TransformersEngine
 
 
-def sample_next_token(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_next_token(logits: torch.Tensor, params: SamplingParams,
+                      rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row from logits [n, V] -> (tokens [n] long, their log-probabilities [n]).
 
     greedy: argmax (log-probability 0: all mass on that token). Otherwise a draw (inverse_cdf_draw)
     from softmax(algorithm.sampling_logits(...)): temperature, then top_k, then top_p; the
     log-probability is the drawn token's under that truncated, renormalized distribution.
+    rows [n] (distinct ids, e.g. each row's place in the output): the uniforms are handed out in
+    increasing order of rows, so a row's draw does not depend on where the batch holds it.
     """
     if params.greedy:
         token = logits.argmax(dim=-1)
         return token, torch.zeros(token.shape, dtype=torch.float32, device=token.device)
     z = sampling_logits(logits, params.temperature, params.top_k, params.top_p)  # [n, V]
     uniforms = torch.rand(z.shape[0], 1, dtype=torch.float64, device=z.device)
+    if rows is not None:
+        uniforms = uniforms[rows.argsort().argsort()]  # the k-th smallest row gets the k-th uniform
     token = inverse_cdf_draw(torch.softmax(z, dim=-1), uniforms)  # [n, 1]
     return token.squeeze(-1), (z.gather(1, token) - torch.logsumexp(z, dim=-1, keepdim=True)).squeeze(-1)
 
@@ -108,6 +114,32 @@ class PreallocatedLayer(DynamicLayer):
         self._keys, self._values = self._keys[indices], self._values[indices]
         self._views()
 
+    def move_rows(self, holes: torch.Tensor, sources: torch.Tensor, rows: int) -> None:
+        """Rows `sources` of the cache copied into rows `holes`, then only the first `rows` kept (a
+        view: nothing else moves). See `compaction`."""
+        if len(holes):
+            self._keys[holes, :, : self.length] = self._keys[sources, :, : self.length]
+            self._values[holes, :, : self.length] = self._values[sources, :, : self.length]
+        self._keys, self._values = self._keys[:rows], self._values[:rows]
+        self._views()
+
+
+def compaction(going: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """How a batch keeps its rows still generating (going [n] bool) in its first m = going.sum()
+    places, moving as few rows as possible: each finished row among the first m (a hole) takes a
+    going row from behind them (a source). Dropping finished rows by indexing (batch_select_indices)
+    copies every remaining row's cache, and a rollout drops rows at most decode steps; this copies
+    only the rows that move, each once. Returns (order [m]: the old place of each kept row, holes
+    [k], sources [k]).
+    # going [T, F, T, F, T, T] -> m 4, holes [1, 3], sources [4, 5], order [0, 4, 2, 5]
+    """
+    m = int(going.sum())
+    holes = (~going[:m]).nonzero().squeeze(1)
+    sources = m + going[m:].nonzero().squeeze(1)
+    order = torch.arange(m, device=going.device)
+    order[holes] = sources
+    return order, holes, sources
+
 
 class SharedPrefixEngine(TransformersEngine):
     """TransformersEngine with its own decode loop (shared prompt prefill, no padding decode)."""
@@ -158,7 +190,7 @@ class SharedPrefixEngine(TransformersEngine):
         active = torch.arange(N, device=device)  # rows of `tokens` still generating
         steps = 0
         for t in range(params.max_new_tokens):
-            token, logprob = sample_next_token(logits, params)  # [n], [n]
+            token, logprob = sample_next_token(logits, params, active)  # [n], [n]
             tokens[active, t], logprobs[active, t] = token, logprob
             steps = t + 1
             going = ~torch.isin(token, eos)  # [n]
@@ -168,8 +200,9 @@ class SharedPrefixEngine(TransformersEngine):
             if t == params.max_new_tokens - 1 or not going.any():
                 break
             if not going.all():  # finished rows leave the batch and the cache
-                keep = going.nonzero().squeeze(1)
-                cache.batch_select_indices(keep)
+                keep, holes, sources = compaction(going)
+                for layer in cache.layers:
+                    layer.move_rows(holes, sources, len(keep))
                 active, token = active[keep], token[keep]
                 attention_mask, next_position = attention_mask[keep], next_position[keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)

@@ -53,3 +53,22 @@ def test_preallocated_layer_writes_in_place_and_grows_when_full():
         assert (layer._keys is buffer) == (i < 2)  # in place until the 2 extra slots are used
     layer.batch_select_indices(torch.tensor([2, 0]))
     assert torch.equal(layer.keys, k[[2, 0]]) and torch.equal(layer.values, v[[2, 0]])
+
+
+def test_compaction_moves_only_the_rows_behind_a_hole():
+    from grpo.rollout.shared_prefix import compaction
+
+    going = torch.tensor([True, False, True, False, True, True])
+    order, holes, sources = compaction(going)
+    assert order.tolist() == [0, 4, 2, 5] and holes.tolist() == [1, 3] and sources.tolist() == [4, 5]
+    assert [t.tolist() for t in compaction(torch.tensor([False, True]))] == [[1], [0], [1]]
+    assert [t.tolist() for t in compaction(torch.tensor([True, True, False]))] == [[0, 1], [], []]
+    cache = DynamicCache()
+    k, v = torch.randn(6, 2, 3, 4), torch.randn(6, 2, 3, 4)
+    cache.update(k, v, 0)
+    layer = PreallocatedLayer(cache.layers[0], extra=2)
+    layer.move_rows(holes, sources, len(order))
+    assert torch.equal(layer.keys, k[order]) and torch.equal(layer.values, v[order])
+    nk, nv = torch.randn(4, 2, 1, 4), torch.randn(4, 2, 1, 4)  # the kept rows go on decoding in place
+    keys, values = layer.update(nk, nv)
+    assert torch.equal(keys, torch.cat([k[order], nk], -2)) and torch.equal(values, torch.cat([v[order], nv], -2))

@@ -212,6 +212,19 @@ def test_sample_next_token_filters_by_hand():
     torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03, rtol=0)
 
 
+def test_a_rows_draw_does_not_depend_on_where_the_batch_holds_it():
+    from grpo.rollout.shared_prefix import sample_next_token
+
+    logits = torch.randn(5, 7)
+    p = SamplingParams(group_size=1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=1)
+    torch.manual_seed(3)
+    token, logprob = sample_next_token(logits, p, torch.tensor([0, 2, 5, 8, 9]))
+    order = torch.tensor([3, 0, 4, 1, 2])  # the same rows held in another order
+    torch.manual_seed(3)
+    moved, moved_logprob = sample_next_token(logits[order], p, torch.tensor([0, 2, 5, 8, 9])[order])
+    assert torch.equal(moved, token[order]) and torch.equal(moved_logprob, logprob[order])
+
+
 def test_inverse_cdf_draw_by_hand():
     from grpo.rollout.shared_prefix import inverse_cdf_draw
 
