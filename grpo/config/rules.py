@@ -239,10 +239,10 @@ def group_policy_fits(rollout: RolloutConfig, train: TrainConfig, task: TaskConf
         raise _invalid("rollout.group_policy.budget", budget,
                        f"an integer from prompts_per_step * min_group_size = {n * low} to prompts_per_step * "
                        f"max_group_size = {n * high}")
-    if engine == "server" or rollout.multi_turn:
-        where = "rollout.engine=server" if engine == "server" else "multi-turn episodes (rollout.tools / environment)"
-        raise ValueError(f"config field `rollout.group_policy.name` = 'adaptive' is not supported with {where} yet: "
-                         "they sample one G for every prompt; allowed engines: shared_prefix, transformers, vllm")
+    if engine == "server":
+        raise ValueError("config field `rollout.group_policy.name` = 'adaptive' is not supported with "
+                         "rollout.engine=server yet: its wire format carries one group_size for every prompt; "
+                         "allowed engines: shared_prefix, transformers, vllm")
 
 
 def objective_options_fit(algorithm: AlgorithmConfig) -> None:

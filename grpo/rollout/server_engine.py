@@ -103,6 +103,8 @@ class ServerEngine(TransformersEngine):
     def generate_tokens(self, prompts: list[list[int]], params: SamplingParams) -> Trajectory:
         if not prompts:
             raise ValueError("generate_tokens() needs at least one prompt")
+        if params.group_sizes is not None:  # the wire format carries one group_size (rules.group_policy_fits)
+            raise ValueError("the rollout server samples one group_size for every prompt: group_sizes is not supported")
         self._check_lengths([len(p) for p in prompts], params.max_new_tokens)
         deadline, last = time.monotonic() + self.server_timeout, ""
         while True:
