@@ -17,8 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,11 @@ class Groups:
     def rows(self, groups: Sequence[int]) -> list[int]:
         """The rows of some groups, in the order given. # sizes (2, 3), groups [1] -> [2, 3, 4]"""
         return [self.starts[g] + i for g in groups for i in range(self.sizes[g])]
+
+    def per_row(self, items: Sequence[T]) -> list[T]:
+        """One item per group -> one per row. # sizes (2, 1), items [a, b] -> [a, a, b]"""
+        assert len(items) == self.num_groups, f"{len(items)} items for {self.num_groups} groups"
+        return [item for item, n in zip(items, self.sizes, strict=True) for _ in range(n)]
 
     def select(self, groups: Sequence[int]) -> Groups:
         return Groups(tuple(self.sizes[g] for g in groups))

@@ -1,7 +1,14 @@
 """Steps 1-3 of a training step: this rank's prompts, G completions each, their rewards.
 
-    collector = build_collector(cfg, sampler, reward_fns, world, engine, pad_token_id)  # once per run
-    examples, trajectory, scores, metrics = collector.collect(data, params, state, lap)   # each step
+    collector = build_collector(cfg, sampler, reward_fns, world, engine, pad_token_id)      # once per run
+    examples, groups, trajectory, scores, metrics = collector.collect(data, params, state, lap)  # each step
+
+`groups` (grpo.algorithm.Groups) says how many rows each example has: G each under
+rollout.group_policy fixed; under adaptive each round's budget is split over its
+prompts_per_step prompts by their estimated pass rates (GroupSizes, grpo.algorithm.allocation).
+The split is of the whole round, over every rank's prompts: every rank holds the same estimates
+(data.settle) and computes the same sizes, then generates the sizes of its own share, so the
+budget is global and ranks may hold different numbers of rows.
 
 Two variants, chosen once when the run is built, with the same methods (collect,
 prompts_in_flight, trained_order, close): `Rounds` generates in lockstep, `Ahead` (with
@@ -24,10 +31,11 @@ group is shown to it (data.observe: its prompts' pass-rate estimates, grpo.tasks
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from grpo import algorithm, rewards
+from grpo.algorithm import Groups
 from grpo.compute.distributed import World
 from grpo.config import Config
 from grpo.episodes.turns import EpisodeSampler, SingleTurnSampler
@@ -39,7 +47,46 @@ from grpo.tasks.sampling import PromptSampler
 from grpo.training.checkpoint import TrainerState
 from grpo.trajectory import Trajectory
 
-Collected = tuple[list[Example], Trajectory, RewardScores, dict[str, float]]  # examples, trajectory, scores, metrics
+# examples, their groups, trajectory, scores, metrics
+Collected = tuple[list[Example], Groups, Trajectory, RewardScores, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class GroupSizes:
+    """rollout.group_policy resolved: each prompt's number of completions in a round."""
+
+    name: str = "fixed"  # algorithm.GROUP_POLICIES
+    group_size: int = 8
+    budget: int = 16  # completions per round of prompts_per_step prompts, over every rank
+    min_group_size: int = 2
+    max_group_size: int = 16
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> GroupSizes:
+        g, G = cfg.rollout.group_policy, cfg.rollout.group_size
+        return cls(g.name, G, *g.bounds(G, cfg.train.prompts_per_step))
+
+    @property
+    def adaptive(self) -> bool:
+        return self.name != "fixed"
+
+    def sizes(self, data: PromptSampler, drawn: list[Example]) -> list[int]:
+        """Each drawn prompt's G, the same on every rank (the estimates are)."""
+        return algorithm.GROUP_POLICIES[self.name](data.estimates(drawn), self.budget, self.min_group_size,
+                                                   self.max_group_size, self.group_size)
+
+    def params(self, params: SamplingParams, sizes: list[int]) -> SamplingParams:
+        """The engine's params for this rank's prompts: their own sizes under adaptive (fixed: unchanged)."""
+        return replace(params, group_sizes=tuple(sizes)) if self.adaptive else params
+
+    def metrics(self, groups: Groups, generated: int, rounds: int, world: World) -> dict[str, float]:
+        """group/*: G per trained prompt over every rank, and the share of the rounds' budgets generated
+        (below 1 when dynamic sampling's full ranks skip a round); none under fixed."""
+        if not self.adaptive:
+            return {}
+        sizes = [s for part in world.gather_objects(list(groups.sizes)) for s in part]
+        return {"group/size_mean": sum(sizes) / len(sizes), "group/size_min": min(sizes),
+                "group/size_max": max(sizes), "group/budget_used": world.sum(generated) / (rounds * self.budget)}
 
 
 def build_collector(cfg: Config, sampler: SingleTurnSampler | EpisodeSampler, reward_fns: list[WeightedReward],
@@ -69,6 +116,11 @@ class Rounds:
     reward_aggregation: str = "sum_then_normalize"  # which groups have signal (algorithm.REWARD_AGGREGATIONS)
     scale_rewards: str = "group"  # ... and its normalization (normalize_then_sum's cancellation test)
     advantage_eps: float = 1e-4
+    group_sizes: GroupSizes | None = None  # each prompt's G (rollout.group_policy); None: group_size each
+
+    def __post_init__(self) -> None:
+        if self.group_sizes is None:  # frozen: the fixed policy of this G, set once
+            object.__setattr__(self, "group_sizes", GroupSizes("fixed", self.group_size))
     prompts_in_flight = 0  # nothing is generated ahead in lockstep
     trained_order = None  # Ahead's record of what each step trained on
 
@@ -78,12 +130,11 @@ class Rounds:
         a = cfg.algorithm
         return cls(sampler, reward_fns, world, cfg.train.prompts_per_step, cfg.rollout.group_size, cfg.reward_timeout,
                    a.dynamic_sampling, a.dynamic_sampling_tolerance, a.max_generation_rounds, pad_token_id,
-                   a.reward_aggregation, a.scale_rewards, a.advantage_eps)
+                   a.reward_aggregation, a.scale_rewards, a.advantage_eps, GroupSizes.from_config(cfg))
 
-    def score(self, examples: list[Example], trajectory: Trajectory) -> RewardScores:
-        """Rewards per completion: completion i belongs to prompt i // G."""
-        grouped = [ex for ex in examples for _ in range(self.group_size)]
-        return rewards.score(self.reward_fns, trajectory.completions, grouped, self.reward_timeout)
+    def score(self, examples: list[Example], groups: Groups, trajectory: Trajectory) -> RewardScores:
+        """Rewards per completion: each example's rows are its group's."""
+        return rewards.score(self.reward_fns, trajectory.completions, groups.per_row(examples), self.reward_timeout)
 
     def close(self) -> None:
         pass  # nothing in flight
@@ -93,49 +144,57 @@ class Rounds:
         """This rank's examples, their trajectory and scores, and the dynamic/* metrics (none
         without dynamic sampling). lap(name) is called after generation and after scoring;
         state (where the run stands) is Ahead's concern only."""
-        G, world = self.group_size, self.world
+        world = self.world
         share = self.prompts_per_step // world.size
-        kept: list[tuple[list[Example], Trajectory, RewardScores]] = []
-        num_kept = num_dropped = rounds = 0
+        kept: list[tuple[list[Example], Groups, Trajectory, RewardScores]] = []
+        num_kept = num_dropped = rounds = generated = 0
         errors: dict[str, int] = {}
         while True:
             rounds += 1
-            # 1. prompts: every rank reads the same stream and keeps its share
-            examples = world.shard(data.take(self.prompts_per_step))
+            # 1. prompts: every rank reads the same stream, splits the round's budget the same way
+            # (rollout.group_policy) and keeps its share
+            drawn = data.take(self.prompts_per_step)
+            sizes = world.shard(self.group_sizes.sizes(data, drawn))
+            examples, groups = world.shard(drawn), Groups(tuple(sizes))
             if num_kept < share:
-                # 2. generate G completions per prompt
-                trajectory = self.sampler.sample(examples, params)
+                # 2. generate each prompt's completions (G, or its own size)
+                trajectory = self.sampler.sample(examples, self.group_sizes.params(params, sizes))
+                generated += len(trajectory)
                 lap("generation")
                 # 3. rewards, per completion
-                scores = self.score(examples, trajectory)
-                data.observe(examples, scores.per_function)  # every scored group, dropped ones too: its prompt's pass rate
+                scores = self.score(examples, groups, trajectory)
+                data.observe(examples, scores.per_function, groups.sizes)  # dropped groups too: their pass rates
                 lap("rewards")
                 if not self.dynamic_sampling:
-                    return examples, trajectory, scores, {}
+                    return (examples, groups, trajectory, scores,
+                            self.group_sizes.metrics(groups, generated, rounds, world))
                 for name, n in scores.errors.items():
                     errors[name] = errors.get(name, 0) + n
                 signal = algorithm.REWARD_AGGREGATIONS[self.reward_aggregation].with_signal(
-                    *scores.outcome(self.reward_fns), G, self.tolerance, self.scale_rewards,
+                    *scores.outcome(self.reward_fns), groups, self.tolerance, self.scale_rewards,
                     self.advantage_eps)  # [share]
                 num_dropped += int((~signal).sum())
-                groups = signal.nonzero().flatten().tolist()[: share - num_kept]
-                if groups:
-                    rows = [g * G + i for g in groups for i in range(G)]
-                    kept.append(([examples[g] for g in groups], trajectory.select(rows), scores.select(rows)))
-                    num_kept += len(groups)
+                chosen = signal.nonzero().flatten().tolist()[: share - num_kept]
+                if chosen:
+                    rows = groups.rows(chosen)
+                    kept.append(([examples[g] for g in chosen], groups.select(chosen), trajectory.select(rows),
+                                 scores.select(rows)))
+                    num_kept += len(chosen)
             if not world.any(num_kept < share) or rounds >= self.max_rounds:
                 break
-        return self._joined(kept or [(examples, trajectory, scores)], errors, rounds, num_kept, num_dropped)
+        joined = self._joined(kept or [(examples, groups, trajectory, scores)], errors, rounds, num_kept, num_dropped)
+        joined[4].update(self.group_sizes.metrics(joined[1], generated, rounds, world))
+        return joined
 
-    def _joined(self, kept: list[tuple[list[Example], Trajectory, RewardScores]], errors: dict[str, int],
+    def _joined(self, kept: list[tuple[list[Example], Groups, Trajectory, RewardScores]], errors: dict[str, int],
                 rounds: int, num_kept: int, num_dropped: int) -> Collected:
         """The kept groups of every round as one batch, with the dynamic/* metrics."""
-        scores = RewardScores.cat([part[2] for part in kept])
+        scores = RewardScores.cat([part[3] for part in kept])
         scores.errors = errors  # every round's failures, the dropped groups' included
         drawn = rounds * self.prompts_per_step
         world = self.world
-        return ([ex for part in kept for ex in part[0]], Trajectory.cat([part[1] for part in kept], self.pad_token_id),
-                scores, {"dynamic/rounds": rounds, "dynamic/prompts_drawn": drawn,
+        return ([ex for part in kept for ex in part[0]], Groups.cat([part[1] for part in kept]),
+                Trajectory.cat([part[2] for part in kept], self.pad_token_id), scores, {"dynamic/rounds": rounds, "dynamic/prompts_drawn": drawn,
                          "dynamic/groups_dropped": world.sum(num_dropped) / drawn,
                          "dynamic/groups_with_signal": int(world.sum(num_kept))})
 
@@ -172,9 +231,11 @@ class Ahead:
         lap("generation")  # the time the loop waited for it
         trajectory, version = arrived.trajectory, state.num_updates
         ages = staleness(trajectory.policy_version, version, self.max_staleness)
-        scores = r.score(arrived.examples, trajectory)
-        data.observe(arrived.examples, scores.per_function)
+        groups = Groups.of(r.group_size, len(trajectory))  # a fixed G (rules.group_policy_fits: no server)
+        scores = r.score(arrived.examples, groups, trajectory)
+        data.observe(arrived.examples, scores.per_function, groups.sizes)
         lap("rewards")
         self.trained_order = {"trained_version": version, "example_ids": [ex.id for ex in arrived.examples],
                               "policy_versions": trajectory.policy_version.tolist()}
-        return arrived.examples, trajectory, scores, {**ages, "async/generation_seconds": arrived.generation_seconds}
+        return (arrived.examples, groups, trajectory, scores,
+                {**ages, "async/generation_seconds": arrived.generation_seconds})
