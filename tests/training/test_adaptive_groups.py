@@ -59,7 +59,11 @@ def test_an_adaptive_run_trains_unequal_groups_and_records_their_sizes(tmp_path,
             groups.append(len(group))
             k += sizes[k]
         assert sum(groups) == 12
-    assert (Path(cfg.output_dir) / "report.html").is_file()
+    from grpo.record import report
+
+    plots = {p["id"]: [s["name"] for s in p["series"]] for p in report.build_data(Path(cfg.output_dir))["plots"]}
+    assert plots["group_size"] == ["group/size_mean", "group/size_min", "group/size_max"]
+    assert plots["budget"] == ["group/budget_used"]
 
 
 def test_an_adaptive_run_resumes_exactly(tmp_path, tiny_model_dir, data_file):
