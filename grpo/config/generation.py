@@ -27,8 +27,8 @@ class GroupPolicyConfig:
         "completions per round of train.prompts_per_step prompts, split by each prompt's estimated pass rate p to "
         "maximise the expected number of groups with reward variance, sum of 1 - p^G - (1-p)^G: "
         "grpo.algorithm.allocation). adaptive needs task.difficulty.success_reward among `rewards` (the "
-        "estimates) and an in-process engine (shared_prefix, transformers, vllm; not the rollout server); groups "
-        "then differ in size and each is normalized over its own.")
+        "estimates) and rollout.max_staleness = 0 (sizes from estimates the trained steps updated); groups then "
+        "differ in size and each is normalized over its own.")
     budget: int | None = doc(
         None, "adaptive: completions per round of train.prompts_per_step prompts, over all processes (every rank "
         "computes the same split and generates its own prompts' share); null = prompts_per_step * "

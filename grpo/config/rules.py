@@ -212,11 +212,9 @@ def check_staleness(rollout: RolloutConfig, algorithm: AlgorithmConfig, engine: 
                          "no rollout could be generated ahead; use a multiple of num_iterations")
 
 
-def group_policy_fits(rollout: RolloutConfig, train: TrainConfig, task: TaskConfig, rewards: list[RewardSpec],
-                      engine: str) -> None:
-    """adaptive splits a budget by pass-rate estimates (the success reward's), within its bounds, on an
-    engine that samples a count per prompt (`engine`: what rollout.engine resolved to); fixed reads
-    none of its fields."""
+def group_policy_fits(rollout: RolloutConfig, train: TrainConfig, task: TaskConfig, rewards: list[RewardSpec]) -> None:
+    """adaptive splits a budget by pass-rate estimates (the success reward's), within its bounds, from
+    estimates the trained steps updated (nothing generated ahead); fixed reads none of its fields."""
     g = rollout.group_policy
     if g.name == "fixed":
         for name, value, default in (("budget", g.budget, None), ("max_group_size", g.max_group_size, None),
@@ -239,10 +237,11 @@ def group_policy_fits(rollout: RolloutConfig, train: TrainConfig, task: TaskConf
         raise _invalid("rollout.group_policy.budget", budget,
                        f"an integer from prompts_per_step * min_group_size = {n * low} to prompts_per_step * "
                        f"max_group_size = {n * high}")
-    if engine == "server":
-        raise ValueError("config field `rollout.group_policy.name` = 'adaptive' is not supported with "
-                         "rollout.engine=server yet: its wire format carries one group_size for every prompt; "
-                         "allowed engines: shared_prefix, transformers, vllm")
+    if rollout.max_staleness:
+        raise ValueError(f"config field `rollout.group_policy.name` = 'adaptive' needs rollout.max_staleness = 0 (it "
+                         f"is {rollout.max_staleness}): the sizes of rounds requested ahead would come from estimates "
+                         "the steps in between have not updated, and a resumed run, which requests them again, "
+                         "would split them by newer ones; use rollout.group_policy.name=fixed")
 
 
 def objective_options_fit(algorithm: AlgorithmConfig) -> None:

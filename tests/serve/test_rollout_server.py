@@ -143,6 +143,23 @@ def test_lockstep_through_the_server_equals_the_in_process_run(tmp_path, tiny_mo
     assert read_metrics(remote.output_dir) == read_metrics(local.output_dir)
 
 
+def test_adaptive_groups_through_the_server_equal_the_in_process_run(tmp_path, tiny_model_dir, server, monkeypatch):
+    # each prompt's own G travels in the request (group_sizes): the same sizes, completions and metrics
+    from tests.training.test_adaptive_groups import ADAPTIVE, four_prompts
+
+    monkeypatch.setenv("GRPO_ROLLOUT_TOKEN", TOKEN)
+    data = four_prompts(tmp_path)
+    common = ("train.first_run_check=false", "algorithm.sampler_correction=none", "train.num_steps=6", *ADAPTIVE)
+    local = tiny_config(tmp_path / "local", tiny_model_dir, data, "rollout.engine=shared_prefix", *common)
+    remote = tiny_config(tmp_path / "remote", tiny_model_dir, data, "rollout.engine=server", f"rollout.url={server.url}",
+                         *common)
+    train(local)
+    train(remote)
+    metrics = read_metrics(remote.output_dir)
+    assert metrics == read_metrics(local.output_dir)
+    assert any(m["group/size_min"] < m["group/size_max"] for m in metrics)
+
+
 def async_config(tmp_path, tiny_model_dir, data_file, url, *overrides):
     return tiny_config(tmp_path, tiny_model_dir, data_file, "rollout.engine=server", f"rollout.url={url}",
                        "rollout.max_staleness=2", "eval.num_examples=0", "train.first_run_check=false", *overrides)
