@@ -27,8 +27,9 @@ class GroupPolicyConfig:
         "completions per round of train.prompts_per_step prompts, split by each prompt's estimated pass rate p to "
         "maximise the expected number of groups with reward variance, sum of 1 - p^G - (1-p)^G: "
         "grpo.algorithm.allocation). adaptive needs task.difficulty.success_reward among `rewards` (the "
-        "estimates) and rollout.max_staleness = 0 (sizes from estimates the trained steps updated); groups then "
-        "differ in size and each is normalized over its own.")
+        "estimates); groups then differ in size and each is normalized over its own. With rollout.max_staleness "
+        "> 0 a batch is split when it is requested (by the estimates of the step before) and checkpoints keep "
+        "the sizes of the batches in flight, so a resume splits them alike.")
     budget: int | None = doc(
         None, "adaptive: completions per round of train.prompts_per_step prompts, over all processes (every rank "
         "computes the same split and generates its own prompts' share); null = prompts_per_step * "

@@ -213,8 +213,8 @@ def check_staleness(rollout: RolloutConfig, algorithm: AlgorithmConfig, engine: 
 
 
 def group_policy_fits(rollout: RolloutConfig, train: TrainConfig, task: TaskConfig, rewards: list[RewardSpec]) -> None:
-    """adaptive splits a budget by pass-rate estimates (the success reward's), within its bounds, from
-    estimates the trained steps updated (nothing generated ahead); fixed reads none of its fields."""
+    """adaptive splits a budget by pass-rate estimates (the success reward's), within its bounds; fixed
+    reads none of its fields."""
     g = rollout.group_policy
     if g.name == "fixed":
         for name, value, default in (("budget", g.budget, None), ("max_group_size", g.max_group_size, None),
@@ -237,11 +237,6 @@ def group_policy_fits(rollout: RolloutConfig, train: TrainConfig, task: TaskConf
         raise _invalid("rollout.group_policy.budget", budget,
                        f"an integer from prompts_per_step * min_group_size = {n * low} to prompts_per_step * "
                        f"max_group_size = {n * high}")
-    if rollout.max_staleness:
-        raise ValueError(f"config field `rollout.group_policy.name` = 'adaptive' needs rollout.max_staleness = 0 (it "
-                         f"is {rollout.max_staleness}): the sizes of rounds requested ahead would come from estimates "
-                         "the steps in between have not updated, and a resumed run, which requests them again, "
-                         "would split them by newer ones; use rollout.group_policy.name=fixed")
 
 
 def objective_options_fit(algorithm: AlgorithmConfig) -> None:

@@ -11,7 +11,7 @@ The split is of the whole round, over every rank's prompts: every rank holds the
 budget is global and ranks may hold different numbers of rows.
 
 Two variants, chosen once when the run is built, with the same methods (collect,
-prompts_in_flight, trained_order, close): `Rounds` generates in lockstep, `Ahead` (with
+prompts_in_flight, group_sizes_in_flight, trained_order, close): `Rounds` generates in lockstep, `Ahead` (with
 rollout.max_staleness > 0) takes the batch that a background thread generated while earlier
 steps trained (grpo.rollout.pipeline: at most max_staleness updates old).
 
@@ -90,12 +90,14 @@ class GroupSizes:
 
 
 def build_collector(cfg: Config, sampler: SingleTurnSampler | EpisodeSampler, reward_fns: list[WeightedReward],
-                    world: World, engine: RolloutEngine, pad_token_id: int) -> Rounds | Ahead:
-    """Rounds in lockstep, or Ahead over them with rollout.max_staleness > 0."""
+                    world: World, engine: RolloutEngine, pad_token_id: int,
+                    state: TrainerState | None = None) -> Rounds | Ahead:
+    """Rounds in lockstep, or Ahead over them with rollout.max_staleness > 0 (state: where a resumed
+    run stands: its batches in flight's group sizes)."""
     rounds = Rounds.from_config(cfg, sampler, reward_fns, world, pad_token_id)
     if cfg.rollout.max_staleness > 0:
         return Ahead(rounds, cfg.rollout.max_staleness, cfg.algorithm.num_iterations, cfg.train.num_steps,
-                     engine.refresh)
+                     engine.refresh, state.group_sizes_in_flight if state is not None else None)
     return rounds
 
 
@@ -139,6 +141,14 @@ class Rounds:
     def close(self) -> None:
         pass  # nothing in flight
 
+    def group_sizes_in_flight(self) -> list[list[int]]:
+        return []  # nothing in flight
+
+    def draw(self, data: PromptSampler) -> tuple[list[Example], list[int]]:
+        """A round's prompts and each one's G, the same on every rank (the estimates are)."""
+        drawn = data.take(self.prompts_per_step)
+        return drawn, self.group_sizes.sizes(data, drawn)
+
     def collect(self, data: PromptSampler, params: SamplingParams, state: TrainerState,
                 lap: Callable[[str], None]) -> Collected:
         """This rank's examples, their trajectory and scores, and the dynamic/* metrics (none
@@ -153,9 +163,9 @@ class Rounds:
             rounds += 1
             # 1. prompts: every rank reads the same stream, splits the round's budget the same way
             # (rollout.group_policy) and keeps its share
-            drawn = data.take(self.prompts_per_step)
-            sizes = world.shard(self.group_sizes.sizes(data, drawn))
-            examples, groups = world.shard(drawn), Groups(tuple(sizes))
+            drawn, sizes = self.draw(data)
+            examples, sizes = world.shard(drawn), world.shard(sizes)
+            groups = Groups(tuple(sizes))
             if num_kept < share:
                 # 2. generate each prompt's completions (G, or its own size)
                 trajectory = self.sampler.sample(examples, self.group_sizes.params(params, sizes))
@@ -201,41 +211,61 @@ class Rounds:
 
 class Ahead:
     """Steps 1-3 with rollout.max_staleness > 0: this step's batch from the pipeline (the next
-    steps' are requested now, after the last push), scored on arrival."""
+    steps' are requested now, after the last push), scored on arrival. Each batch's group sizes
+    are split when its prompts are taken (the estimates then: after the step before) and kept
+    until it arrives; a checkpoint saves those of the batches in flight (TrainerState), so a
+    resumed run, which requests the same prompts again, splits them alike."""
 
     def __init__(self, rounds: Rounds, max_staleness: int, num_iterations: int, num_steps: int,
-                 refresh: Callable[[], None]):
+                 refresh: Callable[[], None], resumed_sizes: list[list[int]] | None = None):
         self.rounds, self.max_staleness, self.num_steps, self.refresh = rounds, max_staleness, num_steps, refresh
         self.lag = max_staleness // num_iterations  # in steps: each step makes num_iterations updates
         self.pipeline: RolloutPipeline | None = None  # started by the first step
         self.trained_order: dict[str, Any] | None = None  # the last step's data order (<run>/rollouts.jsonl)
+        self.resumed_sizes = [list(s) for s in resumed_sizes or []]  # the checkpoint's batches in flight
+        self.sizes: list[list[int]] = []  # each batch in flight's whole-round sizes, oldest first
 
     @property
     def prompts_in_flight(self) -> int:
         """Stream positions taken for batches not yet trained on (a checkpoint gives them back)."""
         return self.pipeline.prompts_in_flight if self.pipeline is not None else 0
 
+    def group_sizes_in_flight(self) -> list[list[int]]:
+        return [list(s) for s in self.sizes] if self.pipeline is not None else list(self.resumed_sizes)
+
     def close(self) -> None:
         if self.pipeline is not None:
             self.pipeline.close()
+
+    def _take(self, data: PromptSampler) -> tuple[list[Example], list[int]]:
+        """The next batch's prompts and sizes (this rank's share): a resumed batch's saved sizes first."""
+        r = self.rounds
+        drawn, sizes = r.draw(data)
+        if self.resumed_sizes:
+            sizes = self.resumed_sizes.pop(0)
+        self.sizes.append(sizes)
+        return r.world.shard(drawn), r.world.shard(sizes)
 
     def collect(self, data: PromptSampler, params: SamplingParams, state: TrainerState,
                 lap: Callable[[str], None]) -> Collected:
         """This step's examples, trajectory and scores, with the staleness and async/* metrics."""
         r = self.rounds
         if self.pipeline is None:
-            self.pipeline = RolloutPipeline(lambda: r.world.shard(data.take(r.prompts_per_step)),
-                                            lambda examples: r.sampler.sample(examples, params),
+            self.pipeline = RolloutPipeline(lambda: self._take(data),
+                                            lambda batch: r.sampler.sample(batch[0], r.group_sizes.params(params,
+                                                                                                          batch[1])),
                                             self.lag, r.prompts_per_step, self.refresh)
         arrived = self.pipeline.next(self.num_steps - state.step)
+        self.sizes.pop(0)  # the batch that arrived is no longer in flight
         lap("generation")  # the time the loop waited for it
-        trajectory, version = arrived.trajectory, state.num_updates
+        (examples, sizes), trajectory, version = arrived.examples, arrived.trajectory, state.num_updates
         ages = staleness(trajectory.policy_version, version, self.max_staleness)
-        groups = Groups.of(r.group_size, len(trajectory))  # a fixed G (rules.group_policy_fits: no server)
-        scores = r.score(arrived.examples, groups, trajectory)
-        data.observe(arrived.examples, scores.per_function, groups.sizes)
+        groups = Groups(tuple(sizes))
+        scores = r.score(examples, groups, trajectory)
+        data.observe(examples, scores.per_function, groups.sizes)
         lap("rewards")
-        self.trained_order = {"trained_version": version, "example_ids": [ex.id for ex in arrived.examples],
+        self.trained_order = {"trained_version": version, "example_ids": [ex.id for ex in examples],
                               "policy_versions": trajectory.policy_version.tolist()}
-        return (arrived.examples, groups, trajectory, scores,
-                {**ages, "async/generation_seconds": arrived.generation_seconds})
+        metrics = {**ages, "async/generation_seconds": arrived.generation_seconds,
+                   **r.group_sizes.metrics(groups, len(trajectory), 1, r.world)}
+        return examples, groups, trajectory, scores, metrics

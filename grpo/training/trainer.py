@@ -214,7 +214,7 @@ class Trainer:
         settings = UpdateSettings(cfg.train.micro_batch_size, cfg.rollout.temperature, device, precision.autocast)
         return cls(cfg=cfg, model=model, tokenizer=tokenizer, reference=reference, engine=engine, sampler=sampler,
                    reward_fns=reward_fns, task=task,
-                   collector=build_collector(cfg, sampler, reward_fns, world, engine, tokenizer.pad_token_id),
+                   collector=build_collector(cfg, sampler, reward_fns, world, engine, tokenizer.pad_token_id, state),
                    updater=Updater(model, params, loss, world, settings, scaler,
                                    OffPolicyMask.from_config(cfg.algorithm, cfg.rollout)), correction=correction,
                    entropy=EntropyControl.from_config(cfg.algorithm),
@@ -367,6 +367,7 @@ class Trainer:
         """A checkpoint of this step: every rank gathers, rank 0 writes (and returns its path)."""
         # rollouts in flight are dropped: a resumed run requests their prompts again
         self.state.examples_seen = self.data.position - self.collector.prompts_in_flight
+        self.state.group_sizes_in_flight = self.collector.group_sizes_in_flight()
         snapshot = take_snapshot(self.model, self.optimizer, self.scheduler, self.world)
         if self.updater.scaler is not None:
             self.state.loss_scale = self.updater.scaler.state_dict()

@@ -254,9 +254,6 @@ MODEL_FREE_RULES = {
     "a budget under the fixed policy": (["rollout.group_policy.budget=10"], 1,
                                         "`rollout.group_policy.budget` = 10 applies to rollout.group_policy.name="
                                         "adaptive only"),
-    "adaptive groups requested ahead": (
-        ["rollout.group_policy.name=adaptive", "rollout.engine=server", "rollout.url=http://h:1",
-         "rollout.max_staleness=1"], 1, "`rollout.group_policy.name` = 'adaptive' needs rollout.max_staleness = 0"),
     "a group policy name": (["rollout.group_policy.name=random"], 1, "allowed: fixed, adaptive"),
     "dpo with one completion per micro-batch": (["algorithm.aux_losses=[{name: dpo}]", "train.micro_batch_size=1"], 1,
                                                 "`train.micro_batch_size` = 1 is invalid with algorithm.aux_losses[0]"),

@@ -168,3 +168,18 @@ def test_adaptive_rounds_split_the_budget_by_pass_rate_and_observe_each_group():
         assert metrics["group/size_mean"] == 4 and metrics["group/size_min"] == 2 and metrics["group/size_max"] == 6
         assert metrics["group/budget_used"] == 1.0
         assert ("dynamic/groups_with_signal" in metrics) == dynamic
+
+
+def test_ahead_splits_resumed_batches_by_their_saved_sizes():
+    # a checkpoint's batches in flight come back with the sizes they were requested with, whatever the
+    # estimates say now (adaptive_stream's would give 2 and 6); later batches are split afresh
+    from grpo.training.collect import Ahead, GroupSizes
+
+    is_y = WeightedReward("y", 1.0, lambda completion, example: float(completion == "y"))
+    rounds = Rounds(Counted(), [is_y], World(), prompts_per_step=2, group_size=4, reward_timeout=10.0,
+                    group_sizes=GroupSizes("adaptive", 4, 8, 2, 6))
+    ahead = Ahead(rounds, 2, 1, 10, lambda: None, resumed_sizes=[[5, 3]])
+    assert ahead.group_sizes_in_flight() == [[5, 3]]  # saved again if the run stops before it starts
+    data = adaptive_stream()
+    first, second = ahead._take(data), ahead._take(data)
+    assert first[1] == [5, 3] and sorted(second[1]) == [2, 6] and ahead.sizes == [[5, 3], second[1]]
