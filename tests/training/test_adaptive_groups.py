@@ -79,3 +79,20 @@ def test_an_adaptive_run_resumes_exactly(tmp_path, tiny_model_dir, data_file):
     metrics = read_metrics(resumed.output_dir)
     assert read_metrics(full.output_dir) == metrics and metrics[4]["group/size_min"] < metrics[4]["group/size_max"]
     assert samples_by_step(full.output_dir)[6] == samples_by_step(resumed.output_dir)[6]
+
+
+def test_unequal_groups_work_with_dynamic_sampling_aux_terms_and_step_rewards(tmp_path, tiny_model_dir):
+    # every reader of groups at once: dynamic sampling's kept groups, SFT / DPO rows, process advantages
+    steps = f"{REWARDS_FILE}:character_steps"
+    overrides = [o for o in ADAPTIVE if not o.startswith("rewards=")]
+    cfg = tiny_config(tmp_path, tiny_model_dir, four_prompts(tmp_path), "train.num_steps=6", *overrides,
+                      f"rewards=[{{name: '{LENGTH_REWARD}'}}, {{name: '{SOLVED}', weight: 0.5}}, "
+                      f"{{name: '{steps}', steps: offsets}}]", "rollout.max_new_tokens=9",
+                      "algorithm.dynamic_sampling=true", "algorithm.aux_losses=[{name: sft}, {name: dpo}]",
+                      "algorithm.mask_truncated_completions=true")
+    train(cfg)
+    metrics = read_metrics(cfg.output_dir)
+    assert len(metrics) == 6 and any(m["group/size_min"] < m["group/size_max"] for m in metrics)
+    for m in metrics:
+        assert m["process/steps"] > 0 and m["aux/dpo/groups"] >= 0 and "aux/sft" in m
+        assert m["dynamic/groups_with_signal"] <= 2 and 0 < m["group/budget_used"] <= 1
