@@ -3,6 +3,8 @@
 Nothing here touches a model, a tokenizer or a process group: every function takes tensors
 and returns tensors, so each is tested against hand-computed values. One submodule per concern:
   tokens       logits -> the sampler's processed logits, picked-token log-probs, entropy
+  groups       which rows form each prompt's group (equal or unequal sizes): the group-wise reductions
+  allocation   group sizes under a fixed budget: the fixed and adaptive policies
   advantages   group-relative advantages (one total, or several rewards apart), process advantages
   objectives   per-token surrogates: clip (with the dual clip), CISPO, SAPO
   losses       ratio level, KL estimators, aggregations, policy_loss
@@ -14,7 +16,7 @@ The tables the code dispatches on (config fields list their keys as the allowed 
 named in capitals in each.
 
 Shapes: B = number of completions in the (micro-)batch (prompts x G, ordered group by
-group), T = completion length (padded), V = vocabulary size.
+group; with unequal groups each prompt has its own G), T = completion length (padded), V = vocabulary size.
 
 Where we depart from the papers:
 - DeepSeekMath's GRPO objective averages token losses per sequence, then over sequences
@@ -35,6 +37,9 @@ Where we depart from the papers:
   cannot measure (no token with finite sampler and trainer log-probs).
 - The auxiliary terms (SFT on the best completion, in-group DPO) take their rows from the step's
   own groups, not from a demonstration or preference data set (grpo.algorithm.auxiliary).
+- Groups may differ in size (rollout.group_policy = adaptive, after the pass-rate allocation of
+  grpo.algorithm.allocation): each group is normalized over its own rows, and every completion
+  counts once in the loss's normalizers, so a prompt with a larger group weighs more in the step.
 - normalize_then_sum (GDPO) leaves out the batch mean GDPO and TRL subtract (zero by
   construction) and zeroes groups whose normalized rewards cancel (decoupled_advantages).
 """
@@ -45,6 +50,7 @@ from grpo.algorithm.advantages import (  # noqa: F401
     ADVANTAGE_SOURCES,
     CANCELLED,
     REWARD_AGGREGATIONS,
+    GroupsLike,
     RewardAggregation,
     decoupled_advantages,
     decoupled_signal,
@@ -55,6 +61,13 @@ from grpo.algorithm.advantages import (  # noqa: F401
     summed_advantages,
     summed_signal,
     weighted_sum,
+)
+from grpo.algorithm.allocation import (  # noqa: F401
+    GROUP_POLICIES,
+    adaptive_sizes,
+    fixed_sizes,
+    informative_probability,
+    marginal_gain,
 )
 from grpo.algorithm.auxiliary import (  # noqa: F401
     AUX_LOSSES,
@@ -86,6 +99,7 @@ from grpo.algorithm.entropy import (  # noqa: F401
     entropy_threshold,
     high_entropy_mask,
 )
+from grpo.algorithm.groups import Groups  # noqa: F401
 from grpo.algorithm.losses import (  # noqa: F401
     AGGREGATIONS,
     IMPORTANCE_SAMPLING_LEVELS,

@@ -6,63 +6,74 @@ Pure tensor functions (see grpo.algorithm for the shapes' names).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from grpo.algorithm.groups import Groups
+
+# What every function here takes as its groups: G (every group G rows), the sizes of the groups in
+# row order, or Groups. Unequal groups (rollout.group_policy = adaptive) normalize each group over
+# its own size; equal ones give the [B, G] results bit for bit (grpo.algorithm.groups).
+GroupsLike = int | Sequence[int] | Groups
+
 # The tables the code dispatches on; config fields list their keys as the allowed values.
-# Advantage scale -> the std that divides the centred rewards [B, G] (None: no division).
+# Advantage scale -> the std that divides the centred rewards [N] (None: no division), from the
+# rewards [N] and their groups.
 ADVANTAGE_SCALES = {
-    "group": lambda grouped: grouped.std(dim=1, keepdim=True),  # [B, 1]
-    "batch": lambda grouped: grouped.flatten().std() if grouped.numel() > 1 else grouped.new_zeros(()),
+    "group": lambda rewards, groups: groups.spread(groups.std(rewards)),  # [N]: each row its group's
+    "batch": lambda rewards, groups: rewards.std() if rewards.numel() > 1 else rewards.new_zeros(()),  # 0-d
     "none": None,
 }
 
 
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4
+    rewards: torch.Tensor, group_size: GroupsLike, scale: str = "group", eps: float = 1e-4
 ) -> torch.Tensor:
     """Group-relative advantages, no value model.
 
-    rewards: [B*G] float, ordered group by group (the G completions of prompt 0 first).
-    Returns [B*G]:
+    rewards: [N] float, ordered group by group (the completions of prompt 0 first); group_size:
+    G, or each group's size (GroupsLike). Returns [N]:
       scale="group": A_i = (r_i - mean(group)) / (std(group) + eps)     (GRPO)
       scale="batch": A_i = (r_i - mean(group)) / (std(all rewards) + eps)
       scale="none":  A_i =  r_i - mean(group)                            (Dr. GRPO)
-    std is the unbiased (Bessel-corrected) standard deviation. A group with equal rewards
-    gives zeros (its centred rewards are exactly zero), never NaN.
+    mean and std are over the group's own rows, however many it has; std is the unbiased
+    (Bessel-corrected) standard deviation. A group with equal rewards gives zeros (its centred
+    rewards are exactly zero), never NaN.
+    # unequal groups, sizes [2, 3], rewards [1, 0 | 1, 1, 0], eps 0:
+    # group 1: mean 1/2, std sqrt(2 * 0.25 / 1) = 0.7071 -> [0.7071, -0.7071]
+    # group 2: mean 2/3, std sqrt((2 (1/3)^2 + (2/3)^2) / 2) = 0.5774 -> [0.5774, 0.5774, -1.1547]
     """
     if scale not in ADVANTAGE_SCALES:
         raise ValueError(f"scale={scale!r} is invalid; allowed: {', '.join(ADVANTAGE_SCALES)}")
     std_of = ADVANTAGE_SCALES[scale]
-    if rewards.dim() != 1 or rewards.numel() % group_size != 0:
-        raise ValueError(
-            f"rewards must be 1-D with a length divisible by group_size={group_size}, "
-            f"got shape {tuple(rewards.shape)}"
-        )
-    grouped = rewards.float().view(-1, group_size)  # [B, G]
-    centred = grouped - grouped.mean(dim=1, keepdim=True)  # [B, G]
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D, got shape {tuple(rewards.shape)}")
+    groups = Groups.of(group_size, rewards.numel())
+    r = rewards.float()  # [N]
+    centred = r - groups.spread(groups.mean(r))  # [N]
     if std_of is None:
-        return centred.flatten()
-    std = std_of(grouped)  # [B, 1] or 0-d
+        return centred
+    std = std_of(r, groups)  # [N] or 0-d
     # A group of equal rewards carries no signal: exact zeros (float rounding in the mean
     # would otherwise leave tiny residues that eps turns into noise, or NaN with eps=0).
-    equal = (grouped == grouped[:, :1]).all(dim=1, keepdim=True)  # [B, 1]
-    return torch.where(equal, torch.zeros_like(centred), centred / (std + eps)).flatten()
+    equal = groups.spread(groups.constant(r))  # [N]
+    return torch.where(equal, torch.zeros_like(centred), centred / (std + eps))
 
 
-def groups_with_signal(rewards: torch.Tensor, group_size: int, tolerance: float = 0.0) -> torch.Tensor:
+def groups_with_signal(rewards: torch.Tensor, group_size: GroupsLike, tolerance: float = 0.0) -> torch.Tensor:
     """Which groups carry a learning signal (DAPO's dynamic sampling keeps only these).
 
-    rewards: [B*G] ordered group by group -> [B] bool: std(group) > tolerance (the Bessel-
+    rewards: [N] ordered group by group -> [B] bool: std(group) > tolerance (the Bessel-
     corrected std that group_advantages divides by). A group of equal rewards (all right, all
     wrong) has std 0 and advantages 0: it is dropped even at tolerance 0.
     # rewards [1, 1, 0, 1 | 0.5, 0.5, 0.5, 0.5], tolerance 0 -> std [0.5, 0] -> [True, False]
+    # sizes [2, 3]: rewards [1, 1 | 1, 0, 0] -> [False, True]
     """
-    grouped = rewards.float().view(-1, group_size)  # [B, G]
-    equal = (grouped == grouped[:, :1]).all(dim=1)  # exact, like group_advantages' zeros
-    return ~equal & (grouped.std(dim=1) > tolerance)
+    groups = Groups.of(group_size, rewards.numel())
+    r = rewards.float()
+    return ~groups.constant(r) & (groups.std(r) > tolerance)  # constant: exact, like group_advantages' zeros
 
 
 # A group's weighted sum of normalized rewards counts as cancelled (exactly 0) when it stays within
@@ -85,13 +96,13 @@ def weighted_sum(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def summed_advantages(scores: torch.Tensor, weights: torch.Tensor, group_size: int, scale: str = "group",
+def summed_advantages(scores: torch.Tensor, weights: torch.Tensor, group_size: GroupsLike, scale: str = "group",
                       eps: float = 1e-4) -> torch.Tensor:
     """sum_then_normalize (GRPO): group_advantages of the weighted total. [F, N], [F] -> [N]."""
     return group_advantages(weighted_sum(scores, weights), group_size, scale, eps)
 
 
-def decoupled_sum(scores: torch.Tensor, weights: torch.Tensor, group_size: int, scale: str = "group",
+def decoupled_sum(scores: torch.Tensor, weights: torch.Tensor, group_size: GroupsLike, scale: str = "group",
                   eps: float = 1e-4) -> torch.Tensor:
     """S = sum_f w_f * group_advantages(s_f, G, scale, eps): each reward normalized on its own, then
     weighted and summed (GDPO's first two stages). [F, N], [F] -> float32 [N], NaN scores as 0.
@@ -99,16 +110,17 @@ def decoupled_sum(scores: torch.Tensor, weights: torch.Tensor, group_size: int, 
     zeros, like a group of equal rewards in group_advantages."""
     if scores.shape[0] == 0:
         return torch.zeros(scores.shape[1], dtype=torch.float32)
-    normalized = torch.stack([group_advantages(torch.nan_to_num(row.float(), nan=0.0), group_size, scale, eps)
+    groups = Groups.of(group_size, scores.shape[1])
+    normalized = torch.stack([group_advantages(torch.nan_to_num(row.float(), nan=0.0), groups, scale, eps)
                               for row in scores])  # [F, N]
     terms = weights.float().unsqueeze(1) * normalized  # [F, N]
-    total = terms.sum(0).view(-1, group_size)  # [B, G]
-    largest = terms.abs().amax(0).view(-1, group_size).amax(1, keepdim=True)  # [B, 1]
-    cancelled = (total.abs() <= CANCELLED * largest).all(1, keepdim=True)  # [B, 1]
-    return torch.where(cancelled, 0.0, total).flatten()
+    total = terms.sum(0)  # [N]
+    largest = groups.spread(groups.amax(terms.abs().amax(0)))  # [N]: the group's largest term
+    cancelled = groups.spread(groups.all(total.abs() <= CANCELLED * largest))  # [N]
+    return torch.where(cancelled, 0.0, total)
 
 
-def decoupled_advantages(scores: torch.Tensor, weights: torch.Tensor, group_size: int, scale: str = "group",
+def decoupled_advantages(scores: torch.Tensor, weights: torch.Tensor, group_size: GroupsLike, scale: str = "group",
                          eps: float = 1e-4) -> torch.Tensor:
     """normalize_then_sum: GDPO's advantages of several rewards (Liu et al. 2026, "GDPO: Group
     reward-Decoupled Normalization Policy Optimization"; TRL's multi_objective_aggregation).
@@ -135,17 +147,17 @@ def decoupled_advantages(scores: torch.Tensor, weights: torch.Tensor, group_size
     total = decoupled_sum(scores, weights, group_size, scale, eps)  # [N]
     if ADVANTAGE_SCALES[scale] is None:
         return total
-    std = ADVANTAGE_SCALES["batch"](total)  # 0-d
+    std = ADVANTAGE_SCALES["batch"](total, None)  # 0-d
     return torch.where(total == 0, 0.0, total / (std + eps))  # all zero: no 0 / 0 at eps 0
 
 
-def summed_signal(scores: torch.Tensor, weights: torch.Tensor, group_size: int, tolerance: float = 0.0,
+def summed_signal(scores: torch.Tensor, weights: torch.Tensor, group_size: GroupsLike, tolerance: float = 0.0,
                   scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
     """sum_then_normalize's groups with signal: the weighted total varies (groups_with_signal). -> [B]"""
     return groups_with_signal(weighted_sum(scores, weights), group_size, tolerance)
 
 
-def decoupled_signal(scores: torch.Tensor, weights: torch.Tensor, group_size: int, tolerance: float = 0.0,
+def decoupled_signal(scores: torch.Tensor, weights: torch.Tensor, group_size: GroupsLike, tolerance: float = 0.0,
                      scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
     """normalize_then_sum's groups with signal -> [B] bool: some reward function of weight != 0
     varies in the group by a std > tolerance (in its own units), and the normalized rewards do not
@@ -155,12 +167,12 @@ def decoupled_signal(scores: torch.Tensor, weights: torch.Tensor, group_size: in
     # f1 [1, 0, 0], f2 [0, 2, 2], weights [2, 1]: total constant, S = [2, -1, -1] / sqrt(3) -> True
     # f1 [1, 0, 0], f2 [0, 1, 1], weights [1, 1]: f2's A = -f1's A -> S = 0 -> False
     """
-    num_groups = scores.shape[1] // group_size
-    varies = [groups_with_signal(torch.nan_to_num(row, nan=0.0), group_size, tolerance)
+    groups = Groups.of(group_size, scores.shape[1])
+    varies = [groups_with_signal(torch.nan_to_num(row, nan=0.0), groups, tolerance)
               for row, weight in zip(scores, weights.tolist(), strict=True) if weight != 0]
-    some = torch.stack(varies).any(0) if varies else torch.zeros(num_groups, dtype=torch.bool)
-    total = decoupled_sum(scores, weights, group_size, scale, eps).view(-1, group_size)  # [B, G]
-    return some & (total != 0).any(1)
+    some = torch.stack(varies).any(0) if varies else torch.zeros(groups.num_groups, dtype=torch.bool)
+    total = decoupled_sum(scores, weights, groups, scale, eps)  # [N]
+    return some & groups.any(total != 0)
 
 
 @dataclass(frozen=True)
@@ -181,15 +193,15 @@ REWARD_AGGREGATIONS = {
 
 def process_advantages(
     step_rewards: torch.Tensor, step_rows: torch.Tensor, step_tokens: torch.Tensor, num_rows: int, length: int,
-    group_size: int, scale: str = "group", eps: float = 1e-4,
+    group_size: GroupsLike, scale: str = "group", eps: float = 1e-4,
 ) -> torch.Tensor:
     """Process-supervision advantages (DeepSeekMath section 4.1.3), per token.
 
     step_rewards: [S] float, one score per step of every completion; step_rows: [S] long, the
-    row of each step (rows ordered group by group, G per prompt); step_tokens: [S] long, the
+    row of each step (rows ordered group by group: G per prompt, or the groups' sizes); step_tokens: [S] long, the
     completion token each step ends in. Returns [num_rows, length]:
       r~_j    = (r_j - mean(R_g)) / (std(R_g) + eps)   R_g: every step reward of the group's
-                                                       G completions (scale "group")
+                                                       completions, however many (scale "group")
       A_{i,t} = sum of r~_j over the steps j of row i that end at or after token t
     scale as in group_advantages: "batch" divides by the std of all S step rewards, "none" not
     at all. A group whose step rewards are all equal (one step included) gives zeros; tokens
@@ -203,9 +215,10 @@ def process_advantages(
         raise ValueError(f"scale={scale!r} is invalid; allowed: {', '.join(ADVANTAGE_SCALES)}")
     if not step_rewards.shape == step_rows.shape == step_tokens.shape or step_rewards.dim() != 1:
         raise ValueError("step_rewards, step_rows and step_tokens must be 1-D of one length")
-    num_groups = num_rows // group_size
+    row_groups = Groups.of(group_size, num_rows)
+    num_groups = row_groups.num_groups
     r = step_rewards.float()  # [S]
-    groups = step_rows.long() // group_size  # [S]
+    groups = row_groups.ids[step_rows.long()]  # [S]: each step's group
     count = torch.bincount(groups, minlength=num_groups).float()  # [num_groups]
     mean = torch.zeros(num_groups).index_add_(0, groups, r) / count.clamp(min=1.0)
     centred = r - mean[groups]  # [S]

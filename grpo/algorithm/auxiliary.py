@@ -1,7 +1,7 @@
 """Auxiliary losses beside the policy loss (hybrid objectives), from the step's own samples.
 
 Each term in AUX_LOSSES has the same three parts:
-  roles(rewards [N], G, eligible [N], min_reward) -> [N] long   which rows it trains, once per step:
+  roles(rewards [N], G or the group sizes, eligible [N], min_reward) -> [N] long   which rows it trains, once per step:
       1 = pulled up (SFT's target, DPO's chosen), -1 = pushed down (DPO's rejected), 0 = untouched
   count(roles [N], loss_mask [N, T], loss_type) -> float          its normalizer's share of these rows
   loss(logprobs, ref_logprobs, loss_mask [b, T], roles, groups [b], num_items, options) -> 0-d
@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from grpo.algorithm.advantages import GroupsLike
+from grpo.algorithm.groups import Groups
 from grpo.algorithm.losses import AGGREGATIONS, LOSS_TYPES
 
 
@@ -43,26 +45,31 @@ class AuxOptions:
     dpo_beta: float = 0.1
 
 
-def group_extremes(rewards: torch.Tensor, G: int, eligible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                   torch.Tensor]:
-    """Per group of G rows (rewards, eligible: [N], N = groups x G): the row index of its highest
-    and of its lowest reward among the eligible rows (ties: the first), and whether they differ
-    in reward (False for a group whose eligible rewards are all equal, or with < 2 eligible).
-    Returns (best [N/G] long, worst [N/G] long, distinct [N/G] bool).
+def group_extremes(rewards: torch.Tensor, G: GroupsLike, eligible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                          torch.Tensor]:
+    """Per group (rewards, eligible: [N]; G: the group size, or each group's size): the row index
+    of its highest and of its lowest reward among the eligible rows (ties: the first), and whether
+    they differ in reward (False for a group whose eligible rewards are all equal, or with < 2
+    eligible). Returns (best [B] long, worst [B] long, distinct [B] bool).
     # rewards [1, 3, 3, 0 | 2, 2, 2, 2], eligible all: best [1, 4], worst [3, 4], distinct [True, False]
+    # sizes [2, 3], rewards [1, 3 | 2, 0, 0]: best [1, 2], worst [0, 3], distinct [True, True]
     """
-    r = rewards.float().view(-1, G)  # [n, G]
-    ok = eligible.bool().view(-1, G)
-    high = torch.where(ok, r, float("-inf"))
+    groups = Groups.of(G, rewards.numel())
+    r, ok = rewards.float(), eligible.bool()
+    high = torch.where(ok, r, float("-inf"))  # [N]
     low = torch.where(ok, r, float("inf"))
-    offsets = torch.arange(0, r.numel(), G, device=r.device)  # [n]
-    best = high.argmax(1)  # argmax / argmin return the first of equal values
-    worst = low.argmin(1)
-    distinct = (ok.sum(1) >= 2) & (high.max(1).values > low.min(1).values)
-    return best + offsets, worst + offsets, distinct
+    top, bottom = groups.amax(high), groups.amin(low)  # [B]
+    best = groups.first_true(ok & (high == groups.spread(top)))  # the first of equal values
+    worst = groups.first_true(ok & (low == groups.spread(bottom)))
+    counts = torch.zeros(groups.num_groups, dtype=torch.long).index_add_(0, groups.ids, ok.long())
+    distinct = (counts >= 2) & (top > bottom)
+    # a group without an eligible row: its first row, as argmax over all -inf gives (distinct is False)
+    first = torch.tensor(groups.starts, dtype=torch.long)
+    none = counts == 0
+    return torch.where(none, first, best), torch.where(none, first, worst), distinct
 
 
-def best_completion_roles(rewards: torch.Tensor, G: int, eligible: torch.Tensor,
+def best_completion_roles(rewards: torch.Tensor, G: GroupsLike, eligible: torch.Tensor,
                           min_reward: float | None = None) -> torch.Tensor:
     """SFT's rows (RAFT): role 1 on each group's best completion where it beats another one of its
     group and (min_reward set) has a reward >= min_reward; 0 elsewhere. [N] -> [N] long.
@@ -76,7 +83,7 @@ def best_completion_roles(rewards: torch.Tensor, G: int, eligible: torch.Tensor,
     return roles
 
 
-def preference_pair_roles(rewards: torch.Tensor, G: int, eligible: torch.Tensor,
+def preference_pair_roles(rewards: torch.Tensor, G: GroupsLike, eligible: torch.Tensor,
                           min_reward: float | None = None) -> torch.Tensor:
     """DPO's rows: in each group whose rewards differ, role 1 on its best completion and -1 on its
     worst (ties: the first); a group of equal rewards gives no pair. min_reward: unused. [N] -> [N] long.
@@ -158,7 +165,7 @@ def dpo_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, loss_mask: torc
     return dpo_pair_losses(h[chosen], h[rejected], options.dpo_beta).sum() / num_items
 
 
-def every_row_roles(rewards: torch.Tensor, G: int, eligible: torch.Tensor,
+def every_row_roles(rewards: torch.Tensor, G: GroupsLike, eligible: torch.Tensor,
                     min_reward: float | None = None) -> torch.Tensor:
     """Distillation's rows: role 1 on every row with a token to train on; rewards and min_reward unused.
     # eligible [T, F, T, T] -> [1, 0, 1, 1]
@@ -166,19 +173,19 @@ def every_row_roles(rewards: torch.Tensor, G: int, eligible: torch.Tensor,
     return eligible.long()
 
 
-def demonstrations(rewards: torch.Tensor, G: int, eligible: torch.Tensor,
+def demonstrations(rewards: torch.Tensor, G: GroupsLike, eligible: torch.Tensor,
                    min_reward: float | None = None) -> torch.Tensor:
     """Each row's demonstration for self-distillation: the row index of its group's successful completion,
     -1 where the group has none. The successful completion is SFT's row (best_completion_roles): the group's
     best where it beats another of its group and (min_reward set) reaches min_reward. [N] -> [N] long.
     # rewards [1, 3, 3, 0 | 2, 2, 2, 2] -> [1, 1, 1, 1 | -1, -1, -1, -1]; min_reward 4 -> all -1
     """
-    best = best_completion_roles(rewards, G, eligible, min_reward).view(-1, G)  # [n, G], one 1 or none per group
-    index = torch.where(best.any(1), best.argmax(1) + torch.arange(0, rewards.shape[0], G), -1)  # [n]
-    return index.repeat_interleave(G)
+    groups = Groups.of(G, rewards.numel())
+    first = groups.first_true(best_completion_roles(rewards, groups, eligible, min_reward) == 1)  # [B], N if none
+    return groups.spread(torch.where(first < rewards.numel(), first, -1))
 
 
-def demonstrated_roles(rewards: torch.Tensor, G: int, eligible: torch.Tensor,
+def demonstrated_roles(rewards: torch.Tensor, G: GroupsLike, eligible: torch.Tensor,
                        min_reward: float | None = None) -> torch.Tensor:
     """Self-distillation's rows: role 1 on the eligible rows of a group with a demonstration
     (`demonstrations`), the demonstration itself left out (its teacher has read it verbatim). [N] -> [N] long.

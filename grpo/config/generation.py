@@ -11,7 +11,40 @@ from typing import Any, Literal
 
 from grpo.config import checks
 from grpo.config.checks import doc
-from grpo.config.values import ENGINE_NAMES, LORA_SYNC_NAMES, PRECISION_NAMES, TOOL_FORMATS
+from grpo.config.values import (
+    ENGINE_NAMES,
+    GROUP_POLICY_NAMES,
+    LORA_SYNC_NAMES,
+    PRECISION_NAMES,
+    TOOL_FORMATS,
+)
+
+
+@dataclass
+class GroupPolicyConfig:
+    name: Literal[GROUP_POLICY_NAMES] = doc(
+        "fixed", "How many completions each prompt gets: fixed (rollout.group_size each) or adaptive (a budget of "
+        "completions per round of train.prompts_per_step prompts, split by each prompt's estimated pass rate p to "
+        "maximise the expected number of groups with reward variance, sum of 1 - p^G - (1-p)^G: "
+        "grpo.algorithm.allocation). adaptive needs task.difficulty.success_reward among `rewards` (the "
+        "estimates); groups then differ in size and each is normalized over its own. With rollout.max_staleness "
+        "> 0 a batch is split when it is requested (by the estimates of the step before) and checkpoints keep "
+        "the sizes of the batches in flight, so a resume splits them alike.")
+    budget: int | None = doc(
+        None, "adaptive: completions per round of train.prompts_per_step prompts, over all processes (every rank "
+        "computes the same split and generates its own prompts' share); null = prompts_per_step * "
+        "rollout.group_size, the fixed policy's compute.", check=checks.optional(checks.at_least(2)))
+    min_group_size: int = doc(
+        2, "adaptive: the fewest completions a prompt gets (a group needs two to have a variance).",
+        check=checks.at_least(2, why="groups need two samples"))
+    max_group_size: int | None = doc(
+        None, "adaptive: the most completions a prompt gets; null = 2 * rollout.group_size.",
+        check=checks.optional(checks.at_least(2, why="groups need two samples")))
+
+    def bounds(self, group_size: int, prompts_per_step: int) -> tuple[int, int, int]:
+        """(budget, min, max) with the nulls resolved against rollout.group_size and train.prompts_per_step."""
+        budget = self.budget if self.budget is not None else prompts_per_step * group_size
+        return budget, self.min_group_size, self.max_group_size or 2 * group_size
 
 
 @dataclass
@@ -59,7 +92,10 @@ class RolloutConfig:
         "sampler's log-probs differ from the trainer's and algorithm.sampler_correction auto corrects for it.",
     )
     group_size: int = doc(
-        8, "G: completions sampled per prompt (>= 2).", check=checks.at_least(2, why="groups need two samples"))
+        8, "G: completions sampled per prompt (>= 2); with group_policy adaptive, the default budget's and "
+        "max_group_size's unit.", check=checks.at_least(2, why="groups need two samples"))
+    group_policy: GroupPolicyConfig = doc(
+        GroupPolicyConfig(), "Group sizes: the same G for every prompt, or a budget split by pass rate.")
     temperature: float = doc(1.0, "Sampling temperature (> 0).", check=checks.above(0))
     top_p: float = doc(1.0, "Nucleus sampling mass in (0, 1].", check=checks.within("(0, 1]"))
     top_k: int = doc(0, "Keep the k most likely tokens; 0 = off.", check=checks.at_least(0))

@@ -48,6 +48,10 @@ def _invalid(name: str, value: object, expected: str) -> ValueError:
 
 
 def micro_batches_divide_the_batch(train: TrainConfig, rollout: RolloutConfig) -> None:
+    """Under a fixed G every step holds prompts_per_step * G rows; adaptive groups change that count
+    each step, and the micro-batch cuts take any count (grpo.training.logprobs.length_sorted_rows)."""
+    if rollout.group_policy.name != "fixed":
+        return
     batch = train.prompts_per_step * rollout.group_size
     if batch % train.micro_batch_size:
         raise _invalid("train.micro_batch_size", train.micro_batch_size,
@@ -221,6 +225,33 @@ def check_staleness(rollout: RolloutConfig, algorithm: AlgorithmConfig, engine: 
         raise ValueError(f"config field `rollout.max_staleness` = {k} is less than "
                          f"algorithm.num_iterations = {algorithm.num_iterations}: a step makes that many updates, so "
                          "no rollout could be generated ahead; use a multiple of num_iterations")
+
+
+def group_policy_fits(rollout: RolloutConfig, train: TrainConfig, task: TaskConfig, rewards: list[RewardSpec]) -> None:
+    """adaptive splits a budget by pass-rate estimates (the success reward's), within its bounds; fixed
+    reads none of its fields."""
+    g = rollout.group_policy
+    if g.name == "fixed":
+        for name, value, default in (("budget", g.budget, None), ("max_group_size", g.max_group_size, None),
+                                     ("min_group_size", g.min_group_size, 2)):
+            if value != default:
+                raise ValueError(f"config field `rollout.group_policy.{name}` = {value} applies to "
+                                 f"rollout.group_policy.name=adaptive only (it is 'fixed'); set it to {default} "
+                                 "or name adaptive")
+        return
+    names = [spec.name for spec in rewards]
+    if task.difficulty.success_reward not in names:
+        raise _invalid("task.difficulty.success_reward", task.difficulty.success_reward,
+                       f"an entry of `rewards` (one of {', '.join(names)}) with rollout.group_policy.name=adaptive: "
+                       "the split reads each prompt's estimated pass rate")
+    budget, low, high = g.bounds(rollout.group_size, train.prompts_per_step)
+    if high < low:
+        raise _invalid("rollout.group_policy.max_group_size", high, f"an integer >= min_group_size = {low}")
+    n = train.prompts_per_step
+    if not n * low <= budget <= n * high:
+        raise _invalid("rollout.group_policy.budget", budget,
+                       f"an integer from prompts_per_step * min_group_size = {n * low} to prompts_per_step * "
+                       f"max_group_size = {n * high}")
 
 
 def objective_options_fit(algorithm: AlgorithmConfig) -> None:

@@ -69,4 +69,5 @@ class Config:
         engine = rules.engine_choice(r.engine, lambda: facts.installed("vllm"))
         rules.check_engine(r, engine)
         rules.check_staleness(r, a, engine)
+        rules.group_policy_fits(r, t, self.task, self.rewards)
         return self

@@ -75,9 +75,11 @@ class EpisodeSampler:
         self.make_env, self.settings = make_env, settings
 
     def sample(self, examples: list[Any], params: SamplingParams) -> Trajectory:
-        G, s = params.group_size, self.settings
-        envs = [self.make_env() for _ in range(len(examples) * G)]
-        rows = [self._start(env, examples[i // G]) for i, env in enumerate(envs)]
+        s, sizes = self.settings, params.sizes(len(examples))  # each example's own G (group_sizes) or G each
+        owners = [ex for ex, n in zip(examples, sizes, strict=True) for _ in range(n)]
+        envs = [self.make_env() for _ in owners]
+        rows = [self._start(env, ex) for env, ex in zip(envs, owners, strict=True)]
+        starts = [sum(sizes[:g]) for g in range(len(sizes))]  # each group's first row
         stop = tuple(dict.fromkeys((*params.stop, CALL_END)))
         version = None
         for turn in range(s.max_turns):
@@ -87,11 +89,11 @@ class EpisodeSampler:
             room = max(s.max_episode_tokens - len(rows[i].ids) for i in active)
             turn_params = replace(params, max_new_tokens=min(params.max_new_tokens, room), stop=stop,
                                   seed=None if params.seed is None else params.seed + turn)
-            if turn == 0 and _groups_share_prompts(rows, G):  # G samples of each prompt, prefilled once
-                batch = self.engine.generate_tokens([rows[i].prompt for i in range(0, len(rows), G)], turn_params)
+            if turn == 0 and _groups_share_prompts(rows, sizes):  # G samples of each prompt, prefilled once
+                batch = self.engine.generate_tokens([rows[i].prompt for i in starts], turn_params)
             else:
                 batch = self.engine.generate_tokens([rows[i].prompt + rows[i].ids for i in active],
-                                                    replace(turn_params, group_size=1))
+                                                    replace(turn_params, group_size=1, group_sizes=None))
             version = batch.policy_version[0] if version is None else version
             for k, i in enumerate(active):
                 self._advance(rows[i], envs[i], batch, k, turn)
@@ -175,8 +177,11 @@ class EpisodeSampler:
         )
 
 
-def _groups_share_prompts(rows: list[_Row], G: int) -> bool:
-    return all(rows[i].prompt == rows[i - i % G].prompt for i in range(len(rows)))
+def _groups_share_prompts(rows: list[_Row], sizes: list[int]) -> bool:
+    """Every row of a group has its group's first prompt (an environment may render them apart)."""
+    first = [start for start, n in zip([sum(sizes[:g]) for g in range(len(sizes))], sizes, strict=True)
+             for _ in range(n)]
+    return all(rows[i].prompt == rows[first[i]].prompt for i in range(len(rows)))
 
 
 class SingleTurnSampler:

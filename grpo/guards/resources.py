@@ -163,7 +163,8 @@ def estimate_memory(model: torch.nn.Module, cfg: Config, max_prompt: int) -> dic
     vocab = getattr(mc, "vocab_size", None) or 0
     r, t = cfg.rollout, cfg.train
     seq = max_prompt + r.episode_tokens
-    n_gen, m = t.prompts_per_step * r.group_size, t.micro_batch_size
+    # completions a round generates: prompts_per_step * G, or rollout.group_policy's budget under adaptive
+    n_gen, m = r.group_policy.bounds(r.group_size, t.prompts_per_step)[0], t.micro_batch_size
     per_layer = 6 * hidden + 4 * inter  # values kept per token and layer for backward
     if cfg.model.gradient_checkpointing:  # layer inputs, plus one layer recomputed at a time
         activations = m * seq * (layers * hidden + per_layer) * b

@@ -52,6 +52,9 @@ METRIC_PLOTS = (
      ("sampling/estimated_pass_rate", "sampling/observed_pass_rate")),
     ("pools", "Training prompts by estimated pass rate", ("sampling/easy", "sampling/learnable", "sampling/hard")),
     ("curriculum", "Curriculum level", ("curriculum/level",)),
+    ("group_size", "Completions per prompt (rollout.group_policy adaptive)",
+     ("group/size_mean", "group/size_min", "group/size_max")),
+    ("budget", "Share of the rollout budget generated", ("group/budget_used",)),
 )
 # greedy (lenient, strict), sampled at T > 0 (lenient, strict), format; plus any pass@k in eval.jsonl
 EVAL_KEYS = ("strict_accuracy", "accuracy", "sampled_strict_accuracy", "sampled_accuracy", "format")

@@ -26,7 +26,8 @@ class SamplingParams:
 
     seed: when set, sampling is reproducible for the same prompts and params (the global
     RNG is left untouched); when None, the global torch RNG is used. stop: stop strings
-    (grpo.rollout.stops), () = stop only at EOS.
+    (grpo.rollout.stops), () = stop only at EOS. group_sizes: each prompt's own number of
+    completions, in prompt order (rollout.group_policy adaptive); None = group_size for each.
     """
 
     group_size: int
@@ -36,10 +37,13 @@ class SamplingParams:
     max_new_tokens: int
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    group_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.group_size < 1:
             raise ValueError(f"group_size = {self.group_size} is invalid: expected an integer >= 1")
+        if self.group_sizes is not None and not all(isinstance(g, int) and g >= 1 for g in self.group_sizes):
+            raise ValueError(f"group_sizes = {self.group_sizes} is invalid: expected integers >= 1, one per prompt")
         if self.temperature < 0:
             raise ValueError(f"temperature = {self.temperature} is invalid: expected a number >= 0")
         if not 0 < self.top_p <= 1:
@@ -59,10 +63,26 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    def sizes(self, num_prompts: int) -> list[int]:
+        """Each prompt's number of completions; the rows of a trajectory are ordered group by group."""
+        if self.group_sizes is None:
+            return [self.group_size] * num_prompts
+        if len(self.group_sizes) != num_prompts:
+            raise ValueError(f"group_sizes holds {len(self.group_sizes)} sizes for {num_prompts} prompts")
+        return list(self.group_sizes)
+
+    def repeat(self, rows: torch.Tensor) -> torch.Tensor:
+        """[B, ...] -> [N, ...]: each prompt's row once per completion (dim 0)."""
+        if self.group_sizes is None:
+            return rows.repeat_interleave(self.group_size, 0)
+        counts = torch.tensor(self.sizes(rows.shape[0]), dtype=torch.long, device=rows.device)
+        return rows.repeat_interleave(counts, 0)
+
 
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[str], params: SamplingParams) -> Trajectory:
-        """Sample params.group_size completions for each rendered prompt text."""
+        """Sample params.group_size completions for each rendered prompt text (params.group_sizes:
+        each prompt its own count)."""
         ...
 
     def sync_weights(self, model: Any, version: int) -> None:

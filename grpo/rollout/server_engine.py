@@ -111,11 +111,11 @@ class ServerEngine(TransformersEngine):
                 min_version = self.pushed if self.pushes else self.version
                 body = self._post(GENERATE_PATH, encode_generate(prompts, params, min_version),
                                   "application/octet-stream", self.request_timeout)
-                tensors, reply = decode_reply(body, len(prompts) * params.group_size)
+                tensors, reply = decode_reply(body, sum(params.sizes(len(prompts))))
                 if self.pushes and reply["instance"] != self.instance:
                     raise _Stale(f"the reply came from server instance {reply['instance']}, which never got the "
                                  "weights (it restarted)")
-                return self._trajectory(prompts, params.group_size, tensors, reply)
+                return self._trajectory(prompts, params, tensors, reply)
             except (_Gone, _Stale) as e:
                 last = str(e)
                 self._lost(isinstance(e, _Stale))
@@ -127,15 +127,15 @@ class ServerEngine(TransformersEngine):
                     raise
                 raise RolloutServerError(f"rollout server {self.url}: {e}") from None
 
-    def _trajectory(self, prompts: list[list[int]], G: int, tensors: dict, reply: dict) -> Trajectory:
+    def _trajectory(self, prompts: list[list[int]], params: SamplingParams, tensors: dict, reply: dict) -> Trajectory:
         device = next(self.model.parameters()).device
         P = max(len(p) for p in prompts)
         ids = torch.tensor([[self.pad_id] * (P - len(p)) + p for p in prompts], device=device)  # [B, P]
         mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], device=device)  # [B, P]
         completion_mask = tensors["completion_mask"].to(device)  # [N, C]
         return Trajectory(
-            prompt_ids=ids.repeat_interleave(G, 0),
-            prompt_mask=mask.repeat_interleave(G, 0),
+            prompt_ids=params.repeat(ids),  # each prompt once per completion of its group
+            prompt_mask=params.repeat(mask),
             completion_ids=tensors["completion_ids"].to(device).masked_fill(completion_mask == 0, self.pad_id),
             completion_mask=completion_mask,
             loss_mask=tensors["loss_mask"].to(device),

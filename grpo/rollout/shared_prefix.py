@@ -3,7 +3,8 @@
 `model.generate` with G copies of a prompt prefills it G times and keeps decoding rows that
 already stopped (as padding) until the longest row ends. On the bundled model the prompt is
 most of the tokens, so here:
-  1. each distinct prompt is prefilled once ([B, P]), its KV cache then repeated G times;
+  1. each distinct prompt is prefilled once ([B, P]), its KV cache then repeated G times (its
+     own G each under params.group_sizes);
   2. each decode step runs only the rows still generating; a row that emits EOS (or
      completes a stop string) leaves the batch, so padding is never decoded: a row from the
      end of the batch takes its place in the cache (`compaction`), so only the rows that move
@@ -175,13 +176,16 @@ class SharedPrefixEngine(TransformersEngine):
 
     def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                 params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
-        G, device = params.group_size, prompt_ids.device
+        device = prompt_ids.device
         logits, cache, attention_mask, last_position = self._prefill(prompt_ids, prompt_mask)
-        cache.batch_repeat_interleave(G)  # [B*G, heads, P, d] per layer
+        if params.group_sizes is None:
+            cache.batch_repeat_interleave(params.group_size)  # [B*G, heads, P, d] per layer
+        else:  # each prompt's cache once per completion of its own group
+            cache.batch_select_indices(params.repeat(torch.arange(len(prompt_ids), device=device)))
         cache.layers = [PreallocatedLayer(layer, params.max_new_tokens) for layer in cache.layers]
-        logits = logits.repeat_interleave(G, 0)  # [N, V]
-        attention_mask = attention_mask.repeat_interleave(G, 0)  # [N, P]
-        next_position = last_position.repeat_interleave(G, 0) + 1  # [N, 1]
+        logits = params.repeat(logits)  # [N, V]
+        attention_mask = params.repeat(attention_mask)  # [N, P]
+        next_position = params.repeat(last_position) + 1  # [N, 1]
         N = logits.shape[0]
         eos = torch.tensor(self.eos_ids, device=device)
         stops = StopStrings(self.tokenizer, params.stop) if params.stop else None

@@ -70,7 +70,7 @@ class TransformersEngine:
         sampled so far, never from re-tokenized text)."""
         if not prompts:
             raise ValueError("generate_tokens() needs at least one prompt")
-        G = params.group_size
+        params.sizes(len(prompts))  # a count per prompt, or refused before any forward
         device = next(self.model.parameters()).device
         self._check_lengths([len(p) for p in prompts], params.max_new_tokens)
         P = max(len(p) for p in prompts)
@@ -80,8 +80,8 @@ class TransformersEngine:
         with _eval_mode(self.model), torch.no_grad(), _seeded(params.seed, device), reordered:
             # no_grad, not inference_mode: the ids feed later forwards that need autograd
             completion_ids, logprobs = self._sample(unique_ids, unique_mask, params)  # [N, C] each
-        prompt_ids = unique_ids.repeat_interleave(G, 0)  # [N, P]
-        prompt_mask = unique_mask.repeat_interleave(G, 0)  # [N, P]
+        prompt_ids = params.repeat(unique_ids)  # [N, P]
+        prompt_mask = params.repeat(unique_mask)  # [N, P]
         mask, rows, texts, reasons = self._ends(completion_ids, params)
         completion_ids = completion_ids.masked_fill(mask == 0, self.pad_id)
         return Trajectory(
@@ -121,18 +121,17 @@ class TransformersEngine:
 
     def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                 params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
-        """G completions per prompt row: [B, P] -> token ids [B*G, C] (C <= max_new_tokens) and
+        """G completions per prompt row (params.sizes): [B, P] -> token ids [B*G, C] (C <= max_new_tokens) and
         each token's log-probability under the distribution it was drawn from [B*G, C].
 
         generate's `scores` are the processed logits it sampled from (after its temperature,
         top-k and top-p warpers), one [N, V] per step, all held until it returns: this
         reference engine pays C * N * V floats for them (the faster engines pay nothing).
         """
-        G = params.group_size
         stopping = [TailStop(StopStrings(self.tokenizer, params.stop), prompt_ids.shape[1])] if params.stop else []
         out = self.model.generate(
-            input_ids=prompt_ids.repeat_interleave(G, 0),
-            attention_mask=prompt_mask.repeat_interleave(G, 0),
+            input_ids=params.repeat(prompt_ids),
+            attention_mask=params.repeat(prompt_mask),
             stopping_criteria=StoppingCriteriaList(stopping),
             **self._generate_kwargs(params),
         )  # sequences [N, P + C]; position ids come from the attention mask inside generate

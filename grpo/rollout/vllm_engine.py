@@ -180,8 +180,8 @@ class VLLMEngine(TransformersEngine):
         if longest > self.max_model_len:
             raise ValueError(f"a prompt plus rollout.max_new_tokens is {longest} tokens, more than the "
                              f"vllm engine's max_model_len = {self.max_model_len}")
-        sampling = self._vllm_sampling_params(
-            n=params.group_size,
+        sizes = params.sizes(len(prompt_ids))
+        options = dict(
             temperature=params.temperature,  # 0 = greedy in vLLM too
             top_p=params.top_p,
             top_k=params.top_k if params.top_k > 0 else -1,  # vLLM's "off" is -1 (0 also works)
@@ -198,13 +198,16 @@ class VLLMEngine(TransformersEngine):
             detokenize=bool(params.stop),  # only stop strings need vLLM's text
             logprobs=None if params.greedy else 0,  # 0: the sampled token's own log-prob only
         )
+        # one request's n is each prompt's group size: a list of params when the groups differ
+        sampling = (self._vllm_sampling_params(n=params.group_size, **options) if params.group_sizes is None else
+                    [self._vllm_sampling_params(n=n, **options) for n in sizes])
         rows = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids.cpu(), prompt_mask.cpu(), strict=True)]
         outputs = self.llm.generate([{"prompt_token_ids": r} for r in rows], sampling, use_tqdm=False,
                                     lora_request=None if self.adapter is None else self.adapter.request)
         completions: list[list[int]] = []
         logprobs: list[list[float]] = []
-        for out in outputs:  # in prompt order; each has its G samples
-            assert len(out.outputs) == params.group_size
+        for out, n in zip(outputs, sizes, strict=True):  # in prompt order; each has its n samples
+            assert len(out.outputs) == n
             for sample in sorted(out.outputs, key=lambda s: s.index):
                 ids = list(sample.token_ids)
                 stopped = (bool(ids) and ids[-1] in self.eos_ids) or isinstance(sample.stop_reason, str)

@@ -6,10 +6,12 @@ at these decoders).
     POST /v1/generate     Authorization: Bearer <token>
       safetensors {prompt_ids [sum of lengths] int64, prompt_lengths [B] int64}, the prompts'
       token ids one after another; metadata "request": JSON {group_size, temperature, top_p,
-      top_k, max_new_tokens, seed, stop, min_version}
+      top_k, max_new_tokens, seed, stop, min_version, group_sizes}; group_sizes (optional, null
+      when left out): each prompt's own number of completions (rollout.group_policy adaptive)
       200: safetensors {completion_ids, completion_mask, loss_mask [N, C] int64,
-           sampler_logprobs [N, C] float32, policy_version [N] int64}, N = B * group_size in
-           group order; metadata "reply": JSON {completions, finish_reasons, instance}
+           sampler_logprobs [N, C] float32, policy_version [N] int64}, N = B * group_size (or
+           the sum of group_sizes) in group order; metadata "reply": JSON {completions,
+           finish_reasons, instance}
       409: the server's weights are older than min_version (it restarted: push them again)
     POST /v1/weights      the weights as a streamed safetensors body (grpo.serve.weights):
       received into fresh tensors, then swapped in between two generations; later samples
@@ -65,7 +67,8 @@ def _parse(body: bytes, key: str) -> tuple[dict[str, torch.Tensor], Any]:
 def encode_generate(prompts: list[list[int]], params: SamplingParams, min_version: int) -> bytes:
     flat = torch.tensor([i for p in prompts for i in p], dtype=torch.int64)
     lengths = torch.tensor([len(p) for p in prompts], dtype=torch.int64)
-    request = {**asdict(params), "stop": list(params.stop), "min_version": min_version}
+    request = {**asdict(params), "stop": list(params.stop), "min_version": min_version,
+               "group_sizes": None if params.group_sizes is None else list(params.group_sizes)}
     return save({"prompt_ids": flat, "prompt_lengths": lengths}, metadata={"request": json.dumps(request)})
 
 
@@ -81,7 +84,11 @@ def decode_generate(body: bytes, limits: Limits, vocab_size: int) -> tuple[list[
     # max first: a sum of huge lengths would wrap around in int64 and match
     if B < 1 or (lengths < 1).any() or int(lengths.max()) > flat.shape[0] or int(lengths.sum()) != flat.shape[0]:
         raise BadRequest(400, "every prompt needs >= 1 token and prompt_lengths must sum to len(prompt_ids)")
-    rows, tokens = B * params.group_size, B * params.group_size * (int(lengths.max()) + params.max_new_tokens)
+    if params.group_sizes is not None and len(params.group_sizes) != B:
+        raise BadRequest(400, f"request field `group_sizes` holds {len(params.group_sizes)} sizes for {B} prompts: "
+                              "expected one per prompt")
+    rows = sum(params.sizes(B))
+    tokens = rows * (int(lengths.max()) + params.max_new_tokens)
     if rows > limits.max_rows or tokens > limits.max_tokens:
         raise BadRequest(413, f"{rows} rows and up to {tokens} tokens are over the server's limits "
                               f"(max_rows={limits.max_rows}, max_tokens={limits.max_tokens})")
@@ -116,8 +123,14 @@ def _sampling(request: Any, vocab_size: int) -> tuple[SamplingParams, int]:
             raise BadRequest(400, f"request field `{field}` is missing: expected {allowed}")
         if not ok(request[field]):
             raise BadRequest(400, f"request field `{field}` = {str(request[field])[:100]} is invalid: expected {allowed}")
+    sizes = request.get("group_sizes")  # optional: a client from before unequal groups leaves it out
+    if sizes is not None and not (isinstance(sizes, list) and 1 <= len(sizes) <= 2**20
+                                  and all(_integer(1, 2**20)(n) for n in sizes)):
+        raise BadRequest(400, f"request field `group_sizes` = {str(sizes)[:100]} is invalid: expected null or a "
+                              "list of integers >= 1, one per prompt")
     fields = ("group_size", "temperature", "top_p", "top_k", "max_new_tokens", "seed")
-    params = SamplingParams(**{k: request[k] for k in fields}, stop=tuple(request["stop"]))
+    params = SamplingParams(**{k: request[k] for k in fields}, stop=tuple(request["stop"]),
+                            group_sizes=None if sizes is None else tuple(sizes))
     return params, request["min_version"]
 
 

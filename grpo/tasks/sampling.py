@@ -2,7 +2,8 @@
 
     data = build_prompt_sampler(cfg, task, state.examples_seen, checkpoint)  # once per run
     examples = data.take(n)                      # every rank: the same n, in the same order
-    data.observe(examples, scores.per_function)  # this rank's groups (every generation round)
+    rates = data.estimates(examples)             # their estimated pass rates (adaptive group sizes read them)
+    data.observe(examples, scores.per_function, sizes)  # this rank's groups (every generation round)
     metrics = data.settle(world)                 # every rank, once per step: counts summed over ranks
 
 Three samplers, one per task.sampler value (SAMPLERS), sharing `PassRates`: every training
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,14 @@ class PassRates:
     def estimate(self, example_id: str) -> float:
         return difficulty.pass_rate(*self.counts.get(example_id, (0.0, 0.0)), self.prior)
 
-    def observe(self, examples: list[Example], per_function: dict[str, torch.Tensor]) -> None:
-        """Record this rank's groups: completion i belongs to examples[i // G]; NaN (a failed call) fails."""
-        solved = (per_function[self.reward] >= self.threshold).view(len(examples), -1)  # [P, G]
-        for ex, row in zip(examples, solved.tolist(), strict=True):
+    def observe(self, examples: list[Example], per_function: dict[str, torch.Tensor],
+                sizes: Sequence[int] | None = None) -> None:
+        """Record this rank's groups: examples[k] owns the next sizes[k] completions (None: G each, the
+        rows split evenly); NaN (a failed call) fails."""
+        solved = per_function[self.reward] >= self.threshold  # [N]
+        if sizes is None:
+            sizes = [len(solved) // len(examples)] * len(examples)
+        for ex, row in zip(examples, [part.tolist() for part in solved.split(list(sizes))], strict=True):
             seen = self.pending.setdefault(ex.id, [0, 0, 0.0])
             seen[0] += sum(row)
             seen[1] += len(row)
@@ -106,9 +111,17 @@ class PromptSampler(ABC):
     def take(self, n: int) -> list[Example]:
         """The next n prompts, the same on every rank."""
 
-    def observe(self, examples: list[Example], per_function: dict[str, torch.Tensor]) -> None:
+    def observe(self, examples: list[Example], per_function: dict[str, torch.Tensor],
+                sizes: Sequence[int] | None = None) -> None:
         if self.rates is not None and examples:
-            self.rates.observe(examples, per_function)
+            self.rates.observe(examples, per_function, sizes)
+
+    def estimates(self, examples: list[Example]) -> list[float]:
+        """Each example's estimated pass rate; NaN where no estimates are kept (uniform without the
+        success reward among `rewards`: only rollout.group_policy fixed runs so, and it reads none)."""
+        if self.rates is None:
+            return [float("nan")] * len(examples)
+        return [self.rates.estimate(ex.id) for ex in examples]
 
     def settle(self, world: Any) -> dict[str, float]:
         """Apply every rank's observations of this step; the sampling/* metrics."""

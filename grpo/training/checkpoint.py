@@ -55,6 +55,9 @@ class TrainerState:
     entropy_coef: float | None = None  # the adapted entropy bonus coefficient (algorithm.entropy_target); None: fixed
     num_overflow_skips: int = 0  # float16 updates skipped because the scaled gradients overflowed
     loss_scale: dict[str, Any] = field(default_factory=dict)  # the float16 loss scaler's state_dict
+    # async + adaptive group sizes: each batch in flight's sizes (its whole round's, oldest first), so a
+    # resumed run, which requests those prompts again, splits them as they were split
+    group_sizes_in_flight: list[list[int]] = field(default_factory=list)
 
 
 REFERENCE_FILE = "reference.safetensors"  # only in runs whose reference moved (sync_every, iterative RL)

@@ -292,23 +292,25 @@ class AuxiliaryLosses:
         return cls(tuple(AuxTerm(s.name, s.weight, s.schedule, s.until_step or num_steps, s.min_reward,
                                  options[s.name]) for s in a.aux_losses))
 
-    def plan(self, rewards: torch.Tensor, loss_mask: torch.Tensor, G: int, step: int, world: Any,
-             teachers: dict[str, torch.Tensor] | None = None) -> AuxPlan | None:
+    def plan(self, rewards: torch.Tensor, loss_mask: torch.Tensor, groups: algorithm.GroupsLike, step: int,
+             world: Any, teachers: dict[str, torch.Tensor] | None = None) -> AuxPlan | None:
         """The step's rows, normalizers (every rank's) and weights; None without terms. rewards [N]
-        (total), loss_mask [N, C]: a row with nothing to train is never chosen. step: steps done before.
-        teachers: each distillation term's teacher log-probs [N, C] (grpo.training.teachers)."""
+        (total), loss_mask [N, C]: a row with nothing to train is never chosen; groups: G or the groups'
+        sizes. step: steps done before. teachers: each distillation term's teacher log-probs [N, C]
+        (grpo.training.teachers)."""
         if not self.terms:
             return None
         eligible = loss_mask.bool().any(1).cpu()
         rewards, loss_mask = rewards.cpu(), loss_mask.cpu()
+        groups = algorithm.Groups.of(groups, len(rewards))
         roles, counts, metrics = {}, {}, {}
         for t in self.terms:
-            roles[t.name] = t.term.roles(rewards, G, eligible, t.min_reward)  # [N]
+            roles[t.name] = t.term.roles(rewards, groups, eligible, t.min_reward)  # [N]
             counts[t.name] = world.sum(t.term.count(roles[t.name], loss_mask, t.options.loss_type))
-            chosen = world.sum(float((roles[t.name] == 1).view(-1, G).any(1).sum()))  # groups with a trained row
+            chosen = world.sum(float(groups.any(roles[t.name] == 1).sum()))  # groups with a trained row
             metrics[f"aux/{t.name}/weight"] = algorithm.aux_weight(t.weight, t.schedule, step, t.until_step)
-            metrics[f"aux/{t.name}/groups"] = chosen / max(world.sum(len(rewards) / G), 1.0)
-        return AuxPlan(self.terms, roles, counts, metrics, torch.arange(len(rewards)) // G, teachers or {})
+            metrics[f"aux/{t.name}/groups"] = chosen / max(world.sum(groups.num_groups), 1.0)
+        return AuxPlan(self.terms, roles, counts, metrics, groups.ids, teachers or {})
 
 
 @dataclass(frozen=True)

@@ -11,26 +11,30 @@ from typing import Any
 
 import torch
 
+from grpo.algorithm import Groups, GroupsLike
 from grpo.compute.distributed import World
 from grpo.rewards.harness import RewardScores
 from grpo.tasks.base import Example
 from grpo.trajectory import FINISH_LENGTH, FINISH_TURNS, Trajectory
 
 
-def rollout_metrics(trajectory: Trajectory, scores: RewardScores, advantages: torch.Tensor, group_size: int,
+def rollout_metrics(trajectory: Trajectory, scores: RewardScores, advantages: torch.Tensor, groups: GroupsLike,
                     world: World) -> dict[str, float]:
-    """Over the whole batch: every rank's rows, gathered in rank order."""
-    G, gather = group_size, world.gather
+    """Over the whole batch: every rank's rows, gathered in rank order (with their groups: G each, or
+    each rank's own sizes)."""
+    gather = world.gather
+    if not isinstance(groups, int):
+        groups = Groups.cat([Groups(tuple(part)) for part in world.gather_objects(list(groups.sizes))])
     lengths = gather(trajectory.loss_mask.sum(1).float())  # [N]
     truncated = gather(torch.tensor([r == FINISH_LENGTH for r in trajectory.finish_reasons], dtype=torch.float32))
     total, advantages = gather(scores.total), gather(row_advantages(advantages, trajectory.loss_mask))
     out = {
         "reward/mean": total.mean().item(),
         "reward/std": total.std().item() if total.numel() > 1 else 0.0,
-        "frac_reward_zero_std": (total.view(-1, G).std(1) == 0).float().mean().item(),
+        "frac_reward_zero_std": (Groups.of(groups, len(total)).std(total) == 0).float().mean().item(),
         "advantage/abs_mean": advantages.abs().mean().item(),
         # no signal as the advantages see it: normalize_then_sum can differ from the total's zero std
-        "advantage/frac_zero_groups": (advantages.view(-1, G) == 0).all(1).float().mean().item(),
+        "advantage/frac_zero_groups": Groups.of(groups, len(advantages)).all(advantages == 0).float().mean().item(),
         "completion_length/mean": lengths.mean().item(),
         "completion_length/min": lengths.min().item(),
         "completion_length/max": lengths.max().item(),
@@ -88,14 +92,17 @@ def row_advantages(advantages: torch.Tensor, loss_mask: torch.Tensor) -> torch.T
 
 
 def sample_records(examples: list[Example], trajectory: Trajectory, scores: RewardScores, advantages: torch.Tensor,
-                   group_size: int, num_samples: int) -> list[dict[str, Any]]:
-    """The first `num_samples` completions with their question, rewards and advantage (samples.jsonl)."""
+                   groups: GroupsLike, num_samples: int) -> list[dict[str, Any]]:
+    """The first `num_samples` completions with their question, group size, rewards and advantage
+    (samples.jsonl); groups: G, or each example's group size."""
     out = []
     advantages = row_advantages(advantages, trajectory.loss_mask)
+    groups = Groups.of(groups, len(trajectory))
+    owners, sizes = groups.per_row(examples), groups.per_row(list(groups.sizes))
     for i in range(min(num_samples, len(trajectory.completions))):
-        ex = examples[i // group_size]
+        ex = owners[i]
         out.append({
-            "example_id": ex.id, "question": ex.question, "answer": ex.answer,
+            "example_id": ex.id, "question": ex.question, "answer": ex.answer, "group_size": sizes[i],
             "completion": trajectory.completions[i], "finish_reason": trajectory.finish_reasons[i],
             **({"episode": trajectory.episodes[i]} if trajectory.episodes is not None else {}),
             "reward": scores.total[i].item(), "advantage": advantages[i].item(),

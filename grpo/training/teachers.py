@@ -1,7 +1,7 @@
 """The distillation terms' teachers (algorithm.aux_losses, names distill and self_distill).
 
     teachers = Teachers.build(cfg, model, tokenizer, sampler, device, precision)   # once per run
-    logprobs = teachers.logprobs(trajectory, examples, rewards, G)   # step 5: {name: [N, C]}, no grad
+    logprobs = teachers.logprobs(trajectory, examples, rewards, groups)   # step 5: {name: [N, C]}, no grad
 
 Each teacher's log-probs of the step's completion tokens are computed at step 5 of the loop, beside
 the reference's and the same way: through grpo.training.logprobs.batch_logprobs (the shared prompt
@@ -82,7 +82,8 @@ class SelfTeacher:
     temperature: float
     autocast: Callable[[], AbstractContextManager] = nullcontext
 
-    def logprobs(self, trajectory: Trajectory, examples: list[Any], rewards: torch.Tensor, G: int) -> torch.Tensor:
+    def logprobs(self, trajectory: Trajectory, examples: list[Any], rewards: torch.Tensor,
+                 G: algorithm.GroupsLike) -> torch.Tensor:
         """[N, C] float32: the teacher's log-probs of the rows self_distill trains (demonstrated_roles), 0 elsewhere."""
         eligible, rewards = trajectory.loss_mask.bool().any(1).cpu(), rewards.cpu()
         demo = algorithm.demonstrations(rewards, G, eligible, self.min_reward)  # [N]
@@ -90,7 +91,8 @@ class SelfTeacher:
         out = torch.zeros(trajectory.completion_ids.shape, dtype=torch.float32)
         if len(rows) == 0:
             return out
-        texts = [self.render(with_demonstration(examples[r // G].prompt, trajectory.completions[demo[r]]))
+        group_of = algorithm.Groups.of(G, len(rewards)).ids  # [N]: each row's example
+        texts = [self.render(with_demonstration(examples[group_of[r]].prompt, trajectory.completions[demo[r]]))
                  for r in rows.tolist()]
         prompts = self.tokenizer(texts, add_special_tokens=False)["input_ids"]  # as the engines tokenize prompts
         batch = demonstrated_batch(trajectory, rows, prompts, self.tokenizer.pad_token_id)
@@ -158,7 +160,7 @@ class Teachers:
         return out
 
     def logprobs(self, trajectory: Trajectory, examples: list[Any], rewards: torch.Tensor,
-                 G: int) -> dict[str, torch.Tensor]:
+                 G: algorithm.GroupsLike) -> dict[str, torch.Tensor]:
         """{term name: [N, C] float32 teacher log-probs of the trajectory's completion tokens}, no grad."""
         out = {name: teacher.logprobs(trajectory) for name, teacher in self.models.items()}
         out.update({name: t.logprobs(trajectory, examples, rewards, G) for name, t in self.selves.items()})

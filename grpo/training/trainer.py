@@ -3,7 +3,8 @@
 One step, as numbered in `train_step` below:
   1. take the next prompts from the prompt sampler (grpo.tasks.sampling: uniform, by difficulty, a
      curriculum; resumable from the checkpoint)
-  2. generate G completions per prompt: a Trajectory (rollout engine)
+  2. generate G completions per prompt: a Trajectory (rollout engine); under rollout.group_policy
+     adaptive each prompt gets its own G, from a budget split by estimated pass rate (`groups`)
   3. score them with the reward functions (contained: a failing function never ends the run);
      steps 1-3 live in grpo.training.collect, in rounds under algorithm.dynamic_sampling
   4. group-relative advantages of the outcome rewards, per-token process advantages with step
@@ -216,7 +217,7 @@ class Trainer:
         settings = UpdateSettings(cfg.train.micro_batch_size, cfg.rollout.temperature, device, precision.autocast)
         return cls(cfg=cfg, model=model, tokenizer=tokenizer, reference=reference, engine=engine, sampler=sampler,
                    reward_fns=reward_fns, task=task,
-                   collector=build_collector(cfg, sampler, reward_fns, world, engine, tokenizer.pad_token_id),
+                   collector=build_collector(cfg, sampler, reward_fns, world, engine, tokenizer.pad_token_id, state),
                    updater=Updater(model, params, loss, world, settings, scaler,
                                    OffPolicyMask.from_config(cfg.algorithm, cfg.rollout)), correction=correction,
                    entropy=EntropyControl.from_config(cfg.algorithm),
@@ -229,7 +230,7 @@ class Trainer:
     # ----------------------------------------------------------------- one step
 
     def train_step(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        cfg, G = self.cfg, self.cfg.rollout.group_size
+        cfg = self.cfg
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -244,14 +245,15 @@ class Trainer:
         self.world.gather_weights(self.model)  # fsdp: whole weights until the optimizer step
         # 1.-3. prompts, G completions each, rewards (several rounds with dynamic sampling; with
         # max_staleness > 0 generated ahead): grpo.training.collect
-        examples, trajectory, scores, collected = self.collector.collect(self.data, self.sampling_params(),
-                                                                         self.state, lap)
+        examples, groups, trajectory, scores, collected = self.collector.collect(self.data, self.sampling_params(),
+                                                                                 self.state, lap)
         collected |= self.data.settle(self.world)  # every rank's groups update the estimates (sampling/*)
         if self.iterative is not None:  # the reward model learns from these later (iterative RL)
-            self.iterative.observe([ex for ex in examples for _ in range(G)], trajectory.completions,
+            self.iterative.observe(groups.per_row(examples), trajectory.completions,
                                    scores.per_function[cfg.iterative.label], self.world)
         # 4. advantages (over whole groups, truncated completions included); step rewards: per token
-        advantages, process = step_advantages(cfg, trajectory, scores, self.reward_fns, self.tokenizer, self.world)
+        advantages, process = step_advantages(cfg, trajectory, groups, scores, self.reward_fns, self.tokenizer,
+                                              self.world)
         a = cfg.algorithm
         trained, masked = trajectory, {}
         if a.mask_truncated_completions:
@@ -269,8 +271,8 @@ class Trainer:
                 selected, fraction = self.entropy.selection(entropies, trained.loss_mask, self.world)
                 selection = {"entropy/selected": fraction}
         ref_logprobs = self.reference.logprobs(trained) if self.reference is not None else None
-        teachers = self.teachers.logprobs(trained, examples, scores.total, G)  # distillation terms' teachers
-        aux = self.aux.plan(scores.total, trained.loss_mask, G, self.state.step, self.world, teachers)
+        teachers = self.teachers.logprobs(trained, examples, scores.total, groups)  # distillation terms' teachers
+        aux = self.aux.plan(scores.total, trained.loss_mask, groups, self.state.step, self.world, teachers)
         lap("logprobs")
         # 6. policy updates (the first one also weighs the sampler's tokens when the correction is on)
         updates_before = self.state.num_updates
@@ -290,12 +292,13 @@ class Trainer:
         lap("update")
         # 8. metrics
         timings["time/step"] = sum(timings.values())
-        metrics = {**rollout_metrics(trajectory, scores, advantages, G, self.world), **collected, **masked, **process,
+        metrics = {**rollout_metrics(trajectory, scores, advantages, groups, self.world), **collected, **masked,
+                   **process,
                    **retrained,
                    **update_metrics, **timings,
                    "learning_rate": self.scheduler.get_last_lr()[0],
                    "memory/peak_gb": peak_memory_gb(self.device)}
-        samples = sample_records(examples, trajectory, scores, advantages, G, cfg.log.num_samples)
+        samples = sample_records(examples, trajectory, scores, advantages, groups, cfg.log.num_samples)
         return metrics, samples
 
     def move_reference(self, mix: float) -> None:
@@ -369,6 +372,7 @@ class Trainer:
         """A checkpoint of this step: every rank gathers, rank 0 writes (and returns its path)."""
         # rollouts in flight are dropped: a resumed run requests their prompts again
         self.state.examples_seen = self.data.position - self.collector.prompts_in_flight
+        self.state.group_sizes_in_flight = self.collector.group_sizes_in_flight()
         snapshot = take_snapshot(self.model, self.optimizer, self.scheduler, self.world)
         if self.updater.scaler is not None:
             self.state.loss_scale = self.updater.scaler.state_dict()

@@ -195,3 +195,12 @@ def test_aux_weight_schedules_by_hand():
     assert [algorithm.aux_weight(0.5, "linear_warmup", s, 4) for s in steps] == [0.0, 0.25, 0.5, 0.5]
     with pytest.raises(ValueError, match="allowed: constant, linear_decay, linear_warmup"):
         algorithm.aux_weight(0.5, "cosine", 0, 4)
+
+
+def test_demonstrations_in_groups_of_unequal_size_by_hand():
+    rewards = torch.tensor([1.0, 3.0, 2.0, 2.0, 0.0, 5.0])  # groups of 2, 3 and 1 rows
+    eligible = torch.ones(6, dtype=torch.bool)
+    sizes = [2, 3, 1]
+    # group 0: row 1 beats row 0; group 1: row 2 (first of the two 2s) beats row 4; group 2: alone, no best
+    assert algorithm.demonstrations(rewards, sizes, eligible).tolist() == [1, 1, 2, 2, 2, -1]
+    assert algorithm.demonstrated_roles(rewards, sizes, eligible).tolist() == [1, 0, 0, 1, 1, 0]

@@ -140,6 +140,7 @@ def dispatch_tables():
         "task.sampler": tuple(sampling.SAMPLERS),
         "rollout.engine": ("auto", *tuple(rollout.ENGINES)),
         "rollout.vllm_lora_sync": tuple(rollout.LORA_SYNCS),
+        "rollout.group_policy.name": tuple(algorithm.GROUP_POLICIES),
         "rollout.precision": ("auto", *tuple(dtypes.DTYPES)),
         "rollout.tool_format": tuple(prompts.TOOL_FORMATS),
         "algorithm.kl_estimator": tuple(algorithm.KL_ESTIMATORS),
@@ -239,6 +240,22 @@ MODEL_FREE_RULES = {
                                  "`task.difficulty.easy_above` = 0.8 is invalid: expected a number >= "
                                  "task.difficulty.hard_below = 0.9"),
     "a sampler name": (["task.sampler=hardest"], 1, "allowed: uniform, difficulty_pool, curriculum"),
+    "adaptive groups without the success reward": (
+        ["rollout.group_policy.name=adaptive", "rewards=[{name: format}]"], 1,
+        "`task.difficulty.success_reward` = 'accuracy' is invalid: expected an entry of `rewards` (one of format) "
+        "with rollout.group_policy.name=adaptive"),
+    "a budget outside the group bounds": (
+        ["rollout.group_policy.name=adaptive", "rollout.group_policy.budget=100"], 1,
+        "`rollout.group_policy.budget` = 100 is invalid: expected an integer from prompts_per_step * "
+        "min_group_size = 4 to prompts_per_step * max_group_size = 32"),
+    "group bounds crossed": (
+        ["rollout.group_policy.name=adaptive", "rollout.group_policy.min_group_size=5",
+         "rollout.group_policy.max_group_size=4"], 1,
+        "`rollout.group_policy.max_group_size` = 4 is invalid: expected an integer >= min_group_size = 5"),
+    "a budget under the fixed policy": (["rollout.group_policy.budget=10"], 1,
+                                        "`rollout.group_policy.budget` = 10 applies to rollout.group_policy.name="
+                                        "adaptive only"),
+    "a group policy name": (["rollout.group_policy.name=random"], 1, "allowed: fixed, adaptive"),
     "dpo with one completion per micro-batch": (["algorithm.aux_losses=[{name: dpo}]", "train.micro_batch_size=1"], 1,
                                                 "`train.micro_batch_size` = 1 is invalid with algorithm.aux_losses[0]"),
     "min_reward on a dpo term": (["algorithm.aux_losses=[{name: dpo, min_reward: 1}]"], 1,

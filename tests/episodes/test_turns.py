@@ -2,6 +2,7 @@
 the loss, the turn and token budgets, tools and environments by import path."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -78,6 +79,18 @@ def test_the_trainer_input_is_the_sampler_ids_across_turns(engine):
     # an inserted reply is the chat template's text for it, as token ids
     reply = PromptFormat().continuation(engine.tokenizer, [{"role": "user", "content": "Go on."}], "hermes", False)
     assert "<|im_start|>user\nGo on.<|im_end|>\n<|im_start|>assistant\n" in reply
+
+
+def test_unequal_groups_run_each_example_its_own_number_of_episodes(engine):
+    # group_sizes (3, 1): 4 episodes, the first three of example 0; turn 1 prefills each prompt once
+    recording = Recording(engine)
+    t = sampler(recording, echo(turns=0)).sample(EXAMPLES, replace(PARAMS, group_sizes=(3, 1)))
+    prompts, params, out = recording.calls[0]
+    assert len(t) == 4 and len(prompts) == 2 and params.group_sizes == (3, 1) and len(out) == 4
+    assert all(p.group_sizes is None and p.group_size == 1 for _, p, _ in recording.calls[1:])
+    first = t.prompt_ids[0][t.prompt_mask[0].bool()].tolist()
+    assert all(t.prompt_ids[i][t.prompt_mask[i].bool()].tolist() == first for i in range(3))
+    assert t.prompt_ids[3][t.prompt_mask[3].bool()].tolist() != first
 
 
 def test_inserted_tokens_get_no_gradient(engine):

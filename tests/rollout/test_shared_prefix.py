@@ -290,3 +290,26 @@ def test_auto_engine_is_vllm_where_installed_in_any_number_of_processes(monkeypa
     monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun: an engine per process
     assert engine_name(RolloutConfig()) == "vllm"
     assert engine_name(RolloutConfig(engine="transformers")) == "transformers"
+
+
+def test_unequal_group_sizes_give_each_prompt_its_own_count(tiny_model_dir):
+    # sizes (3, 1, 2): 6 rows, group by group; greedy rows of one prompt are its greedy completion,
+    # so each row equals the row of its prompt in a run of G = 3, and both engines agree
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = render(tokenizer)
+    for engine in (TransformersEngine(model, tokenizer), SharedPrefixEngine(model, tokenizer)):
+        equal = engine.generate(prompts, params(group_size=3, temperature=0.0))
+        unequal = engine.generate(prompts, params(group_size=3, temperature=0.0, group_sizes=(3, 1, 2)))
+        rows = [0, 1, 2, 3, 6, 7]  # prompt 0's three rows, prompt 1's first, prompt 2's first two
+        assert len(unequal) == 6
+        assert torch.equal(unequal.prompt_ids, equal.prompt_ids[rows])
+        C = unequal.completion_ids.shape[1]
+        assert torch.equal(unequal.completion_ids, equal.completion_ids[rows, :C])
+        assert unequal.completions == [equal.completions[i] for i in rows]
+        sampled = engine.generate(prompts, params(group_sizes=(2, 4, 1), seed=0))
+        assert len(sampled) == 7 and torch.equal(sampled.prompt_ids[2:6], sampled.prompt_ids[2:3].expand(4, -1))
+    with pytest.raises(ValueError, match="group_sizes holds 2 sizes for 3 prompts"):
+        engine.generate(prompts, params(group_sizes=(2, 2)))
+    with pytest.raises(ValueError, match="expected integers >= 1"):
+        params(group_sizes=(2, 0, 1))

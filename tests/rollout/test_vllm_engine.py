@@ -79,6 +79,21 @@ def test_batch_layout_like_the_other_engines(engine, policy):
     assert torch.equal(again.completion_ids, batch.completion_ids)  # a seed reproduces the samples
 
 
+def test_unequal_group_sizes_are_one_n_per_request(engine, policy):
+    # group_sizes (2, 1, 3, 1): 7 rows, group by group; greedy rows of one prompt are alike
+    _, tokenizer = policy
+    prompts = render(tokenizer)
+    batch = engine.generate(prompts, SamplingParams(2, 0.0, 1.0, 0, 12, group_sizes=(2, 1, 3, 1)))
+    assert len(batch) == 7 and len(batch.completions) == 7
+    owners = [0, 0, 1, 2, 2, 2, 3]
+    for row, i in enumerate(owners):
+        ids = tokenizer(prompts[i], add_special_tokens=False)["input_ids"]
+        assert batch.prompt_ids[row, batch.prompt_mask[row].bool()].tolist() == ids
+    assert batch.completions[0] == batch.completions[1] and batch.completions[3] == batch.completions[5]
+    sampled = engine.generate(prompts, SamplingParams(2, 1.0, 1.0, 0, 12, seed=0, group_sizes=(1, 4, 1, 2)))
+    assert len(sampled) == 8
+
+
 def test_greedy_matches_shared_prefix_engine(engine, policy):
     model, tokenizer = policy
     prompts = render(tokenizer)

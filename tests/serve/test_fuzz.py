@@ -6,6 +6,7 @@ fixed seeds and counts, no clock."""
 
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -84,6 +85,8 @@ def generate_cases(rng: random.Random) -> list[bytes]:
                          (torch.tensor([5, 6], dtype=torch.int32), torch.tensor([2], dtype=torch.int32))]:
         cases.append(generate_body(ids=ids, lengths=lengths))
     cases += [generate_body(v) for v in ([1, 2], "x", None, 3)] + [save({"x": torch.ones(1)})]
+    for value in BAD_NUMBERS + [[2, 2], [0], [2**30], [True], ["2"], [2.0], [1] * 20]:  # one prompt: one size
+        cases.append(generate_body({**request, "group_sizes": value}))
     return cases
 
 
@@ -137,6 +140,18 @@ def test_temperature_nan_is_a_400_naming_the_field():
     with pytest.raises(BadRequest, match="temperature") as e:
         decode_generate(body, LIMITS, VOCAB)
     assert e.value.status == 400
+
+
+def test_group_sizes_travel_and_bad_ones_are_a_400_naming_the_field():
+    request = {"group_size": 2, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 4, "seed": 1,
+               "stop": [], "min_version": 0}
+    prompts, params, _ = decode_generate(generate_body({**request, "group_sizes": [5]}), LIMITS, VOCAB)
+    assert params.group_sizes == (5,) and params.sizes(1) == [5]
+    assert decode_generate(generate_body(request), LIMITS, VOCAB)[1].group_sizes is None  # left out: G each
+    for value, message in (([0], "`group_sizes` = [0] is invalid"), ([2, 2], "holds 2 sizes for 1 prompts"),
+                           ([17], "17 rows")):  # LIMITS.max_rows = 16
+        with pytest.raises(BadRequest, match=re.escape(message)):
+            decode_generate(generate_body({**request, "group_sizes": value}), LIMITS, VOCAB)
 
 
 def push_cases(rng: random.Random, params: dict) -> list[bytes]:

@@ -143,6 +143,23 @@ def test_lockstep_through_the_server_equals_the_in_process_run(tmp_path, tiny_mo
     assert read_metrics(remote.output_dir) == read_metrics(local.output_dir)
 
 
+def test_adaptive_groups_through_the_server_equal_the_in_process_run(tmp_path, tiny_model_dir, server, monkeypatch):
+    # each prompt's own G travels in the request (group_sizes): the same sizes, completions and metrics
+    from tests.training.test_adaptive_groups import ADAPTIVE, four_prompts
+
+    monkeypatch.setenv("GRPO_ROLLOUT_TOKEN", TOKEN)
+    data = four_prompts(tmp_path)
+    common = ("train.first_run_check=false", "algorithm.sampler_correction=none", "train.num_steps=6", *ADAPTIVE)
+    local = tiny_config(tmp_path / "local", tiny_model_dir, data, "rollout.engine=shared_prefix", *common)
+    remote = tiny_config(tmp_path / "remote", tiny_model_dir, data, "rollout.engine=server", f"rollout.url={server.url}",
+                         *common)
+    train(local)
+    train(remote)
+    metrics = read_metrics(remote.output_dir)
+    assert metrics == read_metrics(local.output_dir)
+    assert any(m["group/size_min"] < m["group/size_max"] for m in metrics)
+
+
 def async_config(tmp_path, tiny_model_dir, data_file, url, *overrides):
     return tiny_config(tmp_path, tiny_model_dir, data_file, "rollout.engine=server", f"rollout.url={url}",
                        "rollout.max_staleness=2", "eval.num_examples=0", "train.first_run_check=false", *overrides)
@@ -178,6 +195,48 @@ def test_async_runs_keep_the_staleness_bound_and_resume_in_the_same_order(tmp_pa
     assert [r["step"] for r in again] == [1, 2, 3, 4, 5]
     assert records[1]["policy_versions"] == [0] * 8  # generated ahead, before the first update
     assert again[1]["policy_versions"] == [1] * 8  # generated again from the checkpoint's weights
+
+
+def step_sizes(run_dir) -> dict[int, list[int]]:
+    """Each step's group sizes, from samples.jsonl (every row of the step: log.num_samples covers them;
+    a group's rows are consecutive and each carries its group's size)."""
+    rows: dict[int, list[int]] = {}
+    for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        rows.setdefault(record["step"], []).append(record["group_size"])
+    out = {}
+    for step, sizes in rows.items():
+        k, out[step] = 0, []
+        while k < len(sizes):
+            out[step].append(sizes[k])
+            k += sizes[k]
+    return out
+
+
+def test_async_adaptive_groups_resume_with_the_sizes_of_the_batches_in_flight(tmp_path, tiny_model_dir, server,
+                                                                             monkeypatch):
+    # max_staleness 2: batch s is split when step s - 2 starts, by the estimates after step s - 3. Resumed from
+    # checkpoint 4, batches 5 and 6 were in flight: their saved sizes (trainer_state.json) split them again,
+    # and batch 7 is split by the same estimates as in the whole run, so steps 1-7 have the same sizes
+    from tests.training.test_adaptive_groups import ADAPTIVE, four_prompts
+
+    monkeypatch.setenv("GRPO_ROLLOUT_TOKEN", TOKEN)
+    data = four_prompts(tmp_path)
+    full = async_config(tmp_path / "full", tiny_model_dir, data, server.url, "train.num_steps=8", *ADAPTIVE)
+    train(full)
+    half = async_config(tmp_path / "half", tiny_model_dir, data, server.url, "train.num_steps=6", *ADAPTIVE)
+    train(half)
+    saved = json.loads((Path(half.output_dir) / "checkpoint-000004" / "trainer_state.json").read_text())
+    assert len(saved["group_sizes_in_flight"]) == 2 and all(sum(s) == 12 for s in saved["group_sizes_in_flight"])
+    for step in (5, 6):  # as if the run had stopped after step 4's checkpoint
+        shutil.rmtree(Path(half.output_dir) / f"checkpoint-00000{step}")
+    resumed = async_config(tmp_path / "half", tiny_model_dir, data, server.url, "train.num_steps=8", "resume=true",
+                           *ADAPTIVE)
+    train(resumed)
+    a, b = step_sizes(full.output_dir), step_sizes(half.output_dir)
+    assert all(a[step] == b[step] for step in range(1, 8)) and all(sum(a[step]) == 12 for step in a)
+    assert saved["group_sizes_in_flight"] == [a[5], a[6]]
+    assert any(len(set(a[step])) > 1 for step in (5, 6))  # the saved sizes are unequal ones
 
 
 @pytest.mark.parametrize("overrides, field", [

@@ -76,3 +76,9 @@ def torch_hanging_reward(completion, example):
     x = torch.randn(256, 256)
     while True:
         x = torch.tanh(x @ x)
+
+
+def answer_decides(completion, example):
+    """Solved by answer: "1" always (1.0), "0" never (0.0), any other by its length (the length
+    reward): prompts whose pass rates part quickly, for adaptive group sizes."""
+    return {"1": 1.0, "0": 0.0}.get(example.answer, len(completion) / 10.0)

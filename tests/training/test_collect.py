@@ -75,8 +75,9 @@ def stream(answers):
 def test_rounds_keep_groups_with_signal_until_the_share_is_full():
     laps = []
     data = stream(["1", "2", "4", "6", "3", "8"])  # two odd answers among six: kept only those
-    examples, trajectory, scores, metrics = rounds(True).collect(data, SamplingParams(2, 1.0, 1.0, 0, 4),
-                                                                 TrainerState(), laps.append)
+    examples, groups, trajectory, scores, metrics = rounds(True).collect(data, SamplingParams(2, 1.0, 1.0, 0, 4),
+                                                                         TrainerState(), laps.append)
+    assert groups.sizes == (2, 2)
     assert sorted(ex.answer for ex in examples) == ["1", "3"] and len(trajectory) == 4
     assert scores.total.tolist() == [0.0, 1.0, 0.0, 1.0]  # each kept group's "x", "y"
     drawn = metrics["dynamic/prompts_drawn"]
@@ -87,8 +88,9 @@ def test_rounds_keep_groups_with_signal_until_the_share_is_full():
 
 def test_without_dynamic_sampling_a_step_is_one_round_as_it_came():
     data = stream(["2", "4", "6"])
-    examples, trajectory, _, metrics = rounds(False).collect(data, SamplingParams(2, 1.0, 1.0, 0, 4),
-                                                             TrainerState(), lambda name: None)
+    examples, groups, trajectory, _, metrics = rounds(False).collect(data, SamplingParams(2, 1.0, 1.0, 0, 4),
+                                                                     TrainerState(), lambda name: None)
+    assert groups.sizes == (2, 2)
     assert len(examples) == 2 and len(trajectory) == 4 and metrics == {} and data.position == 2
 
 
@@ -123,3 +125,61 @@ def test_dynamic_sampling_resumes_exactly(tmp_path, tiny_model_dir, data_file):
     assert resumed == whole and sum(m["dynamic/rounds"] for m in whole) > 4  # some steps drew again
     state = json.loads((Path(full.output_dir) / "checkpoint-000004" / "trainer_state.json").read_text())
     assert state["examples_seen"] == sum(m["dynamic/prompts_drawn"] for m in whole)
+
+
+class Counted:
+    """Each prompt's own number of completions (params.sizes): one "y" then "x"s for an odd answer, all "x"
+    for an even one."""
+
+    def sample(self, examples, params):
+        completions = [c for ex, n in zip(examples, params.sizes(len(examples)), strict=True)
+                       for c in ((["y"] if int(ex.answer) % 2 else ["x"]) + ["x"] * (n - 1))]
+        ones = torch.ones(len(completions), 1, dtype=torch.long)
+        return sampled_trajectory(ones, ones, ones, ones, completions)
+
+
+def adaptive_stream():
+    from grpo.tasks.sampling import PassRates
+
+    examples = [Example(str(i), [{"role": "user", "content": "?"}], a) for i, a in enumerate(["1", "3"])]
+    rates = PassRates("y", 0.5, (1.0, 1.0), 0.5)
+    rates.counts = {"0": (0.0, 48.0)}  # estimate 1 / 50 = 0.02; prompt "1" is unseen: 0.5
+    return UniformSampler(examples, 0, 0, rates, (0.2, 0.8))
+
+
+def test_adaptive_rounds_split_the_budget_by_pass_rate_and_observe_each_group():
+    # budget 8 over p (0.02, 0.5), G in [2, 6]: the gains of p 0.5 at G = 2..5 (0.25, 0.125, 0.0625,
+    # 0.03125) all beat p 0.02's 0.0196 at G = 2, so sizes are 2 and 6
+    from grpo.training.collect import GroupSizes
+
+    is_y = WeightedReward("y", 1.0, lambda completion, example: float(completion == "y"))
+    for dynamic in (False, True):
+        data = adaptive_stream()
+        rounds = Rounds(Counted(), [is_y], World(), prompts_per_step=2, group_size=4, reward_timeout=10.0,
+                        dynamic_sampling=dynamic, group_sizes=GroupSizes("adaptive", 4, 8, 2, 6))
+        examples, groups, trajectory, scores, metrics = rounds.collect(data, SamplingParams(4, 1.0, 1.0, 0, 4),
+                                                                       TrainerState(), lambda name: None)
+        assert dict(zip([ex.id for ex in examples], groups.sizes, strict=True)) == {"0": 2, "1": 6}
+        assert len(trajectory) == 8 == len(scores.total)
+        # each group's own rows: one "y" in each (both answers odd), so both have signal
+        assert {ex.id: scores.total[groups.rows([g])].tolist() for g, ex in enumerate(examples)} == {
+            "0": [1.0, 0.0], "1": [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]}
+        assert data.rates.pending["1"][:2] == [1, 6] and data.rates.pending["0"][:2] == [1, 2]
+        assert metrics["group/size_mean"] == 4 and metrics["group/size_min"] == 2 and metrics["group/size_max"] == 6
+        assert metrics["group/budget_used"] == 1.0
+        assert ("dynamic/groups_with_signal" in metrics) == dynamic
+
+
+def test_ahead_splits_resumed_batches_by_their_saved_sizes():
+    # a checkpoint's batches in flight come back with the sizes they were requested with, whatever the
+    # estimates say now (adaptive_stream's would give 2 and 6); later batches are split afresh
+    from grpo.training.collect import Ahead, GroupSizes
+
+    is_y = WeightedReward("y", 1.0, lambda completion, example: float(completion == "y"))
+    rounds = Rounds(Counted(), [is_y], World(), prompts_per_step=2, group_size=4, reward_timeout=10.0,
+                    group_sizes=GroupSizes("adaptive", 4, 8, 2, 6))
+    ahead = Ahead(rounds, 2, 1, 10, lambda: None, resumed_sizes=[[5, 3]])
+    assert ahead.group_sizes_in_flight() == [[5, 3]]  # saved again if the run stops before it starts
+    data = adaptive_stream()
+    first, second = ahead._take(data), ahead._take(data)
+    assert first[1] == [5, 3] and sorted(second[1]) == [2, 6] and ahead.sizes == [[5, 3], second[1]]

@@ -28,11 +28,11 @@ def rounds(aggregation: str) -> Rounds:
 def test_a_constant_total_of_varying_rewards_has_signal_only_under_normalize_then_sum():
     params = SamplingParams(2, 1.0, 1.0, 0, 4)
     answers = ["1", "2", "4", "3", "6", "8"]  # odd answers sample "x" and "y", even ones "x" twice
-    examples, _, scores, metrics = rounds("normalize_then_sum").collect(stream(answers), params, TrainerState(),
+    examples, _, _, scores, metrics = rounds("normalize_then_sum").collect(stream(answers), params, TrainerState(),
                                                                         lambda name: None)
     assert sorted(ex.answer for ex in examples) == ["1", "3"] and metrics["dynamic/groups_with_signal"] == 2
     assert scores.total.tolist() == [2.0, 2.0, 2.0, 2.0]
-    _, _, _, metrics = rounds("sum_then_normalize").collect(stream(answers), params, TrainerState(),
+    _, _, _, _, metrics = rounds("sum_then_normalize").collect(stream(answers), params, TrainerState(),
                                                             lambda name: None)
     assert metrics["dynamic/groups_with_signal"] == 0 and metrics["dynamic/rounds"] == 3
 
