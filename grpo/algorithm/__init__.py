@@ -82,6 +82,7 @@ from grpo.algorithm.auxiliary import (  # noqa: F401
     dpo_pair_losses,
     every_row_roles,
     group_extremes,
+    no_sampled_rows,
     preference_pair_roles,
     reverse_kl_loss,
     sequence_logprobs,

@@ -21,6 +21,9 @@ Pure tensor functions (see grpo.algorithm for the shapes' names). Where we depar
   teacher log-prob is needed, so the teacher runs through the same chunked log-prob path as the
   reference (no [B, T, V] logits) and a `grpo serve-ref` server can serve it. The self-distillation
   teacher is the policy of the step (no EMA teacher, no feedback text).
+- SFT on gold demonstrations (CHORD's expert data, arXiv 2508.11408) trains rows that were never
+  sampled: the task's worked demonstration of each prompt of the step, teacher-forced after the prompt
+  (grpo.training.teachers.GoldDemonstrations builds them; sft_loss is their loss, every row role 1).
 """
 
 from __future__ import annotations
@@ -165,6 +168,12 @@ def dpo_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, loss_mask: torc
     return dpo_pair_losses(h[chosen], h[rejected], options.dpo_beta).sum() / num_items
 
 
+def no_sampled_rows(rewards: torch.Tensor, G: GroupsLike, eligible: torch.Tensor,
+                    min_reward: float | None = None) -> torch.Tensor:
+    """A term on rows outside the samples (gold demonstrations): no sampled row trains. [N] -> [N] zeros."""
+    return torch.zeros(rewards.shape[0], dtype=torch.long, device=rewards.device)
+
+
 def every_row_roles(rewards: torch.Tensor, G: GroupsLike, eligible: torch.Tensor,
                     min_reward: float | None = None) -> torch.Tensor:
     """Distillation's rows: role 1 on every row with a token to train on; rewards and min_reward unused.
@@ -225,7 +234,8 @@ class AuxiliaryLoss:
     """One term of AUX_LOSSES: its rows (once per step), its normalizer and its loss; `pairs`: the rows
     of roles 1 and -1 of one group must share a micro-batch; `reference`: it reads ref_logprobs;
     `teacher`: its loss reads a teacher's log-probs in their place, "model" (a teacher model's) or
-    "self" (the policy's, given its group's demonstration)."""
+    "self" (the policy's, given its group's demonstration); `gold`: it trains the task's gold
+    demonstrations, rows of their own beside the samples (each of role 1), and no sampled row."""
 
     roles: Callable[..., torch.Tensor]
     count: Callable[..., float]
@@ -233,11 +243,13 @@ class AuxiliaryLoss:
     pairs: bool = False
     reference: bool = False
     teacher: str | None = None
+    gold: bool = False
 
 
 # algorithm.aux_losses[].name -> its term: the table the config's names list.
 AUX_LOSSES = {
     "sft": AuxiliaryLoss(best_completion_roles, sft_count, sft_loss),
+    "gold_sft": AuxiliaryLoss(no_sampled_rows, sft_count, sft_loss, gold=True),
     "dpo": AuxiliaryLoss(preference_pair_roles, pair_count, dpo_loss, pairs=True, reference=True),
     "distill": AuxiliaryLoss(every_row_roles, sft_count, reverse_kl_loss, teacher="model"),
     "self_distill": AuxiliaryLoss(demonstrated_roles, sft_count, reverse_kl_loss, teacher="self"),

@@ -38,7 +38,8 @@ from grpo.config.values import (
 @dataclass
 class AuxLossSpec:
     name: Literal[AUX_LOSS_NAMES] = doc(
-        "sft", "The term (grpo.algorithm.AUX_LOSSES), computed on the step's own samples: sft = the negative "
+        "sft", "The term (grpo.algorithm.AUX_LOSSES), computed on the step's own samples (gold_sft: on its prompts' gold "
+        "demonstrations): sft = the negative "
         "log-likelihood of each group's best completion (highest total reward, where it beats another one of its "
         "group; RAFT, Dong et al. 2023), aggregated as loss_type aggregates the policy loss; dpo = DPO (Rafailov et "
         "al. 2023) on each group's (highest, lowest total reward) pair, -log sigmoid(dpo_beta * ((logp_w - ref_w) - "
@@ -50,7 +51,10 @@ class AuxLossSpec:
         "weights 0 every advantage is 0 and distillation is the run's only signal; self_distill = the same term "
         "with the policy itself as teacher (no grad), given its group's successful completion (min_reward) as a "
         "worked example in the prompt (SDPO-like; single-turn only); a group without one adds nothing "
-        "(docs/algorithm.md).")
+        "(docs/algorithm.md); gold_sft = the negative log-likelihood of the task's gold demonstration of each "
+        "prompt of the step (the worked-example text of its source: reasoning-gym's worked steps, a file's reasoning "
+        "before `####`, else a sentence with the gold answer), teacher-forced after the prompt and ending in EOS, "
+        "aggregated as sft (CHORD's expert data; single-turn only).")
     weight: float = doc(0.1, "Its weight: loss += weight * term (CHORD's mu, which also scales the policy loss "
                              "by 1 - mu: scale the learning rate for that).", check=at_least(0, NUMBER))
     schedule: Literal[AUX_SCHEDULE_NAMES] = doc(

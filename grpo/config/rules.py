@@ -121,8 +121,8 @@ def kl_weighting_has_a_kl_term(algorithm: AlgorithmConfig) -> None:
 
 def aux_losses_fit(algorithm: AlgorithmConfig, train: TrainConfig, rollout: RolloutConfig) -> None:
     """A dpo pair trains in one micro-batch (its two rows' margin), min_reward filters sft's and self_distill's
-    rows only, a distill term has one teacher (and only it has one), and self_distill's worked example goes into
-    a single-turn prompt."""
+    rows only, a distill term has one teacher (and only it has one), self_distill's worked example goes into
+    a single-turn prompt and gold_sft's demonstrations are single-turn completions."""
     for i, spec in enumerate(algorithm.aux_losses):
         field = f"algorithm.aux_losses[{i}]"
         if spec.name == "dpo" and train.micro_batch_size < 2:
@@ -143,6 +143,11 @@ def aux_losses_fit(algorithm: AlgorithmConfig, train: TrainConfig, rollout: Roll
         if spec.name == "self_distill" and (rollout.tools or rollout.environment):
             raise ValueError(f"config field `{field}.name` = 'self_distill' needs single-turn rollouts (the "
                              "worked example goes into the prompt's messages): set rollout.tools to [] and "
+                             "rollout.environment to null, or use another term")
+        if spec.name == "gold_sft" and (rollout.tools or rollout.environment):
+            raise ValueError(f"config field `{field}.name` = 'gold_sft' needs single-turn rollouts (a "
+                             "demonstration is trained token by token, and an episode's tool or environment "
+                             "replies are not the policy's to learn): set rollout.tools to [] and "
                              "rollout.environment to null, or use another term")
 
 

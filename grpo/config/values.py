@@ -53,7 +53,7 @@ SAMPLER_CORRECTION_NAMES = ("auto", "none", "truncate", "mask")
 SAMPLER_CORRECTION_LEVELS = ("token", "sequence")
 
 # algorithm.aux_losses[].name: grpo.algorithm.AUX_LOSSES
-AUX_LOSS_NAMES = ("sft", "dpo", "distill", "self_distill")
+AUX_LOSS_NAMES = ("sft", "gold_sft", "dpo", "distill", "self_distill")
 # algorithm.aux_losses[].schedule: grpo.algorithm.AUX_SCHEDULES
 AUX_SCHEDULE_NAMES = ("constant", "linear_decay", "linear_warmup")
 

@@ -45,7 +45,7 @@ class TransformersEngine:
         self.version = 0  # optimizer updates the sampling weights have seen (sync_weights)
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = model.generation_config.pad_token_id
@@ -188,7 +188,7 @@ class TailStop(StoppingCriteria):
         return torch.tensor(self.stops.hits(input_ids[:, start:].tolist()), device=input_ids.device)
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     """The tokenizer's eos plus the generation config's (ChatML models: <|im_end|> and more)."""
     ids: list[int] = []
     if tokenizer.eos_token_id is not None:

@@ -26,7 +26,8 @@ class Example:
 
     id: stable identifier (used in warnings and logs); prompt: chat messages
     [{"role": ..., "content": ...}], system prompt included; answer: the gold answer as a
-    string; metadata: anything the task or a reward needs (the raw question, difficulty...).
+    string; metadata: anything the task or a reward needs (the raw question, difficulty, its gold
+    demonstration...).
     """
 
     id: str
@@ -40,6 +41,12 @@ class Example:
         return self.metadata.get("question") or next(
             (m["content"] for m in reversed(self.prompt) if m["role"] == "user"), ""
         )
+
+    @property
+    def demonstration(self) -> str | None:
+        """A gold completion of this prompt in the rewarded layout (attach_prompts writes it: the worked-example
+        text of the task's source), or None where the example has none (one built by hand)."""
+        return self.metadata.get("demonstration")
 
 
 @dataclass
@@ -106,7 +113,9 @@ def attach_prompts(
     prompts.default_system_prompt resolves a null task.system_prompt). Each worked example is a user turn with its
     question and an assistant turn in the exact <think>/<answer> layout: a 135M model
     copies the format from one such turn far more reliably than from the instruction alone.
-    The few-shot examples themselves get the prompt without shots.
+    The few-shot examples themselves get the prompt without shots. Every example also gets its gold
+    demonstration (metadata["demonstration"]): the same worked-answer text a worked example shows, which
+    algorithm.aux_losses gold_sft trains on.
     """
     head = [{"role": "system", "content": system_prompt}] if system_prompt else []
     turns: list[dict[str, str]] = []
@@ -115,6 +124,7 @@ def attach_prompts(
         turns.append({"role": "assistant", "content": worked_answer(think(shot), shot.answer)})
     for ex in examples:
         ex.prompt = [dict(m) for m in head + turns] + [{"role": "user", "content": ex.question}]
+        ex.metadata["demonstration"] = worked_answer(think(ex), ex.answer)
     for shot in shots:
         shot.prompt = [dict(m) for m in head] + [{"role": "user", "content": shot.question}]
 

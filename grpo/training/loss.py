@@ -22,10 +22,10 @@ off-policy sequence masking) takes the surrogate away from negative-advantage co
 that the current policy has drifted too far from (algorithm.off_policy_sequence_mask).
 
 `AuxiliaryLosses`, also built once, holds the terms of algorithm.aux_losses (algorithm.AUX_LOSSES:
-SFT on each group's best completion, in-group DPO, distillation): once per step its `plan` picks each
-term's rows from the rewards and counts their normalizers over every rank, and carries the distillation
-terms' teacher log-probs (grpo.training.teachers); the plan adds each micro-batch's share of
-sum_k weight_k * term_k in the update.
+SFT on each group's best completion or on the task's gold demonstrations, in-group DPO, distillation): once
+per step its `plan` picks each term's rows from the rewards and counts their normalizers over every rank, and
+carries the distillation terms' teacher log-probs and the gold demonstrations (grpo.training.teachers); the
+plan adds each micro-batch's share of sum_k weight_k * term_k in the update.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import torch
 from grpo import algorithm
 from grpo.compute.chunked_head import truncation
 from grpo.rollout import ENGINES
+from grpo.training.teachers import DemonstrationBatch
 
 if TYPE_CHECKING:
     from grpo.config import AlgorithmConfig, RolloutConfig
@@ -293,31 +294,37 @@ class AuxiliaryLosses:
                                  options[s.name]) for s in a.aux_losses))
 
     def plan(self, rewards: torch.Tensor, loss_mask: torch.Tensor, groups: algorithm.GroupsLike, step: int,
-             world: Any, teachers: dict[str, torch.Tensor] | None = None) -> AuxPlan | None:
+             world: Any, teachers: dict[str, torch.Tensor] | None = None,
+             demonstrations: DemonstrationBatch | None = None) -> AuxPlan | None:
         """The step's rows, normalizers (every rank's) and weights; None without terms. rewards [N]
         (total), loss_mask [N, C]: a row with nothing to train is never chosen; groups: G or the groups'
         sizes. step: steps done before. teachers: each distillation term's teacher log-probs [N, C]
-        (grpo.training.teachers)."""
+        (grpo.training.teachers); demonstrations: the gold rows a gold term trains (None: this rank has none)."""
         if not self.terms:
             return None
         eligible = loss_mask.bool().any(1).cpu()
         rewards, loss_mask = rewards.cpu(), loss_mask.cpu()
         groups = algorithm.Groups.of(groups, len(rewards))
+        gold_mask = demonstrations.completion_mask if demonstrations is not None else torch.zeros(0, 1, dtype=torch.long)
         roles, counts, metrics = {}, {}, {}
         for t in self.terms:
             roles[t.name] = t.term.roles(rewards, groups, eligible, t.min_reward)  # [N]
-            counts[t.name] = world.sum(t.term.count(roles[t.name], loss_mask, t.options.loss_type))
-            chosen = world.sum(float(groups.any(roles[t.name] == 1).sum()))  # groups with a trained row
+            if t.term.gold:  # its rows are the demonstrations, every one trained
+                counts[t.name] = world.sum(t.term.count(torch.ones(len(gold_mask)), gold_mask, t.options.loss_type))
+                chosen = world.sum(float(len(gold_mask)))
+            else:
+                counts[t.name] = world.sum(t.term.count(roles[t.name], loss_mask, t.options.loss_type))
+                chosen = world.sum(float(groups.any(roles[t.name] == 1).sum()))  # groups with a trained row
             metrics[f"aux/{t.name}/weight"] = algorithm.aux_weight(t.weight, t.schedule, step, t.until_step)
             metrics[f"aux/{t.name}/groups"] = chosen / max(world.sum(groups.num_groups), 1.0)
-        return AuxPlan(self.terms, roles, counts, metrics, groups.ids, teachers or {})
+        return AuxPlan(self.terms, roles, counts, metrics, groups.ids, teachers or {}, demonstrations)
 
 
 @dataclass(frozen=True)
 class AuxPlan:
     """One step's auxiliary terms: each term's roles [N] (algorithm.AUX_LOSSES), its normalizer over the whole
-    batch of every rank, the weights in effect (in `metrics`), each row's group [N] and the distillation
-    terms' teacher log-probs [N, C] (by name)."""
+    batch of every rank, the weights in effect (in `metrics`), each row's group [N], the distillation
+    terms' teacher log-probs [N, C] (by name) and the gold demonstrations a gold term trains (`gold_loss`)."""
 
     terms: tuple[AuxTerm, ...]
     roles: dict[str, torch.Tensor]
@@ -325,6 +332,7 @@ class AuxPlan:
     metrics: dict[str, float]
     groups: torch.Tensor
     teachers: dict[str, torch.Tensor] = field(default_factory=dict)
+    demonstrations: DemonstrationBatch | None = None
 
     def partners(self) -> torch.Tensor | None:
         """[N] long: the other row of a row's pair (a term with `pairs`: they share a micro-batch), else -1."""
@@ -344,6 +352,9 @@ class AuxPlan:
         total, parts = logprobs.new_zeros(()), {}
         groups = self.groups[rows].to(logprobs.device)
         for t in self.terms:
+            if t.term.gold:  # no sampled row: its share is gold_loss's, on the demonstrations
+                parts[f"aux/{t.name}"] = 0.0
+                continue
             roles = self.roles[t.name][rows].to(logprobs.device)
             other = reference  # a distillation term compares with its teacher instead
             if t.term.teacher is not None:
@@ -351,4 +362,17 @@ class AuxPlan:
             value = t.term.loss(logprobs, other, loss_mask, roles, groups, max(self.counts[t.name], 1.0), t.options)
             total = total + self.metrics[f"aux/{t.name}/weight"] * value
             parts[f"aux/{t.name}"] = value.item()
+        return total, parts
+
+    def gold_loss(self, logprobs: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """One micro-batch of gold demonstrations: sum over the gold terms of weight * term (with grad), every row
+        trained, and each term's share (unweighted). logprobs, loss_mask: [b, D'] (the demonstration tokens)."""
+        total, parts = logprobs.new_zeros(()), {}
+        roles = torch.ones(logprobs.shape[0], dtype=torch.long, device=logprobs.device)
+        for t in self.terms:
+            if t.term.gold:
+                value = t.term.loss(logprobs, None, loss_mask, roles, torch.zeros_like(roles),
+                                    max(self.counts[t.name], 1.0), t.options)
+                total = total + self.metrics[f"aux/{t.name}/weight"] * value
+                parts[f"aux/{t.name}"] = value.item()
         return total, parts

@@ -17,6 +17,10 @@ the same ones: nothing of theirs is saved.
   this step's updates; no gradient) reading, for each row of a group with a successful completion,
   the prompt with that completion as a worked example (`with_demonstration`), then the row's own
   completion tokens, exactly as sampled.
+
+gold_sft's teacher is the task itself: `GoldDemonstrations` turns each group's example's gold
+demonstration (tasks.Example.demonstration) into tokens after that group's prompt, a
+`DemonstrationBatch` the update trains by teacher forcing (step 5 builds it, `Teachers.demonstrations`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 
 from grpo import algorithm
 from grpo.compute import models
+from grpo.rollout.transformers_engine import eos_token_ids
 from grpo.serve.client import RemoteReference
 from grpo.training.logprobs import LocalReference, ReferenceModel, batch_logprobs
 from grpo.trajectory import TokenSequences, Trajectory
@@ -67,6 +72,65 @@ def demonstrated_batch(trajectory: Trajectory, rows: torch.Tensor, prompts: list
         ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[i, width - len(p):] = 1
     return TokenSequences(ids, mask, trajectory.completion_ids[rows].cpu(), trajectory.completion_mask[rows].cpu())
+
+
+@dataclass
+class DemonstrationBatch(TokenSequences):
+    """Gold demonstrations of some groups of a step: row j is the prompt of trajectory row prompt_rows[j]
+    (its group's first row, the same ids) followed by a demonstration's tokens, right-padded, EOS last
+    (completion_mask 1 on each of them: every one is trained). prompt_rows: [M] long."""
+
+    prompt_rows: torch.Tensor
+
+
+@dataclass
+class GoldDemonstrations:
+    """gold_sft's rows: each group's example's gold demonstration (tasks.Example.demonstration), its text
+    after task.assistant_prefix (a prompt token, so not trained again) tokenized as a completion, then EOS.
+    An example without one, or whose demonstration is longer than the run's completion budget (the policy
+    could not write it), gives no row."""
+
+    tokenizer: Any
+    eos_id: int
+    assistant_prefix: str
+    max_tokens: int
+
+    def tokens(self, example: Any) -> list[int] | None:
+        """The demonstration's completion token ids, EOS last; None where the example gives no row.
+        # prefix '<think>', '<think> 3 + 4 = 7 </think> <answer> 7 </answer>' -> ids of ' 3 + 4 = 7 </think>
+        #   <answer> 7 </answer>' + [eos]
+        """
+        text = getattr(example, "demonstration", None)
+        if not text:
+            return None
+        prefix = self.assistant_prefix.strip()
+        if prefix and text.startswith(prefix):
+            text = text[len(prefix):]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_id]
+        return ids if len(ids) <= self.max_tokens else None
+
+    def batch(self, trajectory: Trajectory, examples: list[Any], G: algorithm.GroupsLike) -> DemonstrationBatch | None:
+        """The step's demonstrations, one per group whose example gives one (examples: one per group, in
+        group order); None where none does."""
+        starts = algorithm.Groups.of(G, len(trajectory)).starts
+        rows, sequences = [], []
+        for group, example in enumerate(examples):
+            ids = self.tokens(example)
+            if ids is not None:
+                rows.append(starts[group])
+                sequences.append(ids)
+        if not rows:
+            return None
+        width = max(len(ids) for ids in sequences)
+        completion = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, ids in enumerate(sequences):
+            completion[j, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[j, : len(ids)] = 1
+        index = torch.tensor(rows, dtype=torch.long)
+        return DemonstrationBatch(trajectory.prompt_ids[index.to(trajectory.prompt_ids.device)].cpu(),
+                                  trajectory.prompt_mask[index.to(trajectory.prompt_mask.device)].cpu(),
+                                  completion, mask, index)
 
 
 @dataclass
@@ -137,10 +201,12 @@ def model_teacher(cfg: Any, index: int, spec: Any, policy: torch.nn.Module, toke
 
 @dataclass
 class Teachers:
-    """Each distillation term's teacher, by the term's name: models (distill) and selves (self_distill)."""
+    """Each distillation term's teacher, by the term's name: models (distill) and selves (self_distill);
+    and gold_sft's gold demonstrations (`gold`, None without that term)."""
 
     models: dict[str, ReferenceModel] = field(default_factory=dict)
     selves: dict[str, SelfTeacher] = field(default_factory=dict)
+    gold: GoldDemonstrations | None = None
 
     @classmethod
     def build(cls, cfg: Any, policy: torch.nn.Module, tokenizer: Any, sampler: Any, device: torch.device,
@@ -157,7 +223,15 @@ class Teachers:
                 out.selves[spec.name] = SelfTeacher(policy, tokenizer, render, spec.min_reward,
                                                     cfg.train.micro_batch_size, device, cfg.rollout.temperature,
                                                     precision.autocast)
+            if algorithm.AUX_LOSSES[spec.name].gold:
+                out.gold = GoldDemonstrations(tokenizer, eos_token_ids(policy, tokenizer)[0], cfg.task.assistant_prefix,
+                                              cfg.rollout.max_new_tokens)
         return out
+
+    def demonstrations(self, trajectory: Trajectory, examples: list[Any],
+                       G: algorithm.GroupsLike) -> DemonstrationBatch | None:
+        """gold_sft's rows for this step (GoldDemonstrations.batch); None without that term."""
+        return None if self.gold is None else self.gold.batch(trajectory, examples, G)
 
     def logprobs(self, trajectory: Trajectory, examples: list[Any], rewards: torch.Tensor,
                  G: algorithm.GroupsLike) -> dict[str, torch.Tensor]:

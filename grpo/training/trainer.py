@@ -14,7 +14,7 @@ One step, as numbered in `train_step` below:
      algorithm.top_entropy_quantile < 1 the same no-grad forward gives the entropies that pick the
      tokens the surrogate trains on (grpo.training.loss.EntropyControl); the rows the auxiliary terms
      (algorithm.aux_losses: SFT on the best completions, in-group DPO, distillation) train, from the rewards,
-     and the distillation teachers' log-probs (grpo.training.teachers)
+     the distillation teachers' log-probs and the gold demonstrations (grpo.training.teachers)
   6. num_iterations updates: gradients over micro-batches of the loss built once from the
      config (grpo.training.update.Updater, grpo.training.loss; the first update also weighs the
      sampler's tokens by pi_old / q when the correction is on; with algorithm.off_policy_mask_threshold
@@ -272,7 +272,8 @@ class Trainer:
                 selection = {"entropy/selected": fraction}
         ref_logprobs = self.reference.logprobs(trained) if self.reference is not None else None
         teachers = self.teachers.logprobs(trained, examples, scores.total, groups)  # distillation terms' teachers
-        aux = self.aux.plan(scores.total, trained.loss_mask, groups, self.state.step, self.world, teachers)
+        gold = self.teachers.demonstrations(trained, examples, groups)  # gold_sft's rows
+        aux = self.aux.plan(scores.total, trained.loss_mask, groups, self.state.step, self.world, teachers, gold)
         lap("logprobs")
         # 6. policy updates (the first one also weighs the sampler's tokens when the correction is on)
         updates_before = self.state.num_updates

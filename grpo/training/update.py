@@ -7,7 +7,8 @@
 `UpdateBatch` is what an update trains on: the trajectory, its advantages, the old and
 reference log-probs, the sampler correction's weights (`SamplerWeights`), the high-entropy
 tokens the surrogate is restricted to, the entropy bonus's coefficient and the auxiliary terms'
-plan (grpo.training.loss.AuxPlan: with a DPO term each pair's rows share a micro-batch). The updater's
+plan (grpo.training.loss.AuxPlan: with a DPO term each pair's rows share a micro-batch; with gold_sft
+its gold demonstrations are micro-batches of their own after the samples', through the same prompt pass). The updater's
 `accumulate_gradients` owns the micro-batch loop: rows cut by completion length
 (`length_sorted_rows`), each distinct prompt run once per update with its share of the
 gradient pushed through in a second stage (`PromptCache.backward`), and the World's hooks
@@ -24,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -42,6 +43,7 @@ from grpo.training.logprobs import (
     prompt_cache,
 )
 from grpo.training.loss import AuxPlan, OffPolicyMask, PolicyLoss, SamplerCorrection
+from grpo.training.teachers import DemonstrationBatch
 from grpo.trajectory import Trajectory
 
 
@@ -140,16 +142,23 @@ class Updater:
             world.gather_weights(model)
             prompts = prompt_cache(model, trajectory, self.settings.device)  # each distinct prompt once per update
             partners = batch.aux.partners() if batch.aux is not None else None
-            chunks = (length_sorted_rows(trajectory, self.settings.micro_batch_size) if partners is None else
-                      pairs_together_rows(trajectory, self.settings.micro_batch_size, partners))  # a pair's rows together
+            size = self.settings.micro_batch_size
+            chunks = (length_sorted_rows(trajectory, size) if partners is None else
+                      pairs_together_rows(trajectory, size, partners))  # a pair's rows together
+            gold = batch.aux.demonstrations if batch.aux is not None else None  # gold_sft's rows, after the samples'
+            gold_chunks = [] if gold is None else length_sorted_rows(gold, size)
+            last = len(chunks) + len(gold_chunks) - 1
             for i, rows in enumerate(chunks):
-                world.gradient_sync(model, prompts is None and i == len(chunks) - 1)  # the last backward
+                world.gradient_sync(model, prompts is None and i == last)  # the last backward
                 value, metrics, num_masked = self._micro_batch(batch, rows, prompts, num_items, with_entropy,
                                                                masked_parts, aux_totals)
                 total_loss += value
                 share = num_masked / num_tokens  # token-weighted means of the micro-batch metrics
                 for key, v in metrics.items():
                     sums[key] = sums.get(key, 0.0) + v.item() * share
+            for j, rows in enumerate(gold_chunks):
+                world.gradient_sync(model, prompts is None and len(chunks) + j == last)
+                total_loss += self._gold_micro_batch(batch, gold, rows, prompts, aux_totals)
             if prompts is not None:
                 world.gradient_sync(model, True)
                 prompts.backward()  # the prompts' share of the gradient, summed over micro-batches
@@ -205,6 +214,21 @@ class Updater:
         if with_entropy:
             metrics["entropy"] = algorithm.masked_mean(entropy.detach(), mb.loss_mask)
         return value.item(), metrics, mb.loss_mask.sum().item()
+
+
+    def _gold_micro_batch(self, batch: UpdateBatch, gold: DemonstrationBatch, rows: torch.Tensor,
+                          prompts: PromptCache | None, aux_totals: dict[str, float]) -> float:
+        """Forward and backward of some gold demonstrations (gold_sft): each read after its group's prompt, the
+        trajectory's own (the prompt cache's entry, or the plain path's prompt ids, of row prompt_rows[j])."""
+        mb = make_micro_batch(gold, rows, self.settings.device)  # every demonstration token is trained
+        mb = replace(mb, rows=gold.prompt_rows[rows])
+        spec = StatsSpec(self.settings.temperature, None, None)  # as the samples' log-probs: logits / temperature
+        logprobs, _, _ = completion_stats(self.model, batch.trajectory, mb, prompts, spec)  # [b, D']
+        value, parts = batch.aux.gold_loss(logprobs, mb.loss_mask)
+        (value if self.scaler is None else self.scaler.scale(value)).backward()
+        for key, v in parts.items():
+            aux_totals[key] = aux_totals.get(key, 0.0) + v
+        return value.item()
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_updates: int):

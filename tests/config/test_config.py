@@ -269,10 +269,12 @@ MODEL_FREE_RULES = {
                                   "`algorithm.aux_losses[0].teacher_path` applies to name = distill only"),
     "self_distill with tools": (["algorithm.aux_losses=[{name: self_distill}]", "rollout.tools=[calculator]"], 1,
                                 "'self_distill' needs single-turn rollouts"),
+    "gold_sft with tools": (["algorithm.aux_losses=[{name: gold_sft}]", "rollout.tools=[calculator]"], 1,
+                            "'gold_sft' needs single-turn rollouts"),
     "a term listed twice": (["algorithm.aux_losses=[{name: sft}, {name: sft, weight: 0.5}]"], 1,
                             "each name at most once"),
     "an unknown term": (["algorithm.aux_losses=[{name: kto}]"], 1,
-                        "`algorithm.aux_losses[0].name` = 'kto' is invalid; allowed: sft, dpo, distill, self_distill"),
+                        "`algorithm.aux_losses[0].name` = 'kto' is invalid; allowed: sft, gold_sft, dpo, distill, self_distill"),
 }
 
 

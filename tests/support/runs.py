@@ -3,6 +3,9 @@
 import json
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM
+
 from grpo.config import load_config
 from tests.support import REWARDS_FILE
 
@@ -26,3 +29,10 @@ def read_metrics(run_dir):
             for line in lines]
 
 
+def assert_same_final_weights(run_a, run_b):
+    """Two runs' final weights are bit-equal, every tensor (exact resume)."""
+    a = AutoModelForCausalLM.from_pretrained(Path(run_a) / "final").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(Path(run_b) / "final").state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

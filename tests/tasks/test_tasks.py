@@ -92,6 +92,11 @@ def test_chain_sum_demo_params_give_small_integer_sums():
     # chain_sum's worked example shows running sums: "4 + 9 = 13" or "3 + 4 = 7, 7 - 2 = 5".
     think = WORKED.match(task.train[0].prompt[2]["content"]).group(1)
     assert re.fullmatch(r"-?\d+ [+-] \d+ = -?\d+(, -?\d+ [+-] \d+ = -?\d+)?", think), think
+    # every example's gold demonstration (algorithm.aux_losses gold_sft) is its own worked answer, in the layout
+    for ex in task.train[:20] + task.eval[:20]:
+        shown = WORKED.match(ex.demonstration).group(1)
+        assert re.fullmatch(r"-?\d+ [+-] \d+ = -?\d+(, -?\d+ [+-] \d+ = -?\d+)?", shown), shown
+        assert shown.split(" = ")[-1] == ex.answer and ex.demonstration.endswith(f"<answer> {ex.answer} </answer>")
 
 
 def test_procedural_split_is_deterministic_and_seeded():
@@ -253,6 +258,10 @@ def test_gsm8k_answers_and_reasoning(tmp_path):
     shot = task.few_shot[0]
     think = WORKED.match(task.train[0].prompt[2]["content"]).group(1)
     assert think == re.sub(r"<<[^>]*>>", "", shot.metadata["reasoning"])
+    # gold demonstrations (gold_sft): a row's own reasoning and answer; a row without reasoning a generic sentence
+    natalia = examples[rows[0]["question"]].demonstration
+    assert natalia == "<think> In May she sold 48/2 = 24 clips.\n48+24 = 72 </think> <answer> 72 </answer>"
+    assert examples["Plain?"].demonstration.endswith("the result is 7. </think> <answer> 7 </answer>")
 
 
 def test_mixed_types_with_blank_lines_explains(tmp_path):

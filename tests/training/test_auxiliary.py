@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from grpo import algorithm
 from grpo.compute.distributed import World
@@ -17,7 +16,7 @@ from grpo.training.logprobs import pairs_together_rows
 from grpo.training.loss import AuxiliaryLosses, PolicyLoss
 from grpo.training.trainer import train
 from grpo.training.update import UpdateBatch, Updater, UpdateSettings
-from tests.support.runs import read_metrics, tiny_config
+from tests.support.runs import assert_same_final_weights, read_metrics, tiny_config
 from tests.training.test_update import CPU, plain_logits, setup  # noqa: F401 (setup: the fixture)
 
 TERMS = [AuxLossSpec("sft", 0.3), AuxLossSpec("dpo", 0.5, dpo_beta=0.2)]
@@ -118,7 +117,4 @@ def test_a_scheduled_weight_resumes_exactly(tmp_path, tiny_model_dir, data_file)
     assert [m["aux/sft/weight"] for m in whole] == pytest.approx([0.2, 0.15, 0.1, 0.05])
     state = json.loads((Path(resumed.output_dir) / "checkpoint-000004" / "trainer_state.json").read_text())
     assert state["step"] == 4  # the schedule follows the step the checkpoint holds: nothing else to save
-    w_full = AutoModelForCausalLM.from_pretrained(Path(full.output_dir) / "final").state_dict()
-    w_res = AutoModelForCausalLM.from_pretrained(Path(resumed.output_dir) / "final").state_dict()
-    for name in w_full:
-        assert torch.equal(w_full[name], w_res[name]), name
+    assert_same_final_weights(full.output_dir, resumed.output_dir)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from grpo import algorithm
 from grpo.compute.distributed import World
@@ -19,7 +19,7 @@ from grpo.training.loss import AuxiliaryLosses, PolicyLoss
 from grpo.training.teachers import SelfTeacher, with_demonstration
 from grpo.training.trainer import train
 from grpo.training.update import UpdateBatch, Updater, UpdateSettings
-from tests.support.runs import read_metrics, tiny_config
+from tests.support.runs import assert_same_final_weights, read_metrics, tiny_config
 from tests.support.servers import ServerThread
 from tests.support.tiny import make_tiny_model, make_tiny_model_dir
 from tests.training.test_auxiliary import REWARDS
@@ -152,10 +152,7 @@ def test_resume_is_exact_with_both_distillation_terms(tmp_path, tiny_model_dir, 
     run(tmp_path, tiny_model_dir, data_file, "half", "train.num_steps=2", terms)
     resumed = run(tmp_path, tiny_model_dir, data_file, "half", "train.num_steps=4", "resume=true", terms)
     assert resumed == whole
-    w_full = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "run" / "final").state_dict()
-    w_res = AutoModelForCausalLM.from_pretrained(tmp_path / "half" / "run" / "final").state_dict()
-    for name in w_full:
-        assert torch.equal(w_full[name], w_res[name]), name
+    assert_same_final_weights(tmp_path / "full" / "run", tmp_path / "half" / "run")
 
 
 def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, tiny_model_dir, data_file):

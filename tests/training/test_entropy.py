@@ -7,10 +7,9 @@ import math
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from grpo.training.trainer import Trainer, train
-from tests.support.runs import read_metrics, tiny_config
+from tests.support.runs import assert_same_final_weights, read_metrics, tiny_config
 
 # The tiny model's mean token entropy is ~4.7 nats: a target above it makes the coefficient grow every step.
 ADAPTIVE = ("algorithm.entropy_coef=0.01", "algorithm.entropy_target=6.0", "algorithm.entropy_coef_lr=0.01")
@@ -50,10 +49,7 @@ def test_the_adaptive_coefficient_moves_and_resumes_exactly(tmp_path, tiny_model
         assert after == max(0.0, before + 0.01 * (6.0 - m["entropy"]))
     assert coefs[0] == 0.01 and coefs[1] > coefs[0]
     assert saved["entropy_coef"] == coefs[2]  # what step 3 trained with came from the checkpoint
-    w_full = AutoModelForCausalLM.from_pretrained(Path(full.output_dir) / "final").state_dict()
-    w_res = AutoModelForCausalLM.from_pretrained(Path(resumed.output_dir) / "final").state_dict()
-    for name in w_full:
-        assert torch.equal(w_full[name], w_res[name]), name
+    assert_same_final_weights(full.output_dir, resumed.output_dir)
 
 
 def test_micro_batching_changes_neither_the_selection_nor_the_update(tmp_path, tiny_model_dir, data_file):

@@ -13,7 +13,7 @@ from grpo.training.logprobs import batch_logprobs
 from grpo.training.trainer import Trainer, train
 from grpo.training.update import UpdateBatch, Updater, UpdateSettings
 from tests.support import REWARDS_FILE
-from tests.support.runs import LENGTH_REWARD, read_metrics, tiny_config
+from tests.support.runs import LENGTH_REWARD, assert_same_final_weights, read_metrics, tiny_config
 
 
 def test_loop_writes_metrics_samples_checkpoints_and_a_plain_hf_model(tmp_path, tiny_model_dir, data_file):
@@ -61,10 +61,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir, data_file)
                           "eval.num_examples=0", "resume=true")
     train(resumed)
     assert read_metrics(full.output_dir) == read_metrics(resumed.output_dir)
-    w_full = AutoModelForCausalLM.from_pretrained(Path(full.output_dir) / "final").state_dict()
-    w_res = AutoModelForCausalLM.from_pretrained(Path(resumed.output_dir) / "final").state_dict()
-    for name in w_full:
-        assert torch.equal(w_full[name], w_res[name]), name
+    assert_same_final_weights(full.output_dir, resumed.output_dir)
 
 
 def test_gradient_accumulation_gives_the_big_batch_update(tmp_path, tiny_model_dir, data_file):
