@@ -34,6 +34,20 @@ Hand-worked example: p = (0.5, 0.9, 0.99), budget 9, min 2, max 5.
     3rd -> prompt 1 (0.09 > 0.0625)
     -> sizes (4, 3, 2): informative groups 0.875 + 0.27 + 0.0198 = 1.1648, the best of every
        split of 9 within [2, 5] (tests/algorithm/test_allocation.py checks it by brute force).
+
+A budget of tokens instead of completions (Knapsack RL's form, arXiv 2509.25849): prompt i's
+completion costs c_i expected tokens (its own mean completion length so far), and the constraint
+is sum_i c_i G_i <= budget. Greedy then gives each next completion to the prompt with the largest
+gain per token, d_p(G_i) / c_i, among those whose next completion still fits, and stops when none
+does: a knapsack's greedy, optimal for the problem's continuous relaxation and within one
+completion's gain of the integer optimum. Equal costs reduce it to the count budget's greedy.
+
+Hand-worked example: p = (0.5, 0.5), costs (10, 40) tokens, budget 140, min 2, max 8.
+    start (2, 2): 20 + 80 = 100 tokens, 40 left.
+    gains per token at G = 2: 0.25 / 10 = 0.025 and 0.25 / 40 = 0.00625
+    1st -> prompt 0 (110 tokens; gain at 3: 0.125 / 10 = 0.0125), 2nd -> prompt 0 (120; 0.00625),
+    3rd: a tie at 0.00625, the earlier prompt 0 (130; next 0.003125), 4th -> prompt 1 costs 40 > 10
+    left: no longer fits; prompt 0 (140) -> sizes (6, 2), 140 tokens.
 """
 
 from __future__ import annotations
@@ -64,33 +78,47 @@ def check_budget(num_prompts: int, budget: int, min_group_size: int, max_group_s
                          f"{num_prompts * min_group_size} to {num_prompts * max_group_size}")
 
 
-def adaptive_sizes(pass_rates: list[float], budget: int, min_group_size: int, max_group_size: int,
-                   group_size: int = 0) -> list[int]:
-    """Greedy marginal allocation of `budget` completions over the prompts (module docstring):
-    maximises sum_i f_{p_i}(G_i) with min_group_size <= G_i <= max_group_size, sum_i G_i = budget.
-    pass_rates: each prompt's estimated pass rate in [0, 1]; group_size: unused (the fixed
-    policy's G). Deterministic: ties go to the earlier prompt.
+def adaptive_sizes(pass_rates: list[float], budget: float, min_group_size: int, max_group_size: int,
+                   group_size: int = 0, costs: list[float] | None = None) -> list[int]:
+    """Greedy marginal allocation of the budget over the prompts (module docstring).
+
+    costs None: `budget` completions, maximising sum_i f_{p_i}(G_i) with min_group_size <= G_i <=
+    max_group_size and sum_i G_i = budget exactly. costs (each prompt's expected tokens per completion,
+    > 0): `budget` tokens, sum_i c_i G_i <= budget, each next completion to the largest gain per token
+    that still fits; every prompt gets min_group_size even where that alone exceeds the budget.
+    pass_rates: each prompt's estimated pass rate in [0, 1]; group_size: unused (the fixed policy's G).
+    Deterministic: ties go to the earlier prompt.
     # p (0.5, 0.9, 0.99), budget 9, G in [2, 5] -> [4, 3, 2]
+    # p (0.5, 0.5), costs (10, 40), budget 140, G in [2, 8] -> [6, 2]
     """
-    check_budget(len(pass_rates), budget, min_group_size, max_group_size)
+    if costs is None:
+        check_budget(len(pass_rates), int(budget), min_group_size, max_group_size)
+        costs = [1.0] * len(pass_rates)
+    elif len(costs) != len(pass_rates) or not all(c > 0 for c in costs):
+        raise ValueError(f"costs must be {len(pass_rates)} numbers > 0, got {costs}")
     sizes = [min_group_size] * len(pass_rates)
-    # a max-heap of (gain of the next completion, prompt index): the earlier prompt wins a tie
-    heap = [(-marginal_gain(p, min_group_size), i) for i, p in enumerate(pass_rates)]
+    left = budget - min_group_size * sum(costs)
+    # a max-heap of (gain per unit of the next completion, prompt index): the earlier prompt wins a tie
+    heap = [(-marginal_gain(p, min_group_size) / c, i) for i, (p, c) in enumerate(zip(pass_rates, costs, strict=True))
+            if min_group_size < max_group_size]
     heapq.heapify(heap)
-    for _ in range(budget - min_group_size * len(pass_rates)):
+    while heap:
         _, i = heapq.heappop(heap)
+        if costs[i] > left + 1e-9:  # this prompt's next completion no longer fits; cheaper ones may
+            continue
         sizes[i] += 1
+        left -= costs[i]
         if sizes[i] < max_group_size:
-            heapq.heappush(heap, (-marginal_gain(pass_rates[i], sizes[i]), i))
+            heapq.heappush(heap, (-marginal_gain(pass_rates[i], sizes[i]) / costs[i], i))
     return sizes
 
 
-def fixed_sizes(pass_rates: list[float], budget: int, min_group_size: int, max_group_size: int,
-                group_size: int = 0) -> list[int]:
-    """G = group_size for every prompt (the estimates and the budget are not read)."""
+def fixed_sizes(pass_rates: list[float], budget: float, min_group_size: int, max_group_size: int,
+                group_size: int = 0, costs: list[float] | None = None) -> list[int]:
+    """G = group_size for every prompt (the estimates, the budget and the costs are not read)."""
     return [group_size] * len(pass_rates)
 
 
-# rollout.group_policy.name -> (pass rates, budget, min G, max G, fixed G) -> each prompt's G
-GROUP_POLICIES: dict[str, Callable[[list[float], int, int, int, int], list[int]]] = {
+# rollout.group_policy.name -> (pass rates, budget, min G, max G, fixed G, costs) -> each prompt's G
+GROUP_POLICIES: dict[str, Callable[..., list[int]]] = {
     "fixed": fixed_sizes, "adaptive": adaptive_sizes}

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from grpo.config import checks
 from grpo.config.checks import doc
 from grpo.config.values import (
+    BUDGET_UNIT_NAMES,
     ENGINE_NAMES,
     GROUP_POLICY_NAMES,
     LORA_SYNC_NAMES,
@@ -30,10 +31,17 @@ class GroupPolicyConfig:
         "estimates); groups then differ in size and each is normalized over its own. With rollout.max_staleness "
         "> 0 a batch is split when it is requested (by the estimates of the step before) and checkpoints keep "
         "the sizes of the batches in flight, so a resume splits them alike.")
+    unit: Literal[BUDGET_UNIT_NAMES] = doc(
+        "completions", "adaptive: what budget counts (grpo.training.collect.BUDGET_UNITS): completions (sum of the "
+        "group sizes equals it) or tokens (generated tokens: sum over prompts of G times the prompt's expected "
+        "completion length, its own decayed mean so far, the run's mean for an unseen prompt and max_new_tokens "
+        "before any, stays within it; each next completion goes to the largest gain per token, Knapsack RL's "
+        "form), for a budget of compute rather than of samples where lengths differ across prompts.")
     budget: int | None = doc(
-        None, "adaptive: completions per round of train.prompts_per_step prompts, over all processes (every rank "
-        "computes the same split and generates its own prompts' share); null = prompts_per_step * "
-        "rollout.group_size, the fixed policy's compute.", check=checks.optional(checks.at_least(2)))
+        None, "adaptive: completions (or, with unit tokens, generated tokens) per round of train.prompts_per_step "
+        "prompts, over all processes (every rank computes the same split and generates its own prompts' share); "
+        "null = prompts_per_step * rollout.group_size completions, the fixed policy's compute (unit tokens needs "
+        "it set).", check=checks.optional(checks.at_least(2)))
     min_group_size: int = doc(
         2, "adaptive: the fewest completions a prompt gets (a group needs two to have a variance).",
         check=checks.at_least(2, why="groups need two samples"))

@@ -238,7 +238,7 @@ def group_policy_fits(rollout: RolloutConfig, train: TrainConfig, task: TaskConf
     g = rollout.group_policy
     if g.name == "fixed":
         for name, value, default in (("budget", g.budget, None), ("max_group_size", g.max_group_size, None),
-                                     ("min_group_size", g.min_group_size, 2)):
+                                     ("min_group_size", g.min_group_size, 2), ("unit", g.unit, "completions")):
             if value != default:
                 raise ValueError(f"config field `rollout.group_policy.{name}` = {value} applies to "
                                  f"rollout.group_policy.name=adaptive only (it is 'fixed'); set it to {default} "
@@ -253,6 +253,12 @@ def group_policy_fits(rollout: RolloutConfig, train: TrainConfig, task: TaskConf
     if high < low:
         raise _invalid("rollout.group_policy.max_group_size", high, f"an integer >= min_group_size = {low}")
     n = train.prompts_per_step
+    if g.unit == "tokens":
+        if g.budget is None or g.budget < n * low:
+            raise _invalid("rollout.group_policy.budget", g.budget,
+                           f"an integer >= prompts_per_step * min_group_size = {n * low} with unit tokens (the round's "
+                           "generated tokens; its default counts completions)")
+        return
     if not n * low <= budget <= n * high:
         raise _invalid("rollout.group_policy.budget", budget,
                        f"an integer from prompts_per_step * min_group_size = {n * low} to prompts_per_step * "

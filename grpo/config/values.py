@@ -26,6 +26,8 @@ TAG = "tag:"  # tag:<text>: each step ends just past an occurrence of <text>
 ENGINE_NAMES = ("auto", "shared_prefix", "transformers", "vllm", "server")
 # rollout.group_policy.name: grpo.algorithm.GROUP_POLICIES (how many completions each prompt gets)
 GROUP_POLICY_NAMES = ("fixed", "adaptive")
+# rollout.group_policy.unit: grpo.training.collect.BUDGET_UNITS (what the adaptive budget counts)
+BUDGET_UNIT_NAMES = ("completions", "tokens")
 # rollout.vllm_lora_sync: grpo.rollout.LORA_SYNCS
 LORA_SYNC_NAMES = ("merged", "adapter")
 # rollout.tool_format: grpo.tasks.prompts.TOOL_FORMATS (PromptFormat.continuation renders both)

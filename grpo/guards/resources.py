@@ -164,7 +164,10 @@ def estimate_memory(model: torch.nn.Module, cfg: Config, max_prompt: int) -> dic
     r, t = cfg.rollout, cfg.train
     seq = max_prompt + r.episode_tokens
     # completions a round generates: prompts_per_step * G, or rollout.group_policy's budget under adaptive
-    n_gen, m = r.group_policy.bounds(r.group_size, t.prompts_per_step)[0], t.micro_batch_size
+    # (a budget of tokens: as many as max_group_size each, the most it can split into)
+    budget, _, most = r.group_policy.bounds(r.group_size, t.prompts_per_step)
+    n_gen = t.prompts_per_step * most if r.group_policy.unit == "tokens" else budget
+    m = t.micro_batch_size
     per_layer = 6 * hidden + 4 * inter  # values kept per token and layer for backward
     if cfg.model.gradient_checkpointing:  # layer inputs, plus one layer recomputed at a time
         activations = m * seq * (layers * hidden + per_layer) * b

@@ -3,14 +3,17 @@
     data = build_prompt_sampler(cfg, task, state.examples_seen, checkpoint)  # once per run
     examples = data.take(n)                      # every rank: the same n, in the same order
     rates = data.estimates(examples)             # their estimated pass rates (adaptive group sizes read them)
-    data.observe(examples, scores.per_function, sizes)  # this rank's groups (every generation round)
+    lengths = data.expected_lengths(examples)    # their expected tokens per completion (a token budget reads them)
+    data.observe(examples, scores.per_function, sizes, lengths)  # this rank's groups (every generation round)
     metrics = data.settle(world)                 # every rank, once per step: counts summed over ranks
 
 Three samplers, one per task.sampler value (SAMPLERS), sharing `PassRates`: every training
 prompt's decayed success and completion counts (grpo.tasks.difficulty: a Beta posterior mean
-over them is its estimated pass rate). `observe` only records this rank's groups; `settle`
-gathers every rank's records, adds them in rank order (integer counts: exact) and applies
-them, so all ranks hold the same estimates and the next draw is the same everywhere.
+over them is its estimated pass rate) and, decayed alike, its generated tokens: their mean per
+completion is its expected length (an unseen prompt: the run's mean so far, max_new_tokens before
+any). `observe` only records this rank's groups; `settle` gathers every rank's records, adds them
+in rank order (integer counts: exact) and applies them, so all ranks hold the same estimates and
+the next draw is the same everywhere.
 
 - uniform: grpo.tasks.base.DataStream's seeded permutation per epoch (the estimates are
   only logged).
@@ -22,7 +25,7 @@ them, so all ranks hold the same estimates and the next draw is the same everywh
   curriculum_examples), read as a DataStream; after each step the level goes up when the
   last curriculum_window steps solved curriculum_threshold of their completions.
 
-A checkpoint holds `sampling.json` (counts, curriculum level, where it began, its window);
+A checkpoint holds `sampling.json` (counts, lengths, curriculum level, where it began, its window);
 the stream position is the trainer's examples_seen. JSON, so loading it runs no code.
 Where we depart from prime-rl: pools come from a Beta posterior with decay rather than the
 last group's mean reward, and a batch holds a pool's prompts at most once until every prompt
@@ -47,43 +50,62 @@ STATE_FILE = "sampling.json"
 
 
 class PassRates:
-    """Every training prompt's (successes, completions), keyed by example id, with decay; this
-    rank's observations since the last settle are pending."""
+    """Every training prompt's (successes, completions) and (generated tokens, completions), keyed by
+    example id, with decay; this rank's observations since the last settle are pending.
+    default_length: the expected tokens per completion before anything was observed."""
 
-    def __init__(self, reward: str, threshold: float, prior: tuple[float, float], decay: float):
+    def __init__(self, reward: str, threshold: float, prior: tuple[float, float], decay: float,
+                 default_length: float = 1.0):
         self.reward, self.threshold, self.prior, self.decay = reward, threshold, prior, decay
+        self.default_length = default_length
         self.counts: dict[str, tuple[float, float]] = {}
-        self.pending: dict[str, list[float]] = {}  # id -> [successes, completions, sum of its estimate]
+        self.lengths: dict[str, tuple[float, float]] = {}
+        self.all_lengths = (0.0, 0.0)  # every observed completion's (tokens, count), undecayed
+        # id -> [successes, completions, sum of its estimate, generated tokens]
+        self.pending: dict[str, list[float]] = {}
         self.last_step = (0.0, 0.0)  # the last settle's (successes, completions) over every rank
 
     def estimate(self, example_id: str) -> float:
         return difficulty.pass_rate(*self.counts.get(example_id, (0.0, 0.0)), self.prior)
 
+    def expected_length(self, example_id: str) -> float:
+        """Mean generated tokens per completion of this prompt (decayed); unseen: the run's mean so far,
+        default_length before any completion."""
+        tokens, n = self.lengths.get(example_id, (0.0, 0.0))
+        if n <= 0:
+            tokens, n = self.all_lengths
+        return max(tokens / n, 1.0) if n > 0 else self.default_length
+
     def observe(self, examples: list[Example], per_function: dict[str, torch.Tensor],
-                sizes: Sequence[int] | None = None) -> None:
+                sizes: Sequence[int] | None = None, lengths: torch.Tensor | None = None) -> None:
         """Record this rank's groups: examples[k] owns the next sizes[k] completions (None: G each, the
-        rows split evenly); NaN (a failed call) fails."""
+        rows split evenly); NaN (a failed call) fails. lengths [N]: each completion's generated tokens."""
         solved = per_function[self.reward] >= self.threshold  # [N]
         if sizes is None:
             sizes = [len(solved) // len(examples)] * len(examples)
-        for ex, row in zip(examples, [part.tolist() for part in solved.split(list(sizes))], strict=True):
-            seen = self.pending.setdefault(ex.id, [0, 0, 0.0])
+        tokens = (lengths.cpu() if lengths is not None else torch.zeros(len(solved))).split(list(sizes))
+        for ex, row, used in zip(examples, [part.tolist() for part in solved.split(list(sizes))], tokens, strict=True):
+            seen = self.pending.setdefault(ex.id, [0, 0, 0.0, 0])
             seen[0] += sum(row)
             seen[1] += len(row)
             seen[2] += len(row) * self.estimate(ex.id)
+            seen[3] += int(used.sum())
 
     def settle(self, world: Any) -> dict[str, float]:
         """Every rank's pending records applied on every rank (one decayed visit per prompt and step);
         the step's estimated and observed pass rates over the completions observed."""
         merged: dict[str, list[float]] = {}
         for part in world.gather_objects(self.pending):
-            for key, (s, n, e) in part.items():
-                total = merged.setdefault(key, [0, 0, 0.0])
-                total[0], total[1], total[2] = total[0] + s, total[1] + n, total[2] + e
+            for key, values in part.items():
+                total = merged.setdefault(key, [0, 0, 0.0, 0])
+                for i, v in enumerate(values):
+                    total[i] += v
         self.pending = {}
         for key in sorted(merged):
-            s, n, _ = merged[key]
+            s, n, _, tokens = merged[key]
             self.counts[key] = difficulty.decayed(self.counts.get(key, (0.0, 0.0)), (s, n), self.decay)
+            self.lengths[key] = difficulty.decayed(self.lengths.get(key, (0.0, 0.0)), (tokens, n), self.decay)
+            self.all_lengths = (self.all_lengths[0] + tokens, self.all_lengths[1] + n)
         solved, trials = sum(v[0] for v in merged.values()), sum(v[1] for v in merged.values())
         self.last_step = (solved, trials)
         if not trials:
@@ -112,9 +134,9 @@ class PromptSampler(ABC):
         """The next n prompts, the same on every rank."""
 
     def observe(self, examples: list[Example], per_function: dict[str, torch.Tensor],
-                sizes: Sequence[int] | None = None) -> None:
+                sizes: Sequence[int] | None = None, lengths: torch.Tensor | None = None) -> None:
         if self.rates is not None and examples:
-            self.rates.observe(examples, per_function, sizes)
+            self.rates.observe(examples, per_function, sizes, lengths)
 
     def estimates(self, examples: list[Example]) -> list[float]:
         """Each example's estimated pass rate; NaN where no estimates are kept (uniform without the
@@ -122,6 +144,13 @@ class PromptSampler(ABC):
         if self.rates is None:
             return [float("nan")] * len(examples)
         return [self.rates.estimate(ex.id) for ex in examples]
+
+    def expected_lengths(self, examples: list[Example]) -> list[float]:
+        """Each example's expected generated tokens per completion (PassRates.expected_length); NaN where no
+        estimates are kept (a token budget needs them: rules.group_policy_fits)."""
+        if self.rates is None:
+            return [float("nan")] * len(examples)
+        return [self.rates.expected_length(ex.id) for ex in examples]
 
     def settle(self, world: Any) -> dict[str, float]:
         """Apply every rank's observations of this step; the sampling/* metrics."""
@@ -144,12 +173,19 @@ class PromptSampler(ABC):
         return {name: len(members) for name, members in self.pools().items()}
 
     def state(self) -> dict[str, Any]:
-        counts = self.rates.counts if self.rates is not None else {}
-        return {"sampler": self.name, "counts": {k: list(v) for k, v in counts.items()}}
+        rates = self.rates
+        if rates is None:
+            return {"sampler": self.name, "counts": {}}
+        return {"sampler": self.name, "counts": {k: list(v) for k, v in rates.counts.items()},
+                "lengths": {k: list(v) for k, v in rates.lengths.items()}, "all_lengths": list(rates.all_lengths)}
 
     def load(self, saved: dict[str, Any]) -> None:
+        """A checkpoint's estimates (one from before lengths were kept: none, as if unseen)."""
         if self.rates is not None:
             self.rates.counts = {k: (float(s), float(n)) for k, (s, n) in saved.get("counts", {}).items()}
+            self.rates.lengths = {k: (float(t), float(n)) for k, (t, n) in saved.get("lengths", {}).items()}
+            tokens, n = saved.get("all_lengths", (0.0, 0.0))
+            self.rates.all_lengths = (float(tokens), float(n))
 
     def save(self, directory: Path) -> None:
         """Write sampling.json into a checkpoint being written (Snapshot.extra)."""
@@ -275,7 +311,8 @@ def build_prompt_sampler(cfg: Config, task: Task, position: int, checkpoint: Pat
     d = cfg.task.difficulty
     rates = None
     if d.success_reward in [spec.name for spec in cfg.rewards]:
-        rates = PassRates(d.success_reward, d.success_threshold, (d.prior[0], d.prior[1]), d.decay)
+        rates = PassRates(d.success_reward, d.success_threshold, (d.prior[0], d.prior[1]), d.decay,
+                          cfg.rollout.episode_tokens)
     sampler = SAMPLERS[cfg.task.sampler](cfg, task, position, rates)
     path = checkpoint / STATE_FILE if checkpoint is not None else None
     if path is not None and path.is_file():

@@ -5,7 +5,8 @@
 
 `groups` (grpo.algorithm.Groups) says how many rows each example has: G each under
 rollout.group_policy fixed; under adaptive each round's budget is split over its
-prompts_per_step prompts by their estimated pass rates (GroupSizes, grpo.algorithm.allocation).
+prompts_per_step prompts by their estimated pass rates (GroupSizes, grpo.algorithm.allocation); a budget
+of tokens (rollout.group_policy.unit) also weighs each prompt's expected completion length.
 The split is of the whole round, over every rank's prompts: every rank holds the same estimates
 (data.settle) and computes the same sizes, then generates the sizes of its own share, so the
 budget is global and ranks may hold different numbers of rows.
@@ -52,19 +53,40 @@ Collected = tuple[list[Example], Groups, Trajectory, RewardScores, dict[str, flo
 
 
 @dataclass(frozen=True)
+class BudgetUnit:
+    """What a rollout.group_policy budget counts: the cost of one more completion of each drawn prompt
+    (None: 1 each, the budget an exact count) and what a trajectory spent of it."""
+
+    costs: Callable[[PromptSampler, list[Example]], list[float] | None]
+    spent: Callable[[Trajectory], int]
+
+
+# rollout.group_policy.unit -> its costs and spending
+BUDGET_UNITS = {
+    "completions": BudgetUnit(lambda data, drawn: None, len),
+    "tokens": BudgetUnit(lambda data, drawn: data.expected_lengths(drawn), lambda t: t.num_generated_tokens),
+}
+
+
+@dataclass(frozen=True)
 class GroupSizes:
     """rollout.group_policy resolved: each prompt's number of completions in a round."""
 
     name: str = "fixed"  # algorithm.GROUP_POLICIES
     group_size: int = 8
-    budget: int = 16  # completions per round of prompts_per_step prompts, over every rank
+    budget: int = 16  # completions (or tokens) per round of prompts_per_step prompts, over every rank
     min_group_size: int = 2
     max_group_size: int = 16
+    unit: str = "completions"  # BUDGET_UNITS
 
     @classmethod
     def from_config(cls, cfg: Config) -> GroupSizes:
         g, G = cfg.rollout.group_policy, cfg.rollout.group_size
-        return cls(g.name, G, *g.bounds(G, cfg.train.prompts_per_step))
+        return cls(g.name, G, *g.bounds(G, cfg.train.prompts_per_step), g.unit)
+
+    def spent(self, trajectory: Trajectory) -> int:
+        """What this trajectory spent of a budget: its completions, or its generated tokens."""
+        return BUDGET_UNITS[self.unit].spent(trajectory)
 
     @property
     def adaptive(self) -> bool:
@@ -73,7 +95,8 @@ class GroupSizes:
     def sizes(self, data: PromptSampler, drawn: list[Example]) -> list[int]:
         """Each drawn prompt's G, the same on every rank (the estimates are)."""
         return algorithm.GROUP_POLICIES[self.name](data.estimates(drawn), self.budget, self.min_group_size,
-                                                   self.max_group_size, self.group_size)
+                                                   self.max_group_size, self.group_size,
+                                                   BUDGET_UNITS[self.unit].costs(data, drawn))
 
     def params(self, params: SamplingParams, sizes: list[int]) -> SamplingParams:
         """The engine's params for this rank's prompts: their own sizes under adaptive (fixed: unchanged)."""
@@ -81,7 +104,8 @@ class GroupSizes:
 
     def metrics(self, groups: Groups, generated: int, rounds: int, world: World) -> dict[str, float]:
         """group/*: G per trained prompt over every rank, and the share of the rounds' budgets generated
-        (below 1 when dynamic sampling's full ranks skip a round); none under fixed."""
+        (`generated`: this rank's completions or tokens, as `spent` counts; below 1 when dynamic sampling's full
+        ranks skip a round, and with a token budget where completions ran shorter than expected); none under fixed."""
         if not self.adaptive:
             return {}
         sizes = [s for part in world.gather_objects(list(groups.sizes)) for s in part]
@@ -169,11 +193,12 @@ class Rounds:
             if num_kept < share:
                 # 2. generate each prompt's completions (G, or its own size)
                 trajectory = self.sampler.sample(examples, self.group_sizes.params(params, sizes))
-                generated += len(trajectory)
+                generated += self.group_sizes.spent(trajectory)
                 lap("generation")
                 # 3. rewards, per completion
                 scores = self.score(examples, groups, trajectory)
-                data.observe(examples, scores.per_function, groups.sizes)  # dropped groups too: their pass rates
+                # dropped groups too: their pass rates and lengths
+                data.observe(examples, scores.per_function, groups.sizes, trajectory.loss_mask.sum(1))
                 lap("rewards")
                 if not self.dynamic_sampling:
                     return (examples, groups, trajectory, scores,
@@ -262,10 +287,10 @@ class Ahead:
         ages = staleness(trajectory.policy_version, version, self.max_staleness)
         groups = Groups(tuple(sizes))
         scores = r.score(examples, groups, trajectory)
-        data.observe(examples, scores.per_function, groups.sizes)
+        data.observe(examples, scores.per_function, groups.sizes, trajectory.loss_mask.sum(1))
         lap("rewards")
         self.trained_order = {"trained_version": version, "example_ids": [ex.id for ex in examples],
                               "policy_versions": trajectory.policy_version.tolist()}
         metrics = {**ages, "async/generation_seconds": arrived.generation_seconds,
-                   **r.group_sizes.metrics(groups, len(trajectory), 1, r.world)}
+                   **r.group_sizes.metrics(groups, r.group_sizes.spent(trajectory), 1, r.world)}
         return examples, groups, trajectory, scores, metrics

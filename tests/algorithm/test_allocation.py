@@ -68,3 +68,38 @@ def test_budget_outside_the_bounds_is_refused():
         adaptive_sizes([0.5, 0.5], 11, 2, 5)
     with pytest.raises(ValueError, match="expected 4 to 10"):
         adaptive_sizes([0.5, 0.5], 3, 2, 5)
+
+
+def test_a_token_budget_by_hand():
+    # the module docstring's example: p (0.5, 0.5), costs (10, 40), budget 140, G in [2, 8]
+    # start (2, 2) = 100 tokens; gains per token 0.025 vs 0.00625: prompt 0 takes 3 (130 tokens), then
+    # prompt 1's 40 no longer fits in the 10 left, prompt 0 takes the last 10 -> (6, 2), 140 tokens
+    assert adaptive_sizes([0.5, 0.5], 140, 2, 8, costs=[10, 40]) == [6, 2]
+    # equal costs: the count budget's sizes (budget / cost completions)
+    for rates in ((0.5, 0.9), (0.1, 0.5, 0.95)):
+        for budget in range(2 * len(rates), 8 * len(rates) + 1):
+            assert adaptive_sizes(list(rates), budget * 7.0, 2, 8, costs=[7.0] * len(rates)) == adaptive_sizes(
+                list(rates), budget, 2, 8)
+    # every prompt keeps min_group_size even where that alone is over the budget
+    assert adaptive_sizes([0.5, 0.5], 50, 2, 8, costs=[20, 20]) == [2, 2]
+    with pytest.raises(ValueError, match="numbers > 0"):
+        adaptive_sizes([0.5, 0.5], 50, 2, 8, costs=[20, 0])
+
+
+def _best_within(rates, costs, budget, low, high):
+    values = [sum(informative_probability(p, G) for p, G in zip(rates, sizes, strict=True))
+              for sizes in itertools.product(range(low, high + 1), repeat=len(rates))
+              if sum(c * G for c, G in zip(costs, sizes, strict=True)) <= budget]
+    return max(values)
+
+
+@pytest.mark.parametrize("rates,costs", [((0.5, 0.9), (12, 30)), ((0.1, 0.5, 0.95), (40, 10, 25)),
+                                         ((0.3, 0.3, 0.8), (5, 50, 20))])
+def test_a_token_budget_stays_within_it_and_near_the_best(rates, costs):
+    # greedy by gain per token is a knapsack's greedy: within the budget, and short of the best split
+    # by less than the largest single completion's gain
+    for budget in range(2 * sum(costs), 8 * sum(costs) + 1, 7):
+        sizes = adaptive_sizes(list(rates), budget, 2, 8, costs=list(costs))
+        assert sum(c * G for c, G in zip(costs, sizes, strict=True)) <= budget and all(2 <= G <= 8 for G in sizes)
+        value = sum(informative_probability(p, G) for p, G in zip(rates, sizes, strict=True))
+        assert value >= _best_within(rates, costs, budget, 2, 8) - max(marginal_gain(p, 2) for p in rates) - 1e-12

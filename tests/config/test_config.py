@@ -132,6 +132,7 @@ def dispatch_tables():
     from grpo.compute import distributed, dtypes
     from grpo.record import trackers
     from grpo.tasks import prompts, sampling
+    from grpo.training import collect
 
     return {
         "model.dtype": ("auto", *tuple(dtypes.DTYPES)),
@@ -141,6 +142,7 @@ def dispatch_tables():
         "rollout.engine": ("auto", *tuple(rollout.ENGINES)),
         "rollout.vllm_lora_sync": tuple(rollout.LORA_SYNCS),
         "rollout.group_policy.name": tuple(algorithm.GROUP_POLICIES),
+        "rollout.group_policy.unit": tuple(collect.BUDGET_UNITS),
         "rollout.precision": ("auto", *tuple(dtypes.DTYPES)),
         "rollout.tool_format": tuple(prompts.TOOL_FORMATS),
         "algorithm.kl_estimator": tuple(algorithm.KL_ESTIMATORS),
@@ -255,6 +257,11 @@ MODEL_FREE_RULES = {
     "a budget under the fixed policy": (["rollout.group_policy.budget=10"], 1,
                                         "`rollout.group_policy.budget` = 10 applies to rollout.group_policy.name="
                                         "adaptive only"),
+    "a token budget left null": (["rollout.group_policy.name=adaptive", "rollout.group_policy.unit=tokens"], 1,
+                                 "`rollout.group_policy.budget` = None is invalid"),
+    "a token unit under the fixed policy": (["rollout.group_policy.unit=tokens"], 1,
+                                            "`rollout.group_policy.unit` = tokens applies to rollout.group_policy.name="
+                                            "adaptive only"),
     "a group policy name": (["rollout.group_policy.name=random"], 1, "allowed: fixed, adaptive"),
     "dpo with one completion per micro-batch": (["algorithm.aux_losses=[{name: dpo}]", "train.micro_batch_size=1"], 1,
                                                 "`train.micro_batch_size` = 1 is invalid with algorithm.aux_losses[0]"),

@@ -128,3 +128,26 @@ def test_uniform_keeps_estimates_and_todays_order(tmp_path):
     resumed = UniformSampler(prompts, 3, 7, rates(), BANDS)
     resumed.load(json.loads((tmp_path / STATE_FILE).read_text()))
     assert resumed.rates.counts == u.rates.counts and resumed.take(4) == u.take(4)
+
+
+def test_expected_lengths_by_hand_and_in_the_state(tmp_path):
+    r = PassRates("acc", 0.5, (1.0, 1.0), 0.5, default_length=96)
+    prompts = examples(3)
+    assert r.expected_length("q0") == 96  # nothing observed: max_new_tokens
+    # q0: lengths 10, 20, 30, 40 -> 100 tokens in 4; q1: 4 x 50 = 200 in 4
+    r.observe(prompts[:2], scores([1, 1, 0, 0], [0, 0, 0, 0]), [4, 4], torch.tensor([10, 20, 30, 40, 50, 50, 50, 50]))
+    r.settle(World())
+    assert r.expected_length("q0") == 25 and r.expected_length("q1") == 50
+    assert r.expected_length("q2") == 300 / 8  # unseen: the run's mean so far
+    # q0 again, 4 x 5 = 20 tokens, decay 0.5: (0.5 * 100 + 20) / (0.5 * 4 + 4) = 70 / 6
+    r.observe(prompts[:1], scores([1, 1, 1, 1]), [4], torch.tensor([5, 5, 5, 5]))
+    r.settle(World())
+    assert r.expected_length("q0") == pytest.approx(70 / 6) and r.expected_length("q2") == 320 / 12
+    sampler = UniformSampler(prompts, 0, 0, r, BANDS)
+    sampler.save(tmp_path)
+    again = UniformSampler(prompts, 0, 0, PassRates("acc", 0.5, (1.0, 1.0), 0.5, 96), BANDS)
+    again.load(json.loads((tmp_path / STATE_FILE).read_text()))
+    assert again.expected_lengths(prompts) == sampler.expected_lengths(prompts)
+    old = UniformSampler(prompts, 0, 0, PassRates("acc", 0.5, (1.0, 1.0), 0.5, 96), BANDS)
+    old.load({"sampler": "uniform", "counts": {"q0": [4, 4]}})  # a checkpoint from before lengths were kept
+    assert old.expected_lengths(prompts) == [96, 96, 96] and old.estimates(prompts)[0] == pytest.approx(5 / 6)

@@ -27,6 +27,18 @@ def four_prompts(tmp_path):
     return path
 
 
+def whole_and_resumed(tmp_path, tiny_model_dir, steps, first, *overrides):
+    """The configs of a run of `steps` on four_prompts, and of one stopped after `first` steps and resumed."""
+    data_file = four_prompts(tmp_path)
+    full = tiny_config(tmp_path / "full", tiny_model_dir, data_file, f"train.num_steps={steps}", *overrides)
+    train(full)
+    train(tiny_config(tmp_path / "half", tiny_model_dir, data_file, f"train.num_steps={first}", *overrides))
+    resumed = tiny_config(tmp_path / "half", tiny_model_dir, data_file, f"train.num_steps={steps}", "resume=true",
+                          *overrides)
+    train(resumed)
+    return full, resumed
+
+
 def samples_by_step(run_dir):
     rows = [json.loads(line) for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines()]
     out = {}
@@ -67,13 +79,7 @@ def test_an_adaptive_run_trains_unequal_groups_and_records_their_sizes(tmp_path,
 
 
 def test_an_adaptive_run_resumes_exactly(tmp_path, tiny_model_dir, data_file):
-    data_file = four_prompts(tmp_path)
-    full = tiny_config(tmp_path / "full", tiny_model_dir, data_file, "train.num_steps=6", *ADAPTIVE)
-    train(full)
-    half = tiny_config(tmp_path / "half", tiny_model_dir, data_file, "train.num_steps=3", *ADAPTIVE)
-    train(half)
-    resumed = tiny_config(tmp_path / "half", tiny_model_dir, data_file, "train.num_steps=6", "resume=true", *ADAPTIVE)
-    train(resumed)
+    full, resumed = whole_and_resumed(tmp_path, tiny_model_dir, 6, 3, *ADAPTIVE)
     # the estimates (sampling.json) come back with the checkpoint, so steps 4-6 split the budget alike
     # (unequally at steps 5 and 6: test_an_adaptive_run_trains_unequal_groups...)
     metrics = read_metrics(resumed.output_dir)
@@ -96,3 +102,23 @@ def test_unequal_groups_work_with_dynamic_sampling_aux_terms_and_step_rewards(tm
     for m in metrics:
         assert m["process/steps"] > 0 and m["aux/dpo/groups"] >= 0 and "aux/sft" in m
         assert m["dynamic/groups_with_signal"] <= 2 and 0 < m["group/budget_used"] <= 1
+
+
+TOKENS = tuple(a for a in ADAPTIVE if "budget" not in a) + ("rollout.group_policy.unit=tokens",
+                                                             "rollout.group_policy.budget=48", "rollout.max_new_tokens=12",
+                                                             "rollout.stop=[e, a]")
+
+
+def test_a_token_budget_splits_by_expected_length_and_resumes_exactly(tmp_path, tiny_model_dir):
+    full, resumed = whole_and_resumed(tmp_path, tiny_model_dir, 5, 2, *TOKENS)
+    metrics = read_metrics(full.output_dir)
+    assert read_metrics(resumed.output_dir) == metrics  # the lengths come back with the checkpoint too
+    state = json.loads((Path(full.output_dir) / "checkpoint-000005" / "sampling.json").read_text())
+    # step 1: nothing seen, every completion expected at the episode budget of 12 tokens: 48 / 12 = 4
+    # completions, 2 each; later the observed lengths (stop strings end most completions early) buy more
+    assert (metrics[0]["group/size_min"], metrics[0]["group/size_max"]) == (2, 2)
+    assert len({m["group/size_mean"] for m in metrics}) > 1 and max(m["group/size_mean"] for m in metrics) > 2
+    # what each step generated is what group/budget_used reads: tokens over the 48 of the budget
+    assert all(m["group/budget_used"] == m["tokens_generated"] / 48 for m in metrics)
+    seen = sum(n for _, n in state["lengths"].values())
+    assert state["all_lengths"][0] == sum(m["tokens_generated"] for m in metrics) and 0 < seen

@@ -34,3 +34,20 @@ def test_two_ranks_split_one_budget_and_resume_exactly(tmp_path, tiny_model_dir)
     torchrun(2, *train_args(tmp_path, tiny_model_dir, split, 2, f"task.path={data}", *ADAPTIVE))
     torchrun(2, *train_args(tmp_path, tiny_model_dir, split, 4, f"task.path={data}", "resume=true", *ADAPTIVE))
     assert metrics(split) == metrics(whole)
+
+
+def test_two_ranks_split_one_token_budget_and_resume_exactly(tmp_path, tiny_model_dir):
+    # a budget of 104 generated tokens: every rank holds the same expected lengths (gathered like the counts)
+    tokens = tuple(a for a in ADAPTIVE if "budget" not in a) + (
+        "rollout.group_policy.unit=tokens", "rollout.group_policy.budget=104", "rollout.max_new_tokens=12",
+        "rollout.stop=[e, a]")
+    data = four_prompts(tmp_path)
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, whole, 4, f"task.path={data}", *tokens))
+    rows = metrics(whole)
+    assert rows[0]["group/size_min"] == rows[0]["group/size_max"] == 2  # 104 tokens at 12 each: 8 completions, 2 each
+    assert all(r["group/budget_used"] == r["tokens_generated"] / 104 for r in rows)
+    assert len({r["group/size_mean"] for r in rows}) > 1  # the observed lengths (under 12) buy a 9th completion later
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, split, 2, f"task.path={data}", *tokens))
+    torchrun(2, *train_args(tmp_path, tiny_model_dir, split, 4, f"task.path={data}", "resume=true", *tokens))
+    assert metrics(split) == metrics(whole)
